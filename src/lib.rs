@@ -1,4 +1,42 @@
-//! llm-sluice
+//! Composable [`tower`] layers that keep services calling LLM APIs
+//! (OpenAI-compatible chat completions and the like) inside their limits:
+//! fast, fair, and never losing a request.
+//!
+//! Each layer works alone and composes with [`tower::ServiceBuilder`]:
+//!
+//! | layer | what it does |
+//! |---|---|
+//! | [`concurrency`] | at most N calls in flight, a bounded priority queue with aging, load shedding |
+//!
+//! # What the layers know about a request and a response
+//!
+//! Requests describe themselves through [`LlmRequest`]: a token estimate, a
+//! [`Priority`], a [`PartitionKey`] (API key, tenant or model) and a deadline.
+//! `http::Request` carries them as typed extensions; a typed client implements
+//! the trait; anything else is wrapped in [`request::Annotated`].
+//!
+//! Results are classified once, the same way for every layer, by
+//! [`classify::Classify`]: success with its [`Usage`], rate limited with the
+//! server's delay, overloaded, server error, timeout, transport error, client
+//! error. The default classifier follows the status codes and headers of
+//! OpenAI-compatible APIs.
+//!
+//! # Streams hold their permits
+//!
+//! An LLM response can stream for minutes after its headers. Layers that hold
+//! capacity for the length of a call keep it until the response *body* ends,
+//! fails or is dropped ([`hold`]).
+//!
+//! # Errors
+//!
+//! Layers return [`tower::BoxError`]; this crate's own errors are [`Error`],
+//! recovered with `err.downcast_ref::<llm_sluice::Error>()`. Invalid settings
+//! are a [`ConfigError`] from each builder's `build()`, never a panic.
+//!
+//! # Time
+//!
+//! All layers read tokio's clock, so `tokio::time::pause()` drives them: a test
+//! or a simulation of an hour of traffic runs in well under a second.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
