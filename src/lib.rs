@@ -53,7 +53,9 @@ mod partition;
 pub mod request;
 #[allow(dead_code)]
 mod telemetry;
+pub mod timeout;
 
 pub use classify::Usage;
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
+pub use timeout::{DeadlineLayer, TimeoutLayer};

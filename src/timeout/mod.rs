@@ -1,0 +1,86 @@
+//! Timeouts that bound an attempt, a streamed body and a whole request.
+//!
+//! [`TimeoutLayer`] puts up to four limits on each call, all on tokio's clock:
+//!
+//! | setting | measured from | until | fails with |
+//! |---|---|---|---|
+//! | `attempt` | the call | the response (headers) | `Timeout { kind: Attempt }` (retryable) |
+//! | `first_chunk` | the response | the first body chunk | `Timeout { kind: FirstChunk }` |
+//! | `idle` | a body chunk | the next one | `Timeout { kind: Idle }` |
+//! | `total` | the call | the end of the body | `Timeout { kind: Total }` (not retryable) |
+//!
+//! The request's [`Deadline`](crate::Deadline) bounds everything as `total`
+//! does: the effective total is the earlier of the two, so a timeout layer
+//! inside a retry layer never lets an attempt outlive the caller's deadline.
+//! [`DeadlineLayer`] is how a deadline gets onto requests that have none.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use llm_sluice::request::RequestMeta;
+//! use llm_sluice::timeout::TimeoutLayer;
+//! use llm_sluice::{Error, TimeoutKind};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let timeouts = TimeoutLayer::builder()
+//!     .attempt(Duration::from_secs(30))
+//!     .idle(Duration::from_secs(10))
+//!     .build()
+//!     .unwrap();
+//! let slow = ServiceBuilder::new().layer(timeouts).service_fn(|_req: RequestMeta| async {
+//!     tokio::time::sleep(Duration::from_secs(60)).await;
+//!     Ok::<_, tower::BoxError>("late")
+//! });
+//! let err = slow.oneshot(RequestMeta::new()).await.unwrap_err();
+//! assert_eq!(
+//!     err.downcast_ref::<Error>(),
+//!     Some(&Error::Timeout { kind: TimeoutKind::Attempt })
+//! );
+//! # }
+//! ```
+//!
+//! # Streamed bodies
+//!
+//! An `http::Response<B>` comes back as `http::Response<TimeoutBody<B>>`.
+//! [`TimeoutBody`] keeps one timer, reset in place after every frame, set to
+//! the earlier of the chunk timeout (`first_chunk`, then `idle`) and the
+//! total. When it fires the body yields one error, a boxed
+//! [`Error::Timeout`](crate::Error::Timeout) the reader can downcast, drops
+//! the inner body — so permits held inside by
+//! [`GuardedBody`](crate::hold::GuardedBody) are released at once — and ends.
+//! Responses that are complete on arrival ([`Complete`](crate::hold::Complete))
+//! pass through unchanged; a typed stream implements [`TimeoutResponse`].
+//!
+//! # Where to put it
+//!
+//! `DeadlineLayer` (outermost) → fallback → retry → `TimeoutLayer` → breaker →
+//! concurrency → rate → client. Inside the retry layer, `attempt` is a
+//! per-attempt timeout and its error is retried; a `total` timeout or a
+//! passed deadline is not. Place `TimeoutLayer` outside the concurrency
+//! limiter if queue time should count against `attempt`, inside it if not.
+//!
+//! # Cancel safety
+//!
+//! The response futures hold nothing but the inner future and one timer:
+//! dropping them drops both. A timed-out inner future is dropped when the
+//! timeout fires, releasing what it held.
+//!
+//! # Metrics
+//!
+//! `llm_sluice_timeouts_total{layer, kind}` counts timeouts that fired, with
+//! `layer` `timeout` or `deadline` and `kind` `attempt`, `first_chunk`,
+//! `idle` or `total`.
+
+mod body;
+mod deadline;
+pub mod future;
+mod layer;
+mod metrics;
+mod service;
+
+#[cfg(feature = "http")]
+pub use body::TimeoutBody;
+pub use body::{BodyTimeouts, TimeoutResponse};
+pub use deadline::{DeadlineLayer, DeadlineLayerBuilder, SetDeadline};
+pub use layer::{TimeoutLayer, TimeoutLayerBuilder};
+pub use service::Timeout;
