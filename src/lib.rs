@@ -47,6 +47,7 @@
 
 pub mod classify;
 mod error;
+pub mod fallback;
 pub mod hold;
 #[allow(dead_code)]
 mod partition;
@@ -56,6 +57,7 @@ mod telemetry;
 pub mod timeout;
 
 pub use classify::Usage;
+pub use fallback::FallbackLayer;
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use timeout::{DeadlineLayer, TimeoutLayer};
