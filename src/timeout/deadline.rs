@@ -44,7 +44,7 @@ use crate::request::LlmRequest;
 ///     .layer(DeadlineLayer::new(Duration::from_secs(30)))
 ///     .service_fn(|req: RequestMeta| async move {
 ///         // every layer in here sees the deadline
-///         Ok::<_, tower::BoxError>(req.deadline().is_some())
+///         Ok::<_, tower::BoxError>(LlmRequest::deadline(&req).is_some())
 ///     });
 /// assert!(svc.oneshot(RequestMeta::new()).await.unwrap());
 /// # }
