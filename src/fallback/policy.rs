@@ -221,3 +221,103 @@ impl<Req> Rewrite<Req> for NoRewrite {
         request
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::classify::Classification;
+
+    struct Res(Classification);
+    impl crate::classify::LlmResponse for Res {
+        fn classification(&self) -> Classification {
+            self.0.clone()
+        }
+    }
+
+    fn on_ok(policy: &DefaultPolicy, outcome: Outcome) -> Option<FallbackReason> {
+        policy.fallback_reason(Ok(&Res(Classification::new(outcome))))
+    }
+
+    fn on_err(policy: &DefaultPolicy, err: Error) -> Option<FallbackReason> {
+        let boxed: tower::BoxError = Box::new(err);
+        FallbackPolicy::<Res>::fallback_reason(policy, Err(&*boxed))
+    }
+
+    #[test]
+    fn default_triggers_follow_the_table() {
+        let p = DefaultPolicy::new();
+        assert_eq!(on_ok(&p, Outcome::Success), None);
+        assert_eq!(on_ok(&p, Outcome::ClientError), None);
+        assert_eq!(on_ok(&p, Outcome::Rejected), None);
+        assert_eq!(on_ok(&p, Outcome::ServerError), Some(FallbackReason::ServerError));
+        assert_eq!(on_ok(&p, Outcome::Overloaded), Some(FallbackReason::Overloaded));
+        assert_eq!(on_ok(&p, Outcome::Timeout), Some(FallbackReason::Timeout));
+        assert_eq!(on_ok(&p, Outcome::Transport), Some(FallbackReason::Transport));
+        let limited = Outcome::RateLimited { quota_exhausted: false };
+        let quota = Outcome::RateLimited { quota_exhausted: true };
+        assert_eq!(on_ok(&p, limited), None);
+        assert_eq!(on_ok(&p, quota), None);
+
+        let open = Error::CircuitOpen { retry_after: Duration::from_secs(1) };
+        assert_eq!(on_err(&p, open), Some(FallbackReason::CircuitOpen));
+        assert_eq!(on_err(&p, Error::Overloaded { queued: 1 }), Some(FallbackReason::Overloaded));
+        assert_eq!(
+            on_err(&p, Error::RetryBudgetExhausted),
+            Some(FallbackReason::RetryBudgetExhausted)
+        );
+        for kind in [TimeoutKind::Attempt, TimeoutKind::FirstChunk, TimeoutKind::Idle] {
+            assert_eq!(on_err(&p, Error::Timeout { kind }), Some(FallbackReason::Timeout));
+        }
+        assert_eq!(on_err(&p, Error::Timeout { kind: TimeoutKind::Total }), None);
+        assert_eq!(on_err(&p, Error::DeadlineExceeded), None);
+        assert_eq!(on_err(&p, Error::RequestTooLarge { tokens: 9, limit: 1 }), None);
+        assert_eq!(on_err(&p, Error::RateLimited { retry_after: None }), None);
+        assert_eq!(on_err(&p, Error::QueueTimeout { waited: Duration::ZERO }), None);
+    }
+
+    #[test]
+    fn rate_and_quota_triggers_are_opt_in() {
+        let p = DefaultPolicy::new().on_rate_limited(true).on_quota_exhausted(true);
+        let limited = Outcome::RateLimited { quota_exhausted: false };
+        let quota = Outcome::RateLimited { quota_exhausted: true };
+        assert_eq!(on_ok(&p, limited), Some(FallbackReason::RateLimited));
+        assert_eq!(on_ok(&p, quota), Some(FallbackReason::QuotaExhausted));
+        assert_eq!(
+            on_err(&p, Error::QueueTimeout { waited: Duration::ZERO }),
+            Some(FallbackReason::RateLimited)
+        );
+    }
+
+    #[test]
+    fn own_errors_are_found_through_sources_and_others_are_transport() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapped")]
+        struct Wrapper(#[source] Error);
+        let p = DefaultPolicy::new();
+        let wrapped: tower::BoxError =
+            Box::new(Wrapper(Error::CircuitOpen { retry_after: Duration::ZERO }));
+        assert_eq!(
+            FallbackPolicy::<Res>::fallback_reason(&p, Err(&*wrapped)),
+            Some(FallbackReason::CircuitOpen)
+        );
+        let reset: tower::BoxError =
+            Box::new(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(
+            FallbackPolicy::<Res>::fallback_reason(&p, Err(&*reset)),
+            Some(FallbackReason::Transport)
+        );
+    }
+
+    #[test]
+    fn reason_names_are_distinct_and_indexed() {
+        let mut names: Vec<_> = FallbackReason::ALL.iter().map(|r| r.as_str()).collect();
+        for (i, r) in FallbackReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FallbackReason::ALL.len());
+    }
+}

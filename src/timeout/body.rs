@@ -196,8 +196,10 @@ mod http_body_impl {
         ///
         /// The first-chunk clock starts when the body is created (when the
         /// response headers arrived), not at the first poll: a body that is
-        /// read late times out at once. An error from the inner body is passed
-        /// on and also ends the body.
+        /// read late times out at once. The inner body is polled before the
+        /// timer, so a chunk that is already waiting is delivered even if it
+        /// came late. An error from the inner body is passed on and also ends
+        /// the body.
         pub struct TimeoutBody<B> {
             #[pin]
             state: State<B>,
@@ -314,5 +316,46 @@ mod http_body_impl {
             )
             .finish()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn next_takes_the_earlier_timer_and_total_wins_ties() {
+        let now = Instant::now();
+        let t = BodyTimeouts::new(Some(secs(2)), Some(secs(5)), Some(now + secs(4)));
+        assert_eq!(t.first_chunk(), Some(secs(2)));
+        assert_eq!(
+            t.next(now, t.first_chunk(), TimeoutKind::FirstChunk),
+            Some((now + secs(2), TimeoutKind::FirstChunk))
+        );
+        assert_eq!(
+            t.next(now, t.idle(), TimeoutKind::Idle),
+            Some((now + secs(4), TimeoutKind::Total))
+        );
+        let tie = BodyTimeouts::new(None, Some(secs(4)), Some(now + secs(4)));
+        assert_eq!(
+            tie.next(now, tie.idle(), TimeoutKind::Idle),
+            Some((now + secs(4), TimeoutKind::Total))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_chunk_falls_back_to_idle_and_none_means_no_timer() {
+        let t = BodyTimeouts::new(None, Some(secs(3)), None);
+        assert_eq!(t.first_chunk(), Some(secs(3)));
+        let none = BodyTimeouts::none();
+        assert!(none.is_none());
+        assert_eq!(none.next(Instant::now(), None, TimeoutKind::Idle), None);
+        // a duration too long to add to now is no timer, not a panic
+        let huge = BodyTimeouts::new(None, Some(Duration::MAX), None);
+        assert_eq!(huge.next(Instant::now(), huge.idle(), TimeoutKind::Idle), None);
     }
 }

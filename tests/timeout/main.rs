@@ -563,6 +563,67 @@ fn timeouts_are_counted_by_kind() {
     assert_eq!(attempts, Some(3));
 }
 
+// ---- property: a body fails exactly on the first gap that is too long ------
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn body_fails_on_the_first_gap_too_long_with_the_right_kind(
+        gaps in proptest::collection::vec(0u64..8_000, 1..12),
+        first in 1u64..6_000,
+        idle in 1u64..6_000,
+        total in proptest::option::of(1u64..40_000),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ms = Duration::from_millis;
+            let mut builder = TimeoutLayer::builder().first_chunk(ms(first)).idle(ms(idle));
+            if let Some(total) = total {
+                builder = builder.total(ms(total));
+            }
+            let start = Instant::now();
+            let (tx, mut body) = streamed(builder.build().unwrap(), RequestMeta::new()).await;
+            let total_at = total.map(|t| start + ms(t));
+            let mut last = start;
+            for (i, gap) in gaps.iter().enumerate() {
+                let (limit, kind) = if i == 0 {
+                    (ms(first), TimeoutKind::FirstChunk)
+                } else {
+                    (ms(idle), TimeoutKind::Idle)
+                };
+                let (deadline, kind) = match total_at {
+                    Some(at) if at <= last + limit => (at, TimeoutKind::Total),
+                    _ => (last + limit, kind),
+                };
+                // an active reader: it polls at the deadline if no chunk came
+                if last + ms(*gap) <= deadline {
+                    advance(ms(*gap)).await;
+                    chunk(&tx, "x");
+                    assert!(
+                        matches!(poll_frame(&mut body), Poll::Ready(Some(Ok(_)))),
+                        "chunk {i} in time"
+                    );
+                    last = Instant::now();
+                } else {
+                    if let Some(before) = (deadline - last).checked_sub(ms(1)) {
+                        advance(before).await;
+                        assert!(poll_frame(&mut body).is_pending(), "not before its time");
+                        advance(ms(1)).await;
+                    }
+                    assert_eq!(body_error_kind(poll_frame(&mut body)), Some(kind), "chunk {i} late");
+                    assert!(body.is_done());
+                    return;
+                }
+            }
+        });
+    }
+}
+
 // keep the `Future` import used on all feature sets
 #[allow(dead_code)]
 fn _assert_future<F: Future>(_: F) {}
