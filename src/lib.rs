@@ -57,7 +57,7 @@ mod telemetry;
 pub mod timeout;
 
 pub use classify::Usage;
-pub use fallback::FallbackLayer;
 pub use error::{ConfigError, Error, TimeoutKind};
+pub use fallback::FallbackLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use timeout::{DeadlineLayer, TimeoutLayer};

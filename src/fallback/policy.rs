@@ -251,41 +251,102 @@ mod tests {
         assert_eq!(on_ok(&p, Outcome::Success), None);
         assert_eq!(on_ok(&p, Outcome::ClientError), None);
         assert_eq!(on_ok(&p, Outcome::Rejected), None);
-        assert_eq!(on_ok(&p, Outcome::ServerError), Some(FallbackReason::ServerError));
-        assert_eq!(on_ok(&p, Outcome::Overloaded), Some(FallbackReason::Overloaded));
+        assert_eq!(
+            on_ok(&p, Outcome::ServerError),
+            Some(FallbackReason::ServerError)
+        );
+        assert_eq!(
+            on_ok(&p, Outcome::Overloaded),
+            Some(FallbackReason::Overloaded)
+        );
         assert_eq!(on_ok(&p, Outcome::Timeout), Some(FallbackReason::Timeout));
-        assert_eq!(on_ok(&p, Outcome::Transport), Some(FallbackReason::Transport));
-        let limited = Outcome::RateLimited { quota_exhausted: false };
-        let quota = Outcome::RateLimited { quota_exhausted: true };
+        assert_eq!(
+            on_ok(&p, Outcome::Transport),
+            Some(FallbackReason::Transport)
+        );
+        let limited = Outcome::RateLimited {
+            quota_exhausted: false,
+        };
+        let quota = Outcome::RateLimited {
+            quota_exhausted: true,
+        };
         assert_eq!(on_ok(&p, limited), None);
         assert_eq!(on_ok(&p, quota), None);
 
-        let open = Error::CircuitOpen { retry_after: Duration::from_secs(1) };
+        let open = Error::CircuitOpen {
+            retry_after: Duration::from_secs(1),
+        };
         assert_eq!(on_err(&p, open), Some(FallbackReason::CircuitOpen));
-        assert_eq!(on_err(&p, Error::Overloaded { queued: 1 }), Some(FallbackReason::Overloaded));
+        assert_eq!(
+            on_err(&p, Error::Overloaded { queued: 1 }),
+            Some(FallbackReason::Overloaded)
+        );
         assert_eq!(
             on_err(&p, Error::RetryBudgetExhausted),
             Some(FallbackReason::RetryBudgetExhausted)
         );
-        for kind in [TimeoutKind::Attempt, TimeoutKind::FirstChunk, TimeoutKind::Idle] {
-            assert_eq!(on_err(&p, Error::Timeout { kind }), Some(FallbackReason::Timeout));
+        for kind in [
+            TimeoutKind::Attempt,
+            TimeoutKind::FirstChunk,
+            TimeoutKind::Idle,
+        ] {
+            assert_eq!(
+                on_err(&p, Error::Timeout { kind }),
+                Some(FallbackReason::Timeout)
+            );
         }
-        assert_eq!(on_err(&p, Error::Timeout { kind: TimeoutKind::Total }), None);
+        assert_eq!(
+            on_err(
+                &p,
+                Error::Timeout {
+                    kind: TimeoutKind::Total
+                }
+            ),
+            None
+        );
         assert_eq!(on_err(&p, Error::DeadlineExceeded), None);
-        assert_eq!(on_err(&p, Error::RequestTooLarge { tokens: 9, limit: 1 }), None);
+        assert_eq!(
+            on_err(
+                &p,
+                Error::RequestTooLarge {
+                    tokens: 9,
+                    limit: 1
+                }
+            ),
+            None
+        );
         assert_eq!(on_err(&p, Error::RateLimited { retry_after: None }), None);
-        assert_eq!(on_err(&p, Error::QueueTimeout { waited: Duration::ZERO }), None);
+        assert_eq!(
+            on_err(
+                &p,
+                Error::QueueTimeout {
+                    waited: Duration::ZERO
+                }
+            ),
+            None
+        );
     }
 
     #[test]
     fn rate_and_quota_triggers_are_opt_in() {
-        let p = DefaultPolicy::new().on_rate_limited(true).on_quota_exhausted(true);
-        let limited = Outcome::RateLimited { quota_exhausted: false };
-        let quota = Outcome::RateLimited { quota_exhausted: true };
+        let p = DefaultPolicy::new()
+            .on_rate_limited(true)
+            .on_quota_exhausted(true);
+        let limited = Outcome::RateLimited {
+            quota_exhausted: false,
+        };
+        let quota = Outcome::RateLimited {
+            quota_exhausted: true,
+        };
         assert_eq!(on_ok(&p, limited), Some(FallbackReason::RateLimited));
         assert_eq!(on_ok(&p, quota), Some(FallbackReason::QuotaExhausted));
         assert_eq!(
-            on_err(&p, Error::QueueTimeout { waited: Duration::ZERO }),
+            on_err(
+                &p,
+                Error::QueueTimeout {
+                    waited: Duration::ZERO
+                }
+            ),
             Some(FallbackReason::RateLimited)
         );
     }
@@ -296,14 +357,17 @@ mod tests {
         #[error("wrapped")]
         struct Wrapper(#[source] Error);
         let p = DefaultPolicy::new();
-        let wrapped: tower::BoxError =
-            Box::new(Wrapper(Error::CircuitOpen { retry_after: Duration::ZERO }));
+        let wrapped: tower::BoxError = Box::new(Wrapper(Error::CircuitOpen {
+            retry_after: Duration::ZERO,
+        }));
         assert_eq!(
             FallbackPolicy::<Res>::fallback_reason(&p, Err(&*wrapped)),
             Some(FallbackReason::CircuitOpen)
         );
-        let reset: tower::BoxError =
-            Box::new(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        let reset: tower::BoxError = Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
         assert_eq!(
             FallbackPolicy::<Res>::fallback_reason(&p, Err(&*reset)),
             Some(FallbackReason::Transport)

@@ -37,7 +37,11 @@ impl BodyTimeouts {
     }
 
     /// Body timeouts from plain values, e.g. for a typed stream in a test.
-    pub fn new(first_chunk: Option<Duration>, idle: Option<Duration>, total: Option<Instant>) -> Self {
+    pub fn new(
+        first_chunk: Option<Duration>,
+        idle: Option<Duration>,
+        total: Option<Instant>,
+    ) -> Self {
         BodyTimeouts {
             first_chunk,
             idle,
@@ -310,11 +314,8 @@ mod http_body_impl {
                 State::Live { inner } => d.field("inner", inner),
                 State::Done => d.field("inner", &"done"),
             };
-            d.field(
-                "timeouts",
-                &self.timer.as_ref().map(|t| &t.timeouts),
-            )
-            .finish()
+            d.field("timeouts", &self.timer.as_ref().map(|t| &t.timeouts))
+                .finish()
         }
     }
 }
@@ -356,6 +357,9 @@ mod tests {
         assert_eq!(none.next(Instant::now(), None, TimeoutKind::Idle), None);
         // a duration too long to add to now is no timer, not a panic
         let huge = BodyTimeouts::new(None, Some(Duration::MAX), None);
-        assert_eq!(huge.next(Instant::now(), huge.idle(), TimeoutKind::Idle), None);
+        assert_eq!(
+            huge.next(Instant::now(), huge.idle(), TimeoutKind::Idle),
+            None
+        );
     }
 }

@@ -29,10 +29,7 @@ impl TimeoutMetrics {
             )])
         });
         let counter = |kind: TimeoutKind| {
-            Counter::new(
-                TIMEOUTS_TOTAL,
-                &[("layer", layer), ("kind", kind.as_str())],
-            )
+            Counter::new(TIMEOUTS_TOTAL, &[("layer", layer), ("kind", kind.as_str())])
         };
         Arc::new(TimeoutMetrics {
             attempt: counter(TimeoutKind::Attempt),

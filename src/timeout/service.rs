@@ -75,7 +75,11 @@ where
         let t = &self.timeouts;
         let deadline = request.deadline();
         let needs_now = t.attempt.is_some() || t.total.is_some();
-        let now = if needs_now { Some(Instant::now()) } else { None };
+        let now = if needs_now {
+            Some(Instant::now())
+        } else {
+            None
+        };
         let after = |d: Option<Duration>| now.zip(d).and_then(|(now, d)| now.checked_add(d));
 
         let total = match (after(t.total), deadline) {

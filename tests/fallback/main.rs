@@ -4,9 +4,7 @@ use std::future::Ready;
 use std::time::Duration;
 
 use llm_sluice::classify::{classify_error, Classification, ErrorRef, LlmResponse, Outcome};
-use llm_sluice::fallback::{
-    FallbackLayer, FallbackReason, RecordServedBy, ServedBy,
-};
+use llm_sluice::fallback::{FallbackLayer, FallbackReason, RecordServedBy, ServedBy};
 use llm_sluice::request::{Annotated, RequestMeta};
 use llm_sluice::timeout::TimeoutLayer;
 use llm_sluice::{Error, TimeoutKind};
@@ -189,8 +187,7 @@ async fn rewrite_is_applied_to_the_secondary_request_only() {
     let mut fut = task::spawn(svc.ready().await.unwrap().call(chat("big-model")));
     assert_request_eq!(primary_handle, chat("big-model")).send_error(circuit_open());
     assert_pending!(fut.poll());
-    assert_request_eq!(secondary_handle, chat("small-model"))
-        .send_response(completion(200, "ok"));
+    assert_request_eq!(secondary_handle, chat("small-model")).send_response(completion(200, "ok"));
     assert_eq!(
         assert_ready_ok!(fut.poll()).served_by,
         Some(ServedBy::new("fallback"))
@@ -254,9 +251,8 @@ async fn rate_limits_fall_back_only_when_enabled() {
 
     // a local rate limit falls back
     let mut fut = task::spawn(svc.ready().await.unwrap().call(chat("c")));
-    assert_request_eq!(primary_handle, chat("c")).send_error(Error::RateLimited {
-        retry_after: None,
-    });
+    assert_request_eq!(primary_handle, chat("c"))
+        .send_error(Error::RateLimited { retry_after: None });
     assert_pending!(fut.poll());
     assert_request_eq!(secondary_handle, chat("c")).send_response(completion(200, "ok"));
     assert_ready_ok!(fut.poll());
@@ -285,7 +281,10 @@ async fn custom_policy_decides() {
 #[test]
 fn builder_rejects_an_empty_name() {
     let (secondary, _h) = mock::pair::<Chat, Completion>();
-    let err = FallbackLayer::builder(secondary).name("").build().unwrap_err();
+    let err = FallbackLayer::builder(secondary)
+        .name("")
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "name");
 }
 
@@ -321,8 +320,7 @@ async fn http_503_falls_back_and_marks_the_response() {
     let mut fut = task::spawn(svc.ready().await.unwrap().call(RequestMeta::new()));
     assert_request_eq!(primary_handle, RequestMeta::new()).send_response(with_status(503, "x"));
     assert_pending!(fut.poll());
-    assert_request_eq!(secondary_handle, RequestMeta::new())
-        .send_response(with_status(200, "ok"));
+    assert_request_eq!(secondary_handle, RequestMeta::new()).send_response(with_status(200, "ok"));
     let response = assert_ready_ok!(fut.poll());
     assert_eq!(*response.body(), "ok");
     assert_eq!(
@@ -349,13 +347,15 @@ fn answering(
 }
 
 /// A service that always fails with an open circuit.
-fn open(
-) -> impl Service<Chat, Response = Completion, Error = BoxError, Future: Send> + Clone {
+fn open() -> impl Service<Chat, Response = Completion, Error = BoxError, Future: Send> + Clone {
     tower::service_fn(|_req: Chat| async { Err(BoxError::from(circuit_open())) })
 }
 
 fn named<T>(secondary: T, name: &'static str) -> FallbackLayer<T> {
-    FallbackLayer::builder(secondary).name(name).build().unwrap()
+    FallbackLayer::builder(secondary)
+        .name(name)
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -515,7 +515,8 @@ fn fallbacks_are_counted_by_reason() {
             .find_map(|(key, _, _, value)| {
                 let k = key.key();
                 let hit = k.name() == "llm_sluice_fallbacks_total"
-                    && k.labels().any(|l| l.key() == "reason" && l.value() == reason);
+                    && k.labels()
+                        .any(|l| l.key() == "reason" && l.value() == reason);
                 match value {
                     DebugValue::Counter(n) if hit => Some(n),
                     _ => None,

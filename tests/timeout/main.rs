@@ -553,8 +553,10 @@ fn timeouts_are_counted_by_kind() {
     let attempts = snapshot.iter().find_map(|(key, _, _, value)| {
         let k = key.key();
         let is_attempt = k.name() == "llm_sluice_timeouts_total"
-            && k.labels().any(|l| l.key() == "kind" && l.value() == "attempt")
-            && k.labels().any(|l| l.key() == "layer" && l.value() == "timeout");
+            && k.labels()
+                .any(|l| l.key() == "kind" && l.value() == "attempt")
+            && k.labels()
+                .any(|l| l.key() == "layer" && l.value() == "timeout");
         match value {
             DebugValue::Counter(n) if is_attempt => Some(*n),
             _ => None,
