@@ -18,6 +18,8 @@ use crate::hold::Complete;
 /// is already an instant, measured from when the request was sent and bounded
 /// by the request's [`Deadline`](crate::Deadline).
 #[derive(Clone)]
+// without `http` only a typed stream of the user's reads these
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub struct BodyTimeouts {
     pub(crate) first_chunk: Option<Duration>,
     pub(crate) idle: Option<Duration>,
@@ -72,6 +74,7 @@ impl BodyTimeouts {
         self.first_chunk.is_none() && self.idle.is_none() && self.total.is_none()
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     /// The next instant a timer must fire and what it means, when the next
     /// chunk is awaited from `now` with at most `gap` between chunks.
     fn next(
@@ -89,6 +92,7 @@ impl BodyTimeouts {
         }
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn fired(&self, kind: TimeoutKind) {
         if let Some(metrics) = &self.metrics {
             metrics.fired(kind);

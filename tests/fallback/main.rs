@@ -488,6 +488,76 @@ async fn falls_back_on_an_attempt_timeout() {
     assert_eq!(start.elapsed(), Duration::from_secs(10));
 }
 
+#[tokio::test(start_paused = true)]
+async fn typed_reasons_survive_the_whole_stack() {
+    use llm_sluice::timeout::DeadlineLayer;
+
+    let attempt = || {
+        TimeoutLayer::builder()
+            .attempt(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let never = || {
+        tower::service_fn(|_req: Chat| async {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(completion(200, "never"))
+        })
+    };
+
+    // deadline → fallback → timeout → open circuit; the secondary is shed
+    let secondary = ServiceBuilder::new()
+        .layer(attempt())
+        .service(tower::service_fn(|_req: Chat| async {
+            Err::<Completion, _>(BoxError::from(Error::Overloaded { queued: 4 }))
+        }));
+    let svc = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(30)))
+        .layer(named(secondary, "backup"))
+        .layer(attempt())
+        .service(open());
+    let err = svc.oneshot(chat("m")).await.unwrap_err();
+    assert_eq!(kind(&err), Some(&Error::Overloaded { queued: 4 }));
+
+    // both attempts time out at 10s each: the secondary's attempt timeout
+    let svc = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(30)))
+        .layer(named(
+            ServiceBuilder::new().layer(attempt()).service(never()),
+            "backup",
+        ))
+        .layer(attempt())
+        .service(never());
+    let start = Instant::now();
+    let err = svc.oneshot(chat("m")).await.unwrap_err();
+    assert_eq!(
+        kind(&err),
+        Some(&Error::Timeout {
+            kind: TimeoutKind::Attempt
+        })
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(20));
+
+    // a 15s deadline cuts the secondary's attempt short: Total, at 15s
+    let svc = ServiceBuilder::new()
+        .layer(DeadlineLayer::new(Duration::from_secs(15)))
+        .layer(named(
+            ServiceBuilder::new().layer(attempt()).service(never()),
+            "backup",
+        ))
+        .layer(attempt())
+        .service(never());
+    let start = Instant::now();
+    let err = svc.oneshot(chat("m")).await.unwrap_err();
+    assert_eq!(
+        kind(&err),
+        Some(&Error::Timeout {
+            kind: TimeoutKind::Total
+        })
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(15));
+}
+
 // ---- metrics ----------------------------------------------------------------
 
 #[test]

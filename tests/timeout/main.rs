@@ -60,8 +60,11 @@ fn chunk(tx: &Tx, text: &'static str) {
     tx.send(Ok(Bytes::from_static(text.as_bytes()))).unwrap();
 }
 
+/// One poll of a body for its next frame.
+type Polled<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
 /// Polls the next frame of `body` once, as a reader would.
-fn poll_frame<B: Body + Unpin>(body: &mut B) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+fn poll_frame<B: Body + Unpin>(body: &mut B) -> Polled<B> {
     let mut t = task::spawn(body.frame());
     t.poll()
 }
