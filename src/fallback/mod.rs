@@ -33,6 +33,16 @@
 //! # }
 //! ```
 //!
+//! # Why these defaults
+//!
+//! Falling back costs: another provider's price, another model's quality.
+//! So the default triggers are the failures that say the primary cannot serve
+//! now — its breaker is open, it is overloaded, or it kept failing after the
+//! retry layer inside had its go — and not the ones a second service would
+//! answer the same way (a bad request) or that mean the caller has stopped
+//! waiting (a total timeout). Rate limits and spent quotas are opt-in:
+//! whether another key or provider may absorb them is the operator's call.
+//!
 //! # Requests
 //!
 //! The request must be `Clone`: a copy is kept until the primary's result is

@@ -51,6 +51,20 @@
 //! Responses that are complete on arrival ([`Complete`](crate::hold::Complete))
 //! pass through unchanged; a typed stream implements [`TimeoutResponse`].
 //!
+//! # Why this design
+//!
+//! - One timer per future and one per body, reset in place after each chunk:
+//!   a stream of thousands of chunks costs one timer registration, not
+//!   thousands (tower's `RateLimit` does the same).
+//! - The chunk clocks start at the response, not at the first poll, so a
+//!   reader that stalls is treated like an upstream that stalls: both hold
+//!   upstream capacity for nothing.
+//! - The total and the deadline are one limit (the earlier wins) and fail as
+//!   `Total`, which the classifier marks not retryable: when the caller has
+//!   stopped waiting, no retry or fallback should start.
+//! - A timed-out body drops its inner body at once instead of waiting for
+//!   the reader to drop it, so a permit held inside is freed at the timeout.
+//!
 //! # Where to put it
 //!
 //! `DeadlineLayer` (outermost) → fallback → retry → `TimeoutLayer` → breaker →
