@@ -48,6 +48,31 @@
 //! [`Error::Timeout`](crate::Error::Timeout) the reader can downcast, drops
 //! the inner body — so permits held inside by
 //! [`GuardedBody`](crate::hold::GuardedBody) are released at once — and ends.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use http_body_util::{BodyExt, StreamBody};
+//! use llm_sluice::request::RequestMeta;
+//! use llm_sluice::timeout::TimeoutLayer;
+//! use llm_sluice::{Error, TimeoutKind};
+//! use tower::{Layer, ServiceExt};
+//!
+//! // an upstream whose stream sends its headers and then nothing
+//! let stalled = tower::service_fn(|_req: RequestMeta| async {
+//!     let chunks = futures_util::stream::pending::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>();
+//!     Ok::<_, tower::BoxError>(http::Response::new(StreamBody::new(chunks)))
+//! });
+//! let layer = TimeoutLayer::builder().first_chunk(Duration::from_secs(5)).build().unwrap();
+//! let response = layer.layer(stalled).oneshot(RequestMeta::new()).await.unwrap();
+//! let err = response.into_body().collect().await.unwrap_err();
+//! assert_eq!(
+//!     err.downcast_ref::<Error>(),
+//!     Some(&Error::Timeout { kind: TimeoutKind::FirstChunk })
+//! );
+//! # }
+//! ```
+//!
 //! Responses that are complete on arrival ([`Complete`](crate::hold::Complete))
 //! pass through unchanged; a typed stream implements [`TimeoutResponse`].
 //!
