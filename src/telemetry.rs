@@ -12,7 +12,6 @@
 //! Handles resolve against the recorder installed when they are created:
 //! install the recorder before building layers.
 
-#![cfg_attr(not(feature = "metrics"), allow(dead_code))]
 
 use std::time::Duration;
 
