@@ -12,7 +12,6 @@
 //! Handles resolve against the recorder installed when they are created:
 //! install the recorder before building layers.
 
-
 use std::time::Duration;
 
 /// Label pairs: static keys and values only, so cardinality stays bounded.
