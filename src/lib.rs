@@ -16,6 +16,8 @@ pub mod request;
 #[allow(dead_code)]
 mod telemetry;
 
-pub use classify::Usage;
+#[cfg(feature = "http")]
+pub use classify::ErrorBodyLayer;
+pub use classify::{ErrorCode, Usage};
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};

@@ -224,7 +224,10 @@ impl Decimal<'_> {
 }
 
 fn strip_leading_zeros(digits: &[u8]) -> &[u8] {
-    let first = digits.iter().position(|&d| d != b'0').unwrap_or(digits.len());
+    let first = digits
+        .iter()
+        .position(|&d| d != b'0')
+        .unwrap_or(digits.len());
     &digits[first..]
 }
 
@@ -369,14 +372,23 @@ mod tests {
     #[test]
     fn retry_after_ms_examples() {
         assert_eq!(parse_retry_after_ms(b"250"), ms(250));
-        assert_eq!(parse_retry_after_ms(b"1500.5"), Some(Duration::from_micros(1_500_500)));
+        assert_eq!(
+            parse_retry_after_ms(b"1500.5"),
+            Some(Duration::from_micros(1_500_500))
+        );
         assert_eq!(parse_retry_after_ms(b" 20 "), ms(20));
         assert_eq!(parse_retry_after_ms(b"0"), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after_ms(b".5"), Some(Duration::from_micros(500)));
+        assert_eq!(
+            parse_retry_after_ms(b".5"),
+            Some(Duration::from_micros(500))
+        );
         assert_eq!(parse_retry_after_ms(b"5."), ms(5));
         assert_eq!(parse_retry_after_ms(b"1e3"), secs(1));
         // A fraction of a nanosecond rounds up: never shorter than asked.
-        assert_eq!(parse_retry_after_ms(b"0.0000001"), Some(Duration::from_nanos(1)));
+        assert_eq!(
+            parse_retry_after_ms(b"0.0000001"),
+            Some(Duration::from_nanos(1))
+        );
         for bad in [
             &b"-1"[..],
             b"-0.5",
@@ -395,7 +407,12 @@ mod tests {
             b"99999999999999999999999999999999999",
             b".",
         ] {
-            assert_eq!(parse_retry_after_ms(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_retry_after_ms(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -424,7 +441,10 @@ mod tests {
             parse_retry_after(b"Sunday, 06-Nov-94 08:49:47 GMT", now),
             secs(10)
         );
-        assert_eq!(parse_retry_after(b"Sun Nov  6 08:49:47 1994", now), secs(10));
+        assert_eq!(
+            parse_retry_after(b"Sun Nov  6 08:49:47 1994", now),
+            secs(10)
+        );
         for bad in [
             &b"-5"[..],
             b"NaN",
@@ -435,7 +455,12 @@ mod tests {
             b"",
             b"1e999",
         ] {
-            assert_eq!(parse_retry_after(bad, now), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_retry_after(bad, now),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -451,7 +476,10 @@ mod tests {
         assert_eq!(parse_go_duration(b"2.5"), ms(2500));
         assert_eq!(parse_go_duration(b"+1s"), secs(1));
         assert_eq!(parse_go_duration(b"1.5h"), secs(5400));
-        assert_eq!(parse_go_duration(b"300us"), Some(Duration::from_micros(300)));
+        assert_eq!(
+            parse_go_duration(b"300us"),
+            Some(Duration::from_micros(300))
+        );
         assert_eq!(
             parse_go_duration("300\u{b5}s".as_bytes()),
             Some(Duration::from_micros(300))
@@ -461,7 +489,10 @@ mod tests {
             Some(Duration::from_micros(300))
         );
         assert_eq!(parse_go_duration(b"15ns"), Some(Duration::from_nanos(15)));
-        assert_eq!(parse_go_duration(b"1m1ms"), Some(Duration::from_millis(60_001)));
+        assert_eq!(
+            parse_go_duration(b"1m1ms"),
+            Some(Duration::from_millis(60_001))
+        );
         assert_eq!(parse_go_duration(b" 1s "), secs(1));
         assert_eq!(parse_go_duration(b".5s"), ms(500));
         assert_eq!(parse_go_duration(b"0.1ns"), Some(Duration::from_nanos(1)));
@@ -483,7 +514,12 @@ mod tests {
             b"99999999999999999999h",
             b"5124095576030432h",
         ] {
-            assert_eq!(parse_go_duration(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_go_duration(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // The largest hour count that still fits a Duration.
         assert!(parse_go_duration(b"5124095576030431h").is_some());
@@ -496,9 +532,18 @@ mod tests {
         assert_eq!(parse_rfc3339_delay(b"2023-11-14T22:13:25Z", now), secs(5));
         assert_eq!(parse_rfc3339_delay(b"2023-11-14t22:13:25z", now), secs(5));
         assert_eq!(parse_rfc3339_delay(b"2023-11-14 22:13:25Z", now), secs(5));
-        assert_eq!(parse_rfc3339_delay(b"2023-11-14T22:13:25+00:00", now), secs(5));
-        assert_eq!(parse_rfc3339_delay(b"2023-11-15T00:13:25+02:00", now), secs(5));
-        assert_eq!(parse_rfc3339_delay(b"2023-11-14T16:43:25-05:30", now), secs(5));
+        assert_eq!(
+            parse_rfc3339_delay(b"2023-11-14T22:13:25+00:00", now),
+            secs(5)
+        );
+        assert_eq!(
+            parse_rfc3339_delay(b"2023-11-15T00:13:25+02:00", now),
+            secs(5)
+        );
+        assert_eq!(
+            parse_rfc3339_delay(b"2023-11-14T16:43:25-05:30", now),
+            secs(5)
+        );
         assert_eq!(
             parse_rfc3339_delay(b"2023-11-14T22:13:20.25Z", now),
             ms(250)
@@ -532,7 +577,12 @@ mod tests {
             b"Z",
             b"+00:00",
         ] {
-            assert_eq!(parse_rfc3339_delay(bad, now), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_rfc3339_delay(bad, now),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -568,8 +618,14 @@ mod tests {
             parse_retry_after(b"18446744073709551615", UNIX_EPOCH),
             Some(Duration::from_secs(u64::MAX))
         );
-        assert_eq!(parse_retry_after(b"18446744073709551615.9999999999", UNIX_EPOCH), None);
+        assert_eq!(
+            parse_retry_after(b"18446744073709551615.9999999999", UNIX_EPOCH),
+            None
+        );
         assert_eq!(parse_go_duration(&[b'9'; 200]), None);
-        assert_eq!(parse_go_duration(b"0000000000000000000000000000000000000001s"), secs(1));
+        assert_eq!(
+            parse_go_duration(b"0000000000000000000000000000000000000001s"),
+            secs(1)
+        );
     }
 }
