@@ -45,6 +45,7 @@ pub(crate) enum Placement {
 }
 
 pub(crate) struct Partitions<V> {
+    #[allow(clippy::type_complexity)] // a sharded map; a type alias would hide nothing
     shards: Box<[Mutex<HashMap<PartitionKey, Arc<V>>>]>,
     hasher: RandomState,
     per_shard: usize,

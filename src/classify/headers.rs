@@ -32,7 +32,7 @@
 //!
 //! # Rules common to all parsers
 //!
-//! - Surrounding whitespace (spaces and tabs) is ignored.
+//! - Surrounding whitespace (spaces, tabs, CR, LF) is ignored.
 //! - Negative numbers, `NaN`, infinities, values that overflow a
 //!   [`Duration`] or a `u64`, and anything unparseable are `None`.
 //! - They never panic, whatever the input.
@@ -166,7 +166,7 @@ pub fn parse_count(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// Strips spaces and tabs; `None` when nothing is left.
+/// Strips surrounding whitespace; `None` when nothing is left.
 fn trim(value: &[u8]) -> Option<&[u8]> {
     let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
     let start = value.iter().position(|b| !is_ws(b))?;

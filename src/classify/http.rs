@@ -81,13 +81,13 @@
 //!
 //! # Usage
 //!
-//! [`Classification::usage`] is the [`Usage`](super::Usage) found in the
+//! [`Classification::usage`] is the [`Usage`] found in the
 //! response's extensions: a layer that parses the body, or a typed client,
 //! inserts it there.
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderValue};
 
 use super::headers::{
     parse_count, parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_delay,
@@ -99,16 +99,16 @@ use super::{Classification, ErrorCode, LimitState, LlmResponse, Outcome, RateLim
 /// rules.
 pub fn classify_response<B>(response: &http::Response<B>, now: SystemTime) -> Classification {
     let status = response.status().as_u16();
-    let headers = response.headers();
     let extensions = response.extensions();
+    let seen = Seen::scan(response.headers());
 
     let outcome = outcome_of(status, extensions.get::<ErrorCode>());
-    let (rate_limits, resets) = rate_limits(headers, now);
+    let (rate_limits, resets) = seen.rate_limits(now);
 
-    let mut should_retry = should_retry(headers);
+    let mut should_retry = seen.should_retry.and_then(should_retry);
     let mut retry_after = None;
     if outcome != Outcome::Success {
-        retry_after = server_delay(headers, now);
+        retry_after = seen.server_delay(now);
         if retry_after.is_none() && matches!(outcome, Outcome::RateLimited { .. }) {
             retry_after = resets.pick();
         }
@@ -151,8 +151,8 @@ fn outcome_of(status: u16, code: Option<&ErrorCode>) -> Outcome {
     }
 }
 
-fn should_retry(headers: &HeaderMap) -> Option<bool> {
-    let value = headers.get("x-should-retry")?.as_bytes().trim_ascii();
+fn should_retry(value: &HeaderValue) -> Option<bool> {
+    let value = value.as_bytes().trim_ascii();
     if value.eq_ignore_ascii_case(b"true") {
         Some(true)
     } else if value.eq_ignore_ascii_case(b"false") {
@@ -162,134 +162,177 @@ fn should_retry(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
-/// `retry-after-ms`, then `retry-after`; the first usable (positive) one.
-fn server_delay(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let ms = headers
-        .get("retry-after-ms")
-        .and_then(|v| parse_retry_after_ms(v.as_bytes()));
-    usable(ms).or_else(|| {
-        let after = headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| parse_retry_after(v.as_bytes(), now));
-        usable(after)
-    })
-}
-
 fn usable(delay: Option<Duration>) -> Option<Duration> {
     delay.filter(|d| !d.is_zero())
 }
 
-/// Reset delays with whether their limit is exhausted, in the order the
-/// headers are preferred: `x-ratelimit-*` first, then `anthropic-*`.
+/// Which limit a rate-limit header is about, as an index into
+/// [`Seen::openai`] / [`Seen::anthropic`].
+const REQUESTS: usize = 0;
+const TOKENS: usize = 1;
+const INPUT_TOKENS: usize = 2;
+const OUTPUT_TOKENS: usize = 3;
+
+/// Which part of a limit a header gives.
+const LIMIT: usize = 0;
+const REMAINING: usize = 1;
+const RESET: usize = 2;
+
+/// The headers the classifier reads, found in one pass over the map (a
+/// response carries a dozen or two headers; one pass with string matches is
+/// several times cheaper than twenty hashed look-ups). Like
+/// `HeaderMap::get`, the first value of a repeated header is used.
 #[derive(Default)]
+struct Seen<'a> {
+    retry_after_ms: Option<&'a HeaderValue>,
+    retry_after: Option<&'a HeaderValue>,
+    should_retry: Option<&'a HeaderValue>,
+    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+    openai: [[Option<&'a HeaderValue>; 3]; 2],
+    /// `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}`.
+    anthropic: [[Option<&'a HeaderValue>; 3]; 4],
+}
+
+impl<'a> Seen<'a> {
+    fn scan(headers: &'a HeaderMap) -> Self {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let slot = if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+                let (part, rest) = if let Some(rest) = rest.strip_prefix("limit-") {
+                    (LIMIT, rest)
+                } else if let Some(rest) = rest.strip_prefix("remaining-") {
+                    (REMAINING, rest)
+                } else if let Some(rest) = rest.strip_prefix("reset-") {
+                    (RESET, rest)
+                } else {
+                    continue;
+                };
+                let limit = match rest {
+                    "requests" => REQUESTS,
+                    "tokens" => TOKENS,
+                    _ => continue,
+                };
+                &mut seen.openai[limit][part]
+            } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
+                let (rest, part) = if let Some(rest) = rest.strip_suffix("-limit") {
+                    (rest, LIMIT)
+                } else if let Some(rest) = rest.strip_suffix("-remaining") {
+                    (rest, REMAINING)
+                } else if let Some(rest) = rest.strip_suffix("-reset") {
+                    (rest, RESET)
+                } else {
+                    continue;
+                };
+                let limit = match rest {
+                    "requests" => REQUESTS,
+                    "tokens" => TOKENS,
+                    "input-tokens" => INPUT_TOKENS,
+                    "output-tokens" => OUTPUT_TOKENS,
+                    _ => continue,
+                };
+                &mut seen.anthropic[limit][part]
+            } else {
+                match name {
+                    "retry-after-ms" => &mut seen.retry_after_ms,
+                    "retry-after" => &mut seen.retry_after,
+                    "x-should-retry" => &mut seen.should_retry,
+                    _ => continue,
+                }
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        seen
+    }
+
+    /// `retry-after-ms`, then `retry-after`; the first usable (positive) one.
+    fn server_delay(&self, now: SystemTime) -> Option<Duration> {
+        let ms = self
+            .retry_after_ms
+            .and_then(|v| parse_retry_after_ms(v.as_bytes()));
+        usable(ms).or_else(|| {
+            let after = self
+                .retry_after
+                .and_then(|v| parse_retry_after(v.as_bytes(), now));
+            usable(after)
+        })
+    }
+
+    fn rate_limits(&self, now: SystemTime) -> (Option<RateLimitState>, Resets) {
+        let count = |v: Option<&HeaderValue>| v.and_then(|v| parse_count(v.as_bytes()));
+        let openai = self.openai.map(|[limit, remaining, reset]| LimitState {
+            limit: count(limit),
+            remaining: count(remaining),
+            reset: reset.and_then(|v| parse_go_duration(v.as_bytes())),
+        });
+        let anthropic = self.anthropic.map(|[limit, remaining, reset]| LimitState {
+            limit: count(limit),
+            remaining: count(remaining),
+            reset: reset.and_then(|v| parse_rfc3339_delay(v.as_bytes(), now)),
+        });
+
+        let resets = Resets {
+            openai: Resets::of(&openai),
+            anthropic: Resets::of(&anthropic),
+        };
+
+        let [requests, tokens] = openai;
+        let [a_requests, a_tokens, input_tokens, output_tokens] = anthropic;
+        let state = RateLimitState {
+            requests: merge(requests, a_requests),
+            tokens: merge(tokens, a_tokens),
+            input_tokens,
+            output_tokens,
+        };
+        ((!state.is_empty()).then_some(state), resets)
+    }
+}
+
+/// The largest usable (non-zero) reset of one header family, among the
+/// exhausted limits (remaining 0) and among all.
+#[derive(Default, Clone, Copy)]
+struct FamilyReset {
+    exhausted: Option<Duration>,
+    any: Option<Duration>,
+}
+
+/// Reset delays of the `x-ratelimit-*` and `anthropic-ratelimit-*` families.
 struct Resets {
-    openai: Vec<(Duration, bool)>,
-    anthropic: Vec<(Duration, bool)>,
+    openai: FamilyReset,
+    anthropic: FamilyReset,
 }
 
 impl Resets {
+    fn of(limits: &[LimitState]) -> FamilyReset {
+        let mut family = FamilyReset::default();
+        for limit in limits {
+            let Some(reset) = usable(limit.reset) else {
+                continue;
+            };
+            family.any = family.any.max(Some(reset));
+            if limit.remaining == Some(0) {
+                family.exhausted = family.exhausted.max(Some(reset));
+            }
+        }
+        family
+    }
+
     /// The most specific family that has a usable reset; within it, the
     /// largest reset of an exhausted limit, else the largest reset.
     fn pick(&self) -> Option<Duration> {
-        [&self.openai, &self.anthropic]
+        [self.openai, self.anthropic]
             .into_iter()
-            .find_map(|family| {
-                let usable = || family.iter().filter(|(d, _)| !d.is_zero());
-                usable()
-                    .filter(|(_, exhausted)| *exhausted)
-                    .map(|(d, _)| *d)
-                    .max()
-                    .or_else(|| usable().map(|(d, _)| *d).max())
-            })
+            .find_map(|family| family.exhausted.or(family.any))
     }
 }
 
-const OPENAI: [(&str, &str, &str); 2] = [
-    (
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-reset-requests",
-    ),
-    (
-        "x-ratelimit-limit-tokens",
-        "x-ratelimit-remaining-tokens",
-        "x-ratelimit-reset-tokens",
-    ),
-];
-
-const ANTHROPIC: [(&str, &str, &str); 4] = [
-    (
-        "anthropic-ratelimit-requests-limit",
-        "anthropic-ratelimit-requests-remaining",
-        "anthropic-ratelimit-requests-reset",
-    ),
-    (
-        "anthropic-ratelimit-tokens-limit",
-        "anthropic-ratelimit-tokens-remaining",
-        "anthropic-ratelimit-tokens-reset",
-    ),
-    (
-        "anthropic-ratelimit-input-tokens-limit",
-        "anthropic-ratelimit-input-tokens-remaining",
-        "anthropic-ratelimit-input-tokens-reset",
-    ),
-    (
-        "anthropic-ratelimit-output-tokens-limit",
-        "anthropic-ratelimit-output-tokens-remaining",
-        "anthropic-ratelimit-output-tokens-reset",
-    ),
-];
-
-fn rate_limits(headers: &HeaderMap, now: SystemTime) -> (Option<RateLimitState>, Resets) {
-    let mut state = RateLimitState::default();
-    let mut resets = Resets::default();
-
-    let count = |name: &'static str| {
-        headers
-            .get(HeaderName::from_static(name))
-            .and_then(|v| parse_count(v.as_bytes()))
-    };
-
-    let [requests, tokens] = OPENAI.map(|(limit, remaining, reset)| LimitState {
-        limit: count(limit),
-        remaining: count(remaining),
-        reset: headers
-            .get(HeaderName::from_static(reset))
-            .and_then(|v| parse_go_duration(v.as_bytes())),
-    });
-    for limit in [requests, tokens] {
-        if let Some(reset) = limit.reset {
-            resets.openai.push((reset, limit.remaining == Some(0)));
-        }
+/// `preferred`, with its unknown fields filled from `fallback`.
+fn merge(preferred: LimitState, fallback: LimitState) -> LimitState {
+    LimitState {
+        limit: preferred.limit.or(fallback.limit),
+        remaining: preferred.remaining.or(fallback.remaining),
+        reset: preferred.reset.or(fallback.reset),
     }
-    state.requests = requests;
-    state.tokens = tokens;
-
-    let [a_requests, a_tokens, a_input, a_output] =
-        ANTHROPIC.map(|(limit, remaining, reset)| LimitState {
-            limit: count(limit),
-            remaining: count(remaining),
-            reset: headers
-                .get(HeaderName::from_static(reset))
-                .and_then(|v| parse_rfc3339_delay(v.as_bytes(), now)),
-        });
-    for limit in [a_requests, a_tokens, a_input, a_output] {
-        if let Some(reset) = limit.reset {
-            resets.anthropic.push((reset, limit.remaining == Some(0)));
-        }
-    }
-    merge(&mut state.requests, a_requests);
-    merge(&mut state.tokens, a_tokens);
-    state.input_tokens = a_input;
-    state.output_tokens = a_output;
-
-    let state = (!state.is_empty()).then_some(state);
-    (state, resets)
-}
-
-/// Fills the fields of `into` that are unknown from `from`.
-fn merge(into: &mut LimitState, from: LimitState) {
-    into.limit = into.limit.or(from.limit);
-    into.remaining = into.remaining.or(from.remaining);
-    into.reset = into.reset.or(from.reset);
 }

@@ -9,7 +9,7 @@
 //! ([`RateLimitState`]).
 //!
 //! [`DefaultClassifier`] is what every layer uses unless told otherwise. It
-//! classifies errors by type (this crate's [`Error`](crate::Error), I/O and
+//! classifies errors by type (this crate's [`Error`], I/O and
 //! timeout errors) and responses through [`LlmResponse`], which
 //! `http::Response<B>` implements by the status and header rules of
 //! OpenAI-compatible APIs (see [`http`] for the table), and a typed client's

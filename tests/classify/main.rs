@@ -1,4 +1,5 @@
 //! The HTTP classifier, the header parsers and the error-body layer.
+#![cfg(feature = "http")]
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
