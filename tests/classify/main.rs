@@ -881,3 +881,58 @@ async fn response_future_drop_drops_the_partly_read_body() {
     drop(fut);
     assert!(dropped.load(Ordering::SeqCst));
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_count_what_came_of_reading_bodies() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let full = |status: u16, body: &'static str| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let layer = ErrorBodyLayer::new();
+    call(&layer, full(429, QUOTA_BODY)).await;
+    call(&layer, full(429, RATE_BODY)).await;
+    call(&layer, full(502, "<html>bad gateway</html>")).await;
+    call(&layer, full(200, QUOTA_BODY)).await; // not counted
+    let small = ErrorBodyLayer::builder().max_body_bytes(8).build().unwrap();
+    call(&small, full(500, QUOTA_BODY)).await;
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+        vec![Err(std::io::Error::other("reset"))];
+    call(
+        &layer,
+        Response::builder()
+            .status(503)
+            .body(StreamBody::new(stream::iter(frames)))
+            .unwrap(),
+    )
+    .await;
+
+    let mut counts = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        assert_eq!(key.name(), "llm_sluice_error_bodies_total");
+        let outcome = key
+            .labels()
+            .find(|l| l.key() == "outcome")
+            .map(|l| l.value().to_owned())
+            .unwrap();
+        assert!(key
+            .labels()
+            .any(|l| l.key() == "layer" && l.value() == "error_body"));
+        if let DebugValue::Counter(n) = value {
+            *counts.entry(outcome).or_insert(0) += n;
+        }
+    }
+    assert_eq!(counts.get("parsed"), Some(&2));
+    assert_eq!(counts.get("unparsed"), Some(&1));
+    assert_eq!(counts.get("too_large"), Some(&1));
+    assert_eq!(counts.get("failed"), Some(&1));
+}

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -12,6 +13,7 @@ use http::HeaderMap;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
+use super::metrics::Metrics;
 use super::ErrorBody;
 use crate::classify::ErrorCode;
 
@@ -36,6 +38,7 @@ pin_project! {
             #[pin]
             future: F,
             max: usize,
+            metrics: Arc<Metrics>,
         },
         Reading {
             // `None` once the response has been handed on.
@@ -53,6 +56,7 @@ struct ReadAhead<B> {
     len: usize,
     trailers: Option<HeaderMap>,
     max: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// How reading ahead stopped.
@@ -63,9 +67,13 @@ enum End<E> {
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(super) fn new(future: F, max: usize) -> Self {
+    pub(super) fn new(future: F, max: usize, metrics: Arc<Metrics>) -> Self {
         ResponseFuture {
-            state: State::Calling { future, max },
+            state: State::Calling {
+                future,
+                max,
+                metrics,
+            },
         }
     }
 }
@@ -81,16 +89,22 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Calling { future, max } => {
+                StateProj::Calling {
+                    future,
+                    max,
+                    metrics,
+                } => {
                     let response = ready!(future.poll(cx))?;
                     let max = *max;
                     let body = response.body();
-                    if response.status().is_success()
-                        || body.is_end_stream()
-                        || body.size_hint().lower() > max as u64
-                    {
+                    if response.status().is_success() || body.is_end_stream() {
                         return Poll::Ready(Ok(response.map(ErrorBody::new)));
                     }
+                    if body.size_hint().lower() > max as u64 {
+                        metrics.too_large.increment(1);
+                        return Poll::Ready(Ok(response.map(ErrorBody::new)));
+                    }
+                    let metrics = metrics.clone();
                     let (parts, body) = response.into_parts();
                     this.state.set(State::Reading {
                         buffer: Some(ReadAhead {
@@ -100,6 +114,7 @@ where
                             len: 0,
                             trailers: None,
                             max,
+                            metrics,
                         }),
                     });
                 }
@@ -155,6 +170,7 @@ impl<B: Body> ReadAhead<B> {
             mut chunks,
             len,
             trailers,
+            metrics,
             ..
         } = self;
         let status = parts.status.as_u16();
@@ -177,15 +193,20 @@ impl<B: Body> ReadAhead<B> {
                         "error body read"
                     );
                     parts.extensions.insert(code);
+                    metrics.parsed.increment(1);
+                } else {
+                    metrics.unparsed.increment(1);
                 }
                 ErrorBody::read_ahead(chunks, None, None, trailers)
             }
             End::OverLimit => {
                 tracing::debug!(status, len, "error body over the limit; not parsed");
+                metrics.too_large.increment(1);
                 ErrorBody::read_ahead(chunks, Some(body), None, trailers)
             }
             End::Failed(error) => {
                 tracing::debug!(status, len, "error body failed while read ahead");
+                metrics.failed.increment(1);
                 ErrorBody::read_ahead(chunks, None, Some(error), trailers)
             }
         };

@@ -1,5 +1,8 @@
+use std::sync::Arc;
+
 use tower_layer::Layer;
 
+use super::metrics::Metrics;
 use super::ErrorBodyService;
 use crate::ConfigError;
 
@@ -10,7 +13,9 @@ pub(super) const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// the API error's [`ErrorCode`](crate::classify::ErrorCode) into the
 /// response's extensions. See the [module docs](super).
 ///
-/// The layer is a small configuration value: clones share no state.
+/// The layer is a small configuration value: clones share no state. Each
+/// call to `Layer::layer` registers the layer's metric handles once; the
+/// services it makes, and their clones, share them.
 #[derive(Debug, Clone)]
 pub struct ErrorBodyLayer {
     pub(super) max_body_bytes: usize,
@@ -47,7 +52,7 @@ impl<S> Layer<S> for ErrorBodyLayer {
     type Service = ErrorBodyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorBodyService::new(inner, self.max_body_bytes)
+        ErrorBodyService::new(inner, self.max_body_bytes, Arc::new(Metrics::new()))
     }
 }
 

@@ -83,6 +83,13 @@
 //! pretty-printed, with escapes and nested objects, from many different
 //! servers.
 //!
+//! # Metrics
+//!
+//! `llm_sluice_error_bodies_total{layer="error_body", outcome}` counts the
+//! non-2xx bodies the layer looked at: `parsed` (an `ErrorCode` was found),
+//! `unparsed` (read whole, no error code), `too_large` (over the limit, by
+//! size hint or while reading) and `failed` (the body failed while read).
+//!
 //! # Cancel safety
 //!
 //! Dropping the response future drops the inner future or the partly read
@@ -92,6 +99,7 @@ pub mod future;
 
 mod body;
 mod layer;
+mod metrics;
 mod service;
 
 pub use body::ErrorBody;

@@ -1,9 +1,11 @@
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body::Body;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
+use super::metrics::Metrics;
 
 /// Reads non-2xx response bodies and inserts their
 /// [`ErrorCode`](crate::classify::ErrorCode). Made by
@@ -12,13 +14,15 @@ use super::future::ResponseFuture;
 pub struct ErrorBodyService<S> {
     inner: S,
     max_body_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> ErrorBodyService<S> {
-    pub(super) fn new(inner: S, max_body_bytes: usize) -> Self {
+    pub(super) fn new(inner: S, max_body_bytes: usize, metrics: Arc<Metrics>) -> Self {
         ErrorBodyService {
             inner,
             max_body_bytes,
+            metrics,
         }
     }
 
@@ -52,6 +56,10 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        ResponseFuture::new(self.inner.call(req), self.max_body_bytes)
+        ResponseFuture::new(
+            self.inner.call(req),
+            self.max_body_bytes,
+            self.metrics.clone(),
+        )
     }
 }
