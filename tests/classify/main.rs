@@ -615,7 +615,6 @@ async fn quota_429_through_error_body_layer_is_not_retried() {
 async fn spend_limit_429_in_chunks() {
     let (a, b) = SPEND_BODY.split_at(20);
     let (b, c) = b.split_at(30);
-    let a: &'static str = a;
     let upstream = Response::builder()
         .status(429)
         .body(chunked(&[a, b, c]))
