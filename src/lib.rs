@@ -56,7 +56,9 @@ pub mod request;
 mod telemetry;
 pub mod timeout;
 
-pub use classify::Usage;
+#[cfg(feature = "http")]
+pub use classify::ErrorBodyLayer;
+pub use classify::{ErrorCode, Usage};
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use fallback::FallbackLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};

@@ -9,7 +9,7 @@
 //! ([`RateLimitState`]).
 //!
 //! [`DefaultClassifier`] is what every layer uses unless told otherwise. It
-//! classifies errors by type (this crate's [`Error`](crate::Error), I/O and
+//! classifies errors by type (this crate's [`Error`], I/O and
 //! timeout errors) and responses through [`LlmResponse`], which
 //! `http::Response<B>` implements by the status and header rules of
 //! OpenAI-compatible APIs (see [`http`] for the table), and a typed client's
@@ -27,12 +27,22 @@
 //! | `Rejected` (this crate's own limiters) | no | no |
 //!
 //! A server's `x-should-retry` header overrides the retry column.
+//!
+//! A 429 is a spent quota rather than back-pressure when its error body's
+//! code says so ([`is_quota_exhausted`]); [`ErrorBodyLayer`] (feature `http`)
+//! reads error bodies and records the code as an [`ErrorCode`] extension.
 
+#[cfg(feature = "http")]
+pub mod error_body;
+mod error_code;
 pub mod headers;
 #[cfg(feature = "http")]
 pub mod http;
 mod usage;
 
+#[cfg(feature = "http")]
+pub use error_body::{ErrorBody, ErrorBodyLayer, ErrorBodyLayerBuilder, ErrorBodyService};
+pub use error_code::{is_quota_exhausted, ErrorCode};
 pub use usage::{LimitState, RateLimitState, Usage};
 
 use std::error::Error as StdError;
@@ -197,20 +207,48 @@ pub trait Classify<Res> {
 /// A typed client's response implements it from its own fields; the default
 /// is a success with no usage.
 ///
-/// ```
-/// use llm_sluice::classify::{Classification, LlmResponse, Outcome, Usage};
+/// A typed client's response reports its usage, and a spent quota (a 429
+/// whose error code says it can never succeed) so that no layer retries it:
 ///
-/// struct Completion { status: u16, prompt: u64, completion: u64 }
+/// ```
+/// use llm_sluice::classify::{is_quota_exhausted, Classification, LlmResponse, Outcome, Usage};
+///
+/// enum Completion {
+///     Ok { prompt: u64, completion: u64 },
+///     ApiError { status: u16, code: Option<String> },
+/// }
 ///
 /// impl LlmResponse for Completion {
 ///     fn classification(&self) -> Classification {
-///         match self.status {
-///             200 => Classification::success(Some(Usage::new(self.prompt, self.completion))),
-///             s => Classification::new(Outcome::ServerError).with_status(s),
+///         match self {
+///             Completion::Ok { prompt, completion } => {
+///                 Classification::success(Some(Usage::new(*prompt, *completion)))
+///             }
+///             Completion::ApiError { status: 429, code } => {
+///                 let quota_exhausted = code.as_deref().is_some_and(is_quota_exhausted);
+///                 Classification::new(Outcome::RateLimited { quota_exhausted }).with_status(429)
+///             }
+///             Completion::ApiError { status, .. } if *status >= 500 => {
+///                 Classification::new(Outcome::ServerError).with_status(*status)
+///             }
+///             Completion::ApiError { status, .. } => {
+///                 Classification::new(Outcome::ClientError).with_status(*status)
+///             }
 ///         }
 ///     }
 /// }
+///
+/// let spent = Completion::ApiError { status: 429, code: Some("insufficient_quota".into()) };
+/// assert!(!spent.classification().is_retryable());
+/// let busy = Completion::ApiError { status: 429, code: Some("rate_limit_exceeded".into()) };
+/// assert!(busy.classification().is_retryable());
+/// let done = Completion::Ok { prompt: 12, completion: 30 };
+/// assert_eq!(done.classification().usage.unwrap().total_tokens, 42);
 /// ```
+///
+/// For `http::Response`, the quota is read from an [`ErrorCode`] in the
+/// response's extensions, which [`ErrorBodyLayer`] inserts from the error
+/// body.
 pub trait LlmResponse {
     /// What this response means.
     fn classification(&self) -> Classification {

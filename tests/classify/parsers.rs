@@ -1,0 +1,231 @@
+//! Property tests for the header parsers: no input panics, bad input is
+//! `None`, and generated valid values round-trip.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use llm_sluice::classify::headers::{
+    parse_count, parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_delay,
+};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        ..ProptestConfig::default()
+    }
+}
+
+fn all_parsers(bytes: &[u8], now: SystemTime) {
+    let _ = parse_retry_after_ms(bytes);
+    let _ = parse_retry_after(bytes, now);
+    let _ = parse_go_duration(bytes);
+    let _ = parse_rfc3339_delay(bytes, now);
+    let _ = parse_count(bytes);
+}
+
+/// Formats a duration the way Go's `time.Duration.String` does for values of
+/// a second or more (`1h2m3.5s`), or with a sub-second unit below.
+fn go_format(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    if nanos < 1_000 {
+        return format!("{nanos}ns");
+    }
+    if nanos < 1_000_000 {
+        return format!("{}us", trim_frac(nanos, 1_000));
+    }
+    if nanos < 1_000_000_000 {
+        return format!("{}ms", trim_frac(nanos, 1_000_000));
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let s_nanos = u128::from(s) * 1_000_000_000 + u128::from(d.subsec_nanos());
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&format!("{}s", trim_frac(s_nanos, 1_000_000_000)));
+    out
+}
+
+/// `value / unit` as a decimal without trailing zeros.
+fn trim_frac(value: u128, unit: u128) -> String {
+    let whole = value / unit;
+    let frac = value % unit;
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let width = unit.to_string().len() - 1;
+    let digits = format!("{frac:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
+fn any_duration() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        (0u64..10_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        (0u64..5_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        (0u64..1_000_000).prop_map(Duration::from_nanos),
+        (0u64..(u64::MAX / 4)).prop_map(Duration::from_secs),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), now in 0u64..u64::MAX) {
+        let now = UNIX_EPOCH.checked_add(Duration::from_secs(now)).unwrap_or(UNIX_EPOCH);
+        all_parsers(&bytes, now);
+    }
+
+    #[test]
+    fn near_grammar_strings_never_panic(
+        s in r"[ \t]?[+-]?[0-9]{0,25}(\.[0-9]{0,12})?([eE][+-]?[0-9]{0,4})?(h|m|s|ms|us|µs|μs|ns|x|)([0-9]{0,4}(\.[0-9]{0,3})?(h|m|s|ms|ns))?[ \t]?",
+        t in r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,12})?([Zz]|[+-][0-9]{2}:[0-9]{2}|[+-][0-9]{0,4}|)",
+        d in r"(Mon|Sun|Xyz), [0-9]{1,2} (Jan|Nov|Foo) [0-9]{2,5} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|UTC|)",
+        now in 0u64..20_000_000_000,
+    ) {
+        let now = UNIX_EPOCH + Duration::from_secs(now);
+        all_parsers(s.as_bytes(), now);
+        all_parsers(t.as_bytes(), now);
+        all_parsers(d.as_bytes(), now);
+    }
+
+    #[test]
+    fn negative_values_are_none(
+        n in r"[0-9]{1,20}(\.[0-9]{1,9})?",
+        unit in r"(h|m|s|ms|us|ns|)",
+    ) {
+        let neg = format!("-{n}");
+        prop_assert_eq!(parse_retry_after_ms(neg.as_bytes()), None);
+        prop_assert_eq!(parse_retry_after(neg.as_bytes(), UNIX_EPOCH), None);
+        prop_assert_eq!(parse_count(neg.as_bytes()), None);
+        let neg_go = format!("-{n}{unit}");
+        prop_assert_eq!(parse_go_duration(neg_go.as_bytes()), None);
+        let spaced = format!("  -{n}\t");
+        prop_assert_eq!(parse_go_duration(spaced.as_bytes()), None);
+    }
+
+    #[test]
+    fn non_finite_values_are_none(
+        word in "(?i)(nan|inf|infinity|-inf|\\+inf|-nan)",
+        pad in "[ \t]{0,2}",
+    ) {
+        let s = format!("{pad}{word}{pad}");
+        prop_assert_eq!(parse_retry_after_ms(s.as_bytes()), None);
+        prop_assert_eq!(parse_retry_after(s.as_bytes(), UNIX_EPOCH), None);
+        prop_assert_eq!(parse_go_duration(s.as_bytes()), None);
+        prop_assert_eq!(parse_count(s.as_bytes()), None);
+        prop_assert_eq!(parse_rfc3339_delay(s.as_bytes(), UNIX_EPOCH), None);
+    }
+
+    #[test]
+    fn garbage_is_none(s in "[a-zA-Z_!?/#,;]{1,12}") {
+        // Letters alone are never a number, a duration or a timestamp.
+        prop_assert_eq!(parse_retry_after_ms(s.as_bytes()), None);
+        prop_assert_eq!(parse_go_duration(s.as_bytes()), None);
+        prop_assert_eq!(parse_count(s.as_bytes()), None);
+        prop_assert_eq!(parse_rfc3339_delay(s.as_bytes(), UNIX_EPOCH), None);
+    }
+
+    #[test]
+    fn go_durations_round_trip(d in any_duration()) {
+        let text = go_format(d);
+        prop_assert_eq!(parse_go_duration(text.as_bytes()), Some(d), "{}", text);
+    }
+
+    #[test]
+    fn go_duration_sums_of_components(
+        h in 0u64..1000, m in 0u64..1000, s in 0u64..1000, ms in 0u64..1000, ns in 0u64..1000,
+    ) {
+        let text = format!("{h}h{m}m{s}s{ms}ms{ns}ns");
+        let expected = Duration::from_secs(h * 3600 + m * 60 + s)
+            + Duration::from_millis(ms)
+            + Duration::from_nanos(ns);
+        prop_assert_eq!(parse_go_duration(text.as_bytes()), Some(expected), "{}", text);
+    }
+
+    #[test]
+    fn plain_seconds_round_trip(secs in 0u64..u64::MAX, millis in 0u32..1000) {
+        let int = secs.to_string();
+        prop_assert_eq!(parse_go_duration(int.as_bytes()), Some(Duration::from_secs(secs)));
+        prop_assert_eq!(parse_retry_after(int.as_bytes(), UNIX_EPOCH), Some(Duration::from_secs(secs)));
+        let small = secs % 1_000_000;
+        let frac = format!("{small}.{millis:03}");
+        let expected = Duration::from_secs(small) + Duration::from_millis(u64::from(millis));
+        prop_assert_eq!(parse_go_duration(frac.as_bytes()), Some(expected));
+        prop_assert_eq!(parse_retry_after(frac.as_bytes(), UNIX_EPOCH), Some(expected));
+    }
+
+    #[test]
+    fn retry_after_ms_round_trips(ms in 0u64..u64::MAX / 1_000_000, micros in 0u32..1000) {
+        let text = format!("{ms}.{micros:03}");
+        let expected = Duration::from_millis(ms) + Duration::from_micros(u64::from(micros));
+        prop_assert_eq!(parse_retry_after_ms(text.as_bytes()), Some(expected));
+        prop_assert_eq!(parse_retry_after_ms(ms.to_string().as_bytes()), Some(Duration::from_millis(ms)));
+    }
+
+    #[test]
+    fn counts_round_trip(n in any::<u64>()) {
+        prop_assert_eq!(parse_count(n.to_string().as_bytes()), Some(n));
+        prop_assert_eq!(parse_count(format!(" {n} ").as_bytes()), Some(n));
+    }
+
+    #[test]
+    fn http_dates_round_trip(now in 0u64..10_000_000_000, ahead in -1_000_000i64..1_000_000) {
+        let now = UNIX_EPOCH + Duration::from_secs(now);
+        let at = if ahead >= 0 {
+            now + Duration::from_secs(ahead.unsigned_abs())
+        } else {
+            now.checked_sub(Duration::from_secs(ahead.unsigned_abs())).unwrap_or(UNIX_EPOCH)
+        };
+        let text = httpdate::fmt_http_date(at);
+        let expected = at.duration_since(now).unwrap_or(Duration::ZERO);
+        prop_assert_eq!(parse_retry_after(text.as_bytes(), now), Some(expected), "{}", text);
+    }
+
+    #[test]
+    fn rfc3339_round_trips_with_offsets(
+        now in 0u64..7_000_000_000,
+        ahead_secs in -100_000i64..100_000,
+        nanos in 0u32..1_000_000_000,
+        offset_min in -1439i64..1440,
+    ) {
+        let now = UNIX_EPOCH + Duration::from_secs(now) + Duration::from_secs(200_000);
+        let at = if ahead_secs >= 0 {
+            now + Duration::new(ahead_secs.unsigned_abs(), nanos)
+        } else {
+            now - Duration::from_secs(ahead_secs.unsigned_abs()) + Duration::from_nanos(u64::from(nanos))
+        };
+        let expected = at.duration_since(now).unwrap_or(Duration::ZERO);
+        // UTC.
+        let utc = humantime::format_rfc3339_nanos(at).to_string();
+        prop_assert_eq!(parse_rfc3339_delay(utc.as_bytes(), now), Some(expected), "{}", utc);
+        // The same instant written in local time with a numeric offset.
+        let local = if offset_min >= 0 {
+            at + Duration::from_secs(offset_min.unsigned_abs() * 60)
+        } else {
+            at - Duration::from_secs(offset_min.unsigned_abs() * 60)
+        };
+        let sign = if offset_min >= 0 { '+' } else { '-' };
+        let abs = offset_min.unsigned_abs();
+        let local_text = humantime::format_rfc3339_nanos(local).to_string();
+        let with_offset = format!(
+            "{}{sign}{:02}:{:02}",
+            local_text.trim_end_matches('Z'),
+            abs / 60,
+            abs % 60
+        );
+        prop_assert_eq!(
+            parse_rfc3339_delay(with_offset.as_bytes(), now),
+            Some(expected),
+            "{}",
+            with_offset
+        );
+    }
+}
