@@ -383,9 +383,9 @@ impl Upstream {
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
 
-        let in_flight = self.enter();
-        let plan = self.plan(&key, prompt, max_tokens);
         let start = Instant::now();
+        let in_flight = self.enter();
+        let plan = self.plan(start, &key, prompt, max_tokens);
         let mut res = match plan.kind {
             PlanKind::RateLimited { retry_after } => {
                 let which = match plan.views.requests {

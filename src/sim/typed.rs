@@ -215,6 +215,9 @@ impl Future for SimStream {
 pin_project! {
     /// The response future of the typed path.
     ///
+    /// An answer that is due at once (a `429`, a zero latency) costs no
+    /// timer.
+    ///
     /// # Cancel safety
     ///
     /// Dropping it ends the request at the upstream: it leaves the in-flight
@@ -222,15 +225,22 @@ pin_project! {
     /// limits if it was admitted, as it would at a real server.
     pub struct SimFuture {
         #[pin]
-        sleep: Sleep,
-        state: Option<Pending>,
+        state: FutState,
+    }
+}
+
+pin_project! {
+    #[project = FutStateProj]
+    enum FutState {
+        Now { pending: Option<Pending> },
+        Later { #[pin] sleep: Sleep, pending: Option<Pending> },
+        Hang { in_flight: InFlight },
     }
 }
 
 #[derive(Debug)]
 struct Pending {
     response: Result<SimResponse, std::io::Error>,
-    hang: bool,
     in_flight: InFlight,
     /// A streamed success: the stream ends at this time.
     stream_ends: Option<Instant>,
@@ -238,10 +248,15 @@ struct Pending {
 
 impl std::fmt::Debug for SimFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimFuture")
-            .field("answers_at", &self.sleep.deadline())
-            .field("state", &self.state)
-            .finish()
+        let mut d = f.debug_struct("SimFuture");
+        match &self.state {
+            FutState::Now { pending } => d.field("answer", pending),
+            FutState::Later { sleep, pending } => d
+                .field("answers_at", &sleep.deadline())
+                .field("answer", pending),
+            FutState::Hang { .. } => d.field("hang", &true),
+        };
+        d.finish()
     }
 }
 
@@ -249,31 +264,27 @@ impl Future for SimFuture {
     type Output = Result<SimResponse, std::io::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let hang = this
-            .state
-            .as_ref()
-            .expect("SimFuture polled after completion")
-            .hang;
-        if hang {
+        let pending = match self.project().state.project() {
+            FutStateProj::Now { pending } => pending.take(),
+            FutStateProj::Later { sleep, pending } => {
+                std::task::ready!(sleep.poll(cx));
+                pending.take()
+            }
             // Never answers; the in-flight guard goes when the future does.
-            return Poll::Pending;
-        }
-        std::task::ready!(this.sleep.poll(cx));
-        let pending = this
-            .state
-            .take()
-            .expect("SimFuture polled after completion");
+            FutStateProj::Hang { .. } => return Poll::Pending,
+        };
+        let pending = pending.expect("SimFuture polled after completion");
         let mut response = pending.response;
-        if let (Ok(resp), Some(ends)) = (&mut response, pending.stream_ends) {
-            if let Some(usage) = resp.usage {
+        match (&mut response, pending.stream_ends) {
+            (Ok(resp), Some(ends)) if resp.usage.is_some() => {
                 resp.stream = Some(SimStream {
                     sleep: tokio::time::sleep_until(ends),
-                    usage,
+                    usage: resp.usage.unwrap_or_default(),
                     in_flight: Some(pending.in_flight),
                     held: Vec::new(),
                 });
             }
+            _ => drop(pending.in_flight),
         }
         Poll::Ready(response)
     }
@@ -284,9 +295,9 @@ impl Upstream {
     /// the request type (the upstream is a service for two) and without
     /// `&mut`.
     pub fn send(&self, req: SimRequest) -> SimFuture {
-        let in_flight = self.enter();
-        let plan = self.plan(req.key.as_str(), req.prompt_tokens, req.max_tokens);
         let now = Instant::now();
+        let in_flight = self.enter();
+        let plan = self.plan(now, req.key.as_str(), req.prompt_tokens, req.max_tokens);
         let response = |status: u16| SimResponse {
             id: plan.id,
             status,
@@ -333,15 +344,24 @@ impl Upstream {
             ),
             PlanKind::Hang => (now, Ok(response(200)), true, None),
         };
-        SimFuture {
-            sleep: tokio::time::sleep_until(at),
-            state: Some(Pending {
+        let state = if hang {
+            FutState::Hang { in_flight }
+        } else {
+            let pending = Some(Pending {
                 response,
-                hang,
                 in_flight,
                 stream_ends,
-            }),
-        }
+            });
+            if at <= now {
+                FutState::Now { pending }
+            } else {
+                FutState::Later {
+                    sleep: tokio::time::sleep_until(at),
+                    pending,
+                }
+            }
+        };
+        SimFuture { state }
     }
 }
 

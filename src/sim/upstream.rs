@@ -321,8 +321,13 @@ impl Upstream {
     ///
     /// Every request makes the same random draws in the same order whatever
     /// its fate, so one request's outcome does not shift another's.
-    pub(crate) fn plan(&self, key: &str, prompt_tokens: u64, max_tokens: u64) -> Plan {
-        let now = Instant::now();
+    pub(crate) fn plan(
+        &self,
+        now: Instant,
+        key: &str,
+        prompt_tokens: u64,
+        max_tokens: u64,
+    ) -> Plan {
         let cfg = &self.shared.config;
         let mut guard = self.shared.inner.lock();
         let inner = &mut *guard;

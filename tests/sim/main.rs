@@ -848,3 +848,81 @@ async fn loopback_server_speaks_the_chat_completions_api() {
         .expect("graceful shutdown finished");
     drop(client);
 }
+
+// ---------- many requests through a limiter ----------
+
+#[tokio::test(start_paused = true)]
+async fn max_in_flight_shows_what_a_concurrency_limit_in_front_allowed() {
+    let up = Upstream::builder()
+        .time_to_first_token(Dist::LogNormal {
+            median: 0.5,
+            sigma: 0.8,
+        })
+        .tokens_per_second(Dist::Uniform {
+            low: 20.0,
+            high: 100.0,
+        })
+        .faults(Faults {
+            error_500: 0.05,
+            reset: 0.05,
+            ..Faults::NONE
+        })
+        .seed(11)
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .buffer(20_000)
+        .concurrency_limit(8)
+        .service(up.clone());
+    let n = 20_000u64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let svc = svc.clone();
+        let req = SimRequest::new(format!("sk-{}", i % 4), 100, 10 + i % 90);
+        tasks.push(tokio::spawn(async move {
+            match svc.oneshot(req).await {
+                Ok(res) => res.status,
+                Err(_) => 0,
+            }
+        }));
+    }
+    let mut by_status = std::collections::BTreeMap::new();
+    for t in tasks {
+        *by_status.entry(t.await.unwrap()).or_insert(0u64) += 1;
+    }
+    let s = up.stats();
+    assert_eq!(s.received, n, "every request reached the upstream once");
+    assert_eq!(by_status.values().sum::<u64>(), n);
+    assert_eq!(by_status.get(&0).copied().unwrap_or(0), s.faults.reset);
+    assert_eq!(by_status[&500], s.faults.error_500);
+    assert_eq!(by_status[&200], s.succeeded);
+    assert_eq!(
+        s.max_in_flight, 8,
+        "the limit in front, as the upstream saw it"
+    );
+    assert_eq!(s.in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hundred_thousand_typed_requests_are_cheap() {
+    let up = Upstream::builder()
+        .requests_per_window(1_000)
+        .tokens_per_window(500_000)
+        .faults(Faults::all(0.02))
+        .seed(5)
+        .build()
+        .unwrap();
+    let wall = std::time::Instant::now();
+    let mut futures = Vec::with_capacity(1000);
+    for i in 0..100_000u64 {
+        futures.push(up.send(SimRequest::new(["a", "b", "c"][(i % 3) as usize], 50, 200)));
+        if futures.len() == 1000 {
+            tokio::time::advance(Duration::from_secs(20)).await;
+            futures.clear();
+        }
+    }
+    let s = up.stats();
+    assert_eq!(s.received, 100_000);
+    assert_eq!(s.in_flight, 0);
+    eprintln!("100k typed requests: {:?} wall, {s:?}", wall.elapsed());
+}
