@@ -65,7 +65,8 @@ pub struct SimStats {
     pub received: u64,
     /// Requests admitted by the rate limits (the ones that spent budget).
     pub admitted: u64,
-    /// Requests answered with a success.
+    /// Requests chosen to be answered with a success (counted on arrival: a
+    /// caller that drops the call before the answer still counts here).
     pub succeeded: u64,
     /// `429` rate-limit refusals (over the limit now).
     pub rate_limited: u64,
