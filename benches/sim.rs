@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use llm_sluice::sim::{Faults, Latency, SimRequest, Upstream};
@@ -13,7 +13,8 @@ use tower::Service;
 
 fn poll_now<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
     match fut.as_mut().poll(&mut cx) {
         Poll::Ready(out) => out,
         Poll::Pending => panic!("the call was expected to answer at once"),

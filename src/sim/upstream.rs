@@ -434,6 +434,17 @@ impl Upstream {
                 }
             }
         };
+        match kind {
+            PlanKind::Success { .. } => {}
+            PlanKind::RateLimited { retry_after } => {
+                tracing::debug!(
+                    request = id,
+                    ?retry_after,
+                    "simulated upstream: rate limited"
+                )
+            }
+            other => tracing::debug!(request = id, fault = ?other, "simulated upstream: fault"),
+        }
         if cfg.record_log {
             state.log.push(Received {
                 at: now,
