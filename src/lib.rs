@@ -52,6 +52,8 @@ pub mod hold;
 #[allow(dead_code)]
 mod partition;
 pub mod request;
+#[cfg(feature = "sim")]
+pub mod sim;
 #[allow(dead_code)]
 mod telemetry;
 pub mod timeout;
