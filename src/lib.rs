@@ -7,6 +7,7 @@
     rust_2018_idioms
 )]
 
+pub mod breaker;
 pub mod classify;
 mod error;
 pub mod hold;
@@ -16,6 +17,7 @@ pub mod request;
 #[allow(dead_code)]
 mod telemetry;
 
+pub use breaker::{CircuitBreakerLayer, CircuitState};
 pub use classify::Usage;
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
