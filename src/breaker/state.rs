@@ -334,6 +334,13 @@ impl Machine {
         let mut cached = None;
         let mut clock = now;
         let mut now = move || *cached.get_or_insert_with(&mut clock);
+        if matches!(self.phase, Phase::Open { .. } | Phase::HalfOpen { .. }) {
+            // A probe finishing after the half-open wait ran out is late: the
+            // breaker re-opens first, and the outcome is stale.
+            if let Some(t) = self.tick(cfg, now()) {
+                return Some(t);
+            }
+        }
         if generation != self.generation {
             return None;
         }
@@ -371,7 +378,7 @@ impl Machine {
                 let Record::Counted { failed, slow } = record else {
                     // Neither success nor failure: give the slot back.
                     *admitted = admitted.saturating_sub(1);
-                    return self.tick(cfg, now());
+                    return None;
                 };
                 *completed += 1;
                 *failures += u32::from(failed);
@@ -388,7 +395,7 @@ impl Machine {
                 } else if *completed >= n {
                     Some(self.close(now()))
                 } else {
-                    self.tick(cfg, now())
+                    None
                 }
             }
             _ => None,
