@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -34,7 +33,7 @@ pin_project! {
             #[pin]
             future: F,
             permit: Option<Permit>,
-            started: Option<(Instant, Duration)>,
+            started: Option<Instant>,
             classifier: C,
         },
         Rejected {
@@ -47,7 +46,7 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn called(
         future: F,
         permit: Permit,
-        started: Option<(Instant, Duration)>,
+        started: Option<Instant>,
         classifier: C,
     ) -> Self {
         ResponseFuture {
@@ -86,12 +85,13 @@ where
                 let result = ready!(future.poll(cx)).map_err(Into::into);
                 if let Some(permit) = permit.take() {
                     let classification = classifier.classify(result.as_ref().map_err(|e| &**e));
-                    let (slow, now) = match *started {
-                        Some((start, threshold)) => {
+                    let threshold = permit.breaker().shared().cfg.slow_call.map(|(d, _)| d);
+                    let (slow, now) = match (*started, threshold) {
+                        (Some(start), Some(threshold)) => {
                             let now = Instant::now();
                             (now.saturating_duration_since(start) > threshold, Some(now))
                         }
-                        None => (false, None),
+                        _ => (false, None),
                     };
                     let record = if classification.is_failure() {
                         Record::Counted { failed: true, slow }

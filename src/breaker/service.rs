@@ -102,7 +102,7 @@ where
                     .shared()
                     .cfg
                     .slow_call
-                    .map(|(threshold, _)| (Instant::now(), threshold));
+                    .map(|_| Instant::now());
                 ResponseFuture::called(
                     self.inner.call(request),
                     permit,

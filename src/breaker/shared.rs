@@ -2,7 +2,7 @@
 //! an atomic mirror of its state for the closed path, and the hooks
 //! (callback, metrics, events) that each transition fires.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -126,6 +126,8 @@ pub(crate) struct Breaker {
     /// `generation << 3 | state code`, written under the mutex after every
     /// transition; read without locking to admit closed calls.
     mode: AtomicU64,
+    /// Mirrors [`Machine::quiet`]: a plain success need not take the lock.
+    quiet: AtomicBool,
     machine: Mutex<Machine>,
     shared: Arc<Shared>,
     scope: Scope,
@@ -145,6 +147,7 @@ impl Breaker {
         let machine = Machine::new(&shared.cfg, now);
         Breaker {
             mode: AtomicU64::new(pack(machine.current(), machine.generation())),
+            quiet: AtomicBool::new(machine.quiet()),
             machine: Mutex::new(machine),
             shared,
             scope,
@@ -157,12 +160,12 @@ impl Breaker {
 
     /// Admits a call or says how long until one may pass.
     #[inline]
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Permit, std::time::Duration> {
+    pub(crate) fn admit(self: Arc<Self>) -> Result<Permit, std::time::Duration> {
         let mode = self.mode.load(Ordering::Acquire);
         let code = mode & STATE_MASK;
         if code == CircuitState::Closed.code() || code == CircuitState::ForcedClosed.code() {
             return Ok(Permit {
-                breaker: self.clone(),
+                breaker: self,
                 generation: mode >> STATE_BITS,
                 probe: false,
             });
@@ -171,7 +174,7 @@ impl Breaker {
     }
 
     #[cold]
-    fn admit_slow(self: &Arc<Self>) -> Result<Permit, std::time::Duration> {
+    fn admit_slow(self: Arc<Self>) -> Result<Permit, std::time::Duration> {
         let now = Instant::now();
         let (admit, transition) = {
             let mut m = self.machine.lock();
@@ -182,12 +185,12 @@ impl Breaker {
         self.notify(transition, now);
         match admit {
             Admit::Closed(generation) => Ok(Permit {
-                breaker: self.clone(),
+                breaker: self,
                 generation,
                 probe: false,
             }),
             Admit::Probe(generation) => Ok(Permit {
-                breaker: self.clone(),
+                breaker: self,
                 generation,
                 probe: true,
             }),
@@ -205,8 +208,17 @@ impl Breaker {
 
     /// Records a finished call. `now` is read at most once, and only if the
     /// window or a transition needs it.
+    #[inline]
     pub(crate) fn record(&self, generation: u64, record: Record, now: Option<Instant>) {
         self.shared.metrics.calls[record.index()].increment(1);
+        if record == Record::SUCCESS && self.quiet.load(Ordering::Acquire) {
+            // Nothing a plain success could change: skip the lock.
+            return;
+        }
+        self.record_locked(generation, record, now);
+    }
+
+    fn record_locked(&self, generation: u64, record: Record, now: Option<Instant>) {
         let mut at = now;
         let transition = {
             let mut m = self.machine.lock();
@@ -215,6 +227,8 @@ impl Breaker {
             });
             if t.is_some() {
                 self.sync(&m);
+            } else {
+                self.sync_quiet(&m);
             }
             t
         };
@@ -255,6 +269,15 @@ impl Breaker {
     fn sync(&self, m: &Machine) {
         self.mode
             .store(pack(m.current(), m.generation()), Ordering::Release);
+        self.sync_quiet(m);
+    }
+
+    fn sync_quiet(&self, m: &Machine) {
+        let quiet = m.quiet();
+        // Write only on change: the flag is read on every success.
+        if self.quiet.load(Ordering::Relaxed) != quiet {
+            self.quiet.store(quiet, Ordering::Release);
+        }
     }
 
     fn notify(&self, transition: Option<Transition>, at: Instant) {

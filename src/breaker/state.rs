@@ -135,6 +135,12 @@ pub(crate) enum Record {
 }
 
 impl Record {
+    /// A plain success: not slow.
+    pub(crate) const SUCCESS: Record = Record::Counted {
+        failed: false,
+        slow: false,
+    };
+
     pub(crate) const fn label(self) -> &'static str {
         match self {
             Record::Counted {
@@ -268,6 +274,19 @@ impl Machine {
 
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether recording a plain success (not slow) would change nothing:
+    /// closed, no run of failures, and a window that is a full count window
+    /// of successes (or no window). The service skips the lock then.
+    pub(crate) fn quiet(&self) -> bool {
+        matches!(self.phase, Phase::Closed { .. })
+            && self.consecutive == 0
+            && match &self.window {
+                None => true,
+                Some(Window::Count(w)) => w.is_full() && w.totals().failures == 0 && w.totals().slow == 0,
+                Some(Window::Time(_)) => false,
+            }
     }
 
     /// The state as last computed, without applying time.

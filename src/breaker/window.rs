@@ -79,6 +79,10 @@ impl CountWindow {
         self.totals
     }
 
+    pub(crate) fn is_full(&self) -> bool {
+        self.len == self.ring.len()
+    }
+
     pub(crate) fn clear(&mut self) {
         self.next = 0;
         self.len = 0;
