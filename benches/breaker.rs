@@ -21,7 +21,8 @@ struct Req(u32);
 
 impl LlmRequest for Req {}
 
-fn inner() -> tower::util::ServiceFn<impl FnMut(Req) -> Ready<Result<u32, std::io::Error>> + Clone> {
+fn inner() -> tower::util::ServiceFn<impl FnMut(Req) -> Ready<Result<u32, std::io::Error>> + Clone>
+{
     tower::service_fn(|req: Req| ready(Ok::<u32, std::io::Error>(req.0)))
 }
 

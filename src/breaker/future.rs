@@ -107,10 +107,9 @@ where
                 }
                 Poll::Ready(result)
             }
-            KindProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .expect("polled after completion")
-                .into())),
+            KindProj::Rejected { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion").into()))
+            }
         }
     }
 }

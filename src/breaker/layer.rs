@@ -280,7 +280,10 @@ impl<C> CircuitBreakerBuilder<C> {
 
     fn config(&self) -> Result<Config, ConfigError> {
         if self.consecutive_failures == Some(0) {
-            return Err(ConfigError::new("consecutive_failures", "must be at least 1"));
+            return Err(ConfigError::new(
+                "consecutive_failures",
+                "must be at least 1",
+            ));
         }
         if let Some(rate) = self.failure_rate {
             if !rate_ok(rate) {
@@ -294,9 +297,7 @@ impl<C> CircuitBreakerBuilder<C> {
                     "count_window and time_window cannot both be set",
                 ))
             }
-            (Some(0), None) => {
-                return Err(ConfigError::new("count_window", "must be at least 1"))
-            }
+            (Some(0), None) => return Err(ConfigError::new("count_window", "must be at least 1")),
             (Some(n), None) => WindowKind::Count(n),
             (None, Some(d)) if d.is_zero() => {
                 return Err(ConfigError::new("time_window", "must be longer than zero"))
@@ -313,14 +314,20 @@ impl<C> CircuitBreakerBuilder<C> {
         };
         if let Some((threshold, rate)) = self.slow_call {
             if threshold.is_zero() {
-                return Err(ConfigError::new("slow_call", "threshold must be longer than zero"));
+                return Err(ConfigError::new(
+                    "slow_call",
+                    "threshold must be longer than zero",
+                ));
             }
             if !rate_ok(rate) {
                 return Err(ConfigError::new("slow_call", "rate must be in (0, 1]"));
             }
         }
         if self.open_duration.is_zero() {
-            return Err(ConfigError::new("open_duration", "must be longer than zero"));
+            return Err(ConfigError::new(
+                "open_duration",
+                "must be longer than zero",
+            ));
         }
         let (backoff_multiplier, max_open_duration) = match self.backoff {
             None => (1.0, self.open_duration),
@@ -340,16 +347,25 @@ impl<C> CircuitBreakerBuilder<C> {
         };
         let backoff_reset_after = self.backoff_reset_after.unwrap_or(max_open_duration);
         if backoff_reset_after.is_zero() {
-            return Err(ConfigError::new("backoff_reset_after", "must be longer than zero"));
+            return Err(ConfigError::new(
+                "backoff_reset_after",
+                "must be longer than zero",
+            ));
         }
         if self.half_open_probes == 0 {
             return Err(ConfigError::new("half_open_probes", "must be at least 1"));
         }
         if self.half_open_max_wait.is_zero() {
-            return Err(ConfigError::new("half_open_max_wait", "must be longer than zero"));
+            return Err(ConfigError::new(
+                "half_open_max_wait",
+                "must be longer than zero",
+            ));
         }
         if self.partitions == Some(0) {
-            return Err(ConfigError::new("per_partition", "must allow at least 1 partition"));
+            return Err(ConfigError::new(
+                "per_partition",
+                "must allow at least 1 partition",
+            ));
         }
         let failure_rate = match (self.consecutive_failures, self.failure_rate, self.slow_call) {
             (None, None, None) => Some(0.5),

@@ -8,7 +8,7 @@
 //! use llm_sluice::Error;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
 //! let breaker = CircuitBreakerLayer::builder()
 //!     .consecutive_failures(2)
 //!     .open_duration(Duration::from_secs(10))
@@ -46,7 +46,7 @@
 //!   `slow_call(d, r)` rate. Rates are evaluated only once the window holds
 //!   `minimum_calls`. The window is the last `count_window(n)` calls or the
 //!   calls of the last `time_window(d)`.
-//! - **Open**: calls fail at once with [`Error::CircuitOpen`] whose
+//! - **Open**: calls fail at once with [`Error::CircuitOpen`](crate::Error::CircuitOpen) whose
 //!   `retry_after` is the time left until half-open. The open duration is
 //!   `open_duration`, or with `open_duration_backoff(m, max)` it is
 //!   multiplied by `m` on each consecutive opening, capped at `max`, and
@@ -90,7 +90,7 @@
 //!
 //! # Partitions
 //!
-//! With `per_partition(max)` each [`PartitionKey`](crate::PartitionKey) (read
+//! With `per_partition(max)` each [`PartitionKey`] (read
 //! through [`LlmRequest::partition`](crate::LlmRequest::partition)) gets its
 //! own breaker, so one failing model does not cut off the others. At most
 //! `max` keys have their own; when the map is full, idle breakers are

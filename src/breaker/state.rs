@@ -70,7 +70,6 @@ impl CircuitState {
     pub(crate) const fn index(self) -> usize {
         self.code() as usize
     }
-
 }
 
 impl fmt::Display for CircuitState {
@@ -284,7 +283,9 @@ impl Machine {
             && self.consecutive == 0
             && match &self.window {
                 None => true,
-                Some(Window::Count(w)) => w.is_full() && w.totals().failures == 0 && w.totals().slow == 0,
+                Some(Window::Count(w)) => {
+                    w.is_full() && w.totals().failures == 0 && w.totals().slow == 0
+                }
                 Some(Window::Time(_)) => false,
             }
     }
@@ -314,7 +315,11 @@ impl Machine {
     }
 
     /// The state at `now`, after [`tick`](Self::tick).
-    pub(crate) fn state(&mut self, cfg: &Config, now: Instant) -> (CircuitState, Option<Transition>) {
+    pub(crate) fn state(
+        &mut self,
+        cfg: &Config,
+        now: Instant,
+    ) -> (CircuitState, Option<Transition>) {
         let t = self.tick(cfg, now);
         (self.current(), t)
     }
@@ -589,7 +594,11 @@ mod tests {
             assert_eq!(m.record(&cfg, g, FAIL, || t0), None);
         }
         let g = admit_gen(&mut m, &cfg, t0);
-        assert_eq!(m.record(&cfg, g, OK, || t0), None, "a success resets the run");
+        assert_eq!(
+            m.record(&cfg, g, OK, || t0),
+            None,
+            "a success resets the run"
+        );
         for _ in 0..2 {
             let g = admit_gen(&mut m, &cfg, t0);
             m.record(&cfg, g, FAIL, || t0);

@@ -148,7 +148,11 @@ async fn consecutive_failures_open_and_fail_fast() {
     run(&mut svc, Call::ok()).await.unwrap();
     run(&mut svc, Call::fail()).await.unwrap();
     run(&mut svc, Call::fail()).await.unwrap();
-    assert_eq!(handle.state(), CircuitState::Closed, "a success broke the run");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "a success broke the run"
+    );
     let _ = run(&mut svc, Call::new(Reply::Reset)).await;
     assert_eq!(handle.state(), CircuitState::Open);
     tokio::time::advance(S(4)).await;
@@ -191,7 +195,11 @@ async fn count_window_forgets_old_failures() {
     assert_eq!(handle.state(), CircuitState::Closed);
     // The first failure leaves the window; one new failure makes 1 of 4.
     run(&mut svc, Call::fail()).await.unwrap();
-    assert_eq!(handle.state(), CircuitState::Closed, "old failure forgotten");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "old failure forgotten"
+    );
     run(&mut svc, Call::fail()).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Open, "2 of the last 4");
 }
@@ -212,7 +220,11 @@ async fn time_window_calls_expire() {
     tokio::time::advance(S(21)).await;
     run(&mut svc, Call::fail()).await.unwrap();
     run(&mut svc, Call::ok()).await.unwrap();
-    assert_eq!(handle.state(), CircuitState::Closed, "only 2 calls in window");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "only 2 calls in window"
+    );
     run(&mut svc, Call::ok()).await.unwrap();
     assert_eq!(handle.state(), CircuitState::Closed, "1 of 3 failed");
     tokio::time::advance(S(5)).await;
@@ -309,14 +321,14 @@ async fn response_future_drop_releases_probe_slot() {
     let mut svc = svc(&layer);
     run(&mut svc, Call::fail()).await.unwrap();
     tokio::time::advance(S(1)).await;
-    let probe = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Call::new(Reply::Hang));
+    let probe = svc.ready().await.unwrap().call(Call::new(Reply::Hang));
     assert!(rejected(&run(&mut svc, Call::ok()).await), "slot taken");
     drop(probe);
-    assert_eq!(handle.state(), CircuitState::HalfOpen, "drop counts as nothing");
+    assert_eq!(
+        handle.state(),
+        CircuitState::HalfOpen,
+        "drop counts as nothing"
+    );
     assert_eq!(run(&mut svc, Call::ok()).await, Ok(200), "slot given back");
     assert_eq!(handle.state(), CircuitState::Closed);
 }
@@ -375,7 +387,10 @@ async fn caller_errors_and_429_are_neither_success_nor_failure() {
     let mut svc = svc(&layer);
     run(&mut svc, Call::fail()).await.unwrap();
     for status in [400, 401, 404, 422, 429] {
-        assert_eq!(run(&mut svc, Call::new(Reply::Status(status))).await, Ok(status));
+        assert_eq!(
+            run(&mut svc, Call::new(Reply::Status(status))).await,
+            Ok(status)
+        );
     }
     assert_eq!(handle.state(), CircuitState::Closed);
     run(&mut svc, Call::new(Reply::Status(529))).await.unwrap();
@@ -403,7 +418,11 @@ async fn timeouts_and_408_are_failures() {
         .await
         .unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>());
-    assert_eq!(handle.state(), CircuitState::Open, "layer clones share the breaker");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "layer clones share the breaker"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -419,7 +438,11 @@ async fn custom_classifier_decides_what_fails() {
     let handle = layer.handle();
     let mut svc = layer.layer(upstream());
     svc.ready().await.unwrap().call(Call::fail()).await.unwrap();
-    assert_eq!(handle.state(), CircuitState::Closed, "500 is a success here");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "500 is a success here"
+    );
     svc.ready()
         .await
         .unwrap()
@@ -453,7 +476,11 @@ async fn outcomes_from_an_older_state_are_ignored() {
     // The failure admitted while closed long ago lands now: not counted.
     slow.await.unwrap().unwrap();
     run(&mut svc, Call::fail()).await.unwrap();
-    assert_eq!(handle.state(), CircuitState::Closed, "only one failure counts");
+    assert_eq!(
+        handle.state(),
+        CircuitState::Closed,
+        "only one failure counts"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -468,7 +495,11 @@ async fn partitions_have_their_own_breakers() {
     run(&mut svc, Call::fail().key("model-a")).await.unwrap();
     assert!(rejected(&run(&mut svc, Call::ok().key("model-a")).await));
     assert_eq!(run(&mut svc, Call::ok().key("model-b")).await, Ok(200));
-    assert_eq!(run(&mut svc, Call::ok()).await, Ok(200), "unkeyed is separate");
+    assert_eq!(
+        run(&mut svc, Call::ok()).await,
+        Ok(200),
+        "unkeyed is separate"
+    );
     let a = PartitionKey::from("model-a");
     assert_eq!(handle.partition_state(&a), Some(CircuitState::Open));
     assert_eq!(handle.state(), CircuitState::Closed);
@@ -487,15 +518,26 @@ async fn partition_memory_is_bounded() {
     run(&mut svc, Call::fail().key("a")).await.unwrap();
     // `a` is open (not idle): new keys share the overflow breaker.
     run(&mut svc, Call::fail().key("b")).await.unwrap();
-    assert!(rejected(&run(&mut svc, Call::ok().key("c")).await), "c shares b's overflow breaker");
+    assert!(
+        rejected(&run(&mut svc, Call::ok().key("c")).await),
+        "c shares b's overflow breaker"
+    );
     assert_eq!(handle.partitions(), 1);
     // Healthy keys are idle and make room.
     handle.reset_all();
     assert_eq!(run(&mut svc, Call::ok().key("d")).await, Ok(200));
-    assert_eq!(handle.partition_state(&PartitionKey::from("d")), Some(CircuitState::Closed));
-    assert!(handle.partition_state(&PartitionKey::from("a")).is_none(), "evicted");
+    assert_eq!(
+        handle.partition_state(&PartitionKey::from("d")),
+        Some(CircuitState::Closed)
+    );
+    assert!(
+        handle.partition_state(&PartitionKey::from("a")).is_none(),
+        "evicted"
+    );
     for i in 0..200 {
-        run(&mut svc, Call::ok().key(&format!("k{i}"))).await.unwrap();
+        run(&mut svc, Call::ok().key(&format!("k{i}")))
+            .await
+            .unwrap();
     }
     assert_eq!(handle.partitions(), 1);
 }
@@ -511,13 +553,21 @@ async fn handle_forces_and_resets() {
     let mut svc = svc(&layer);
     handle.force_open();
     tokio::time::advance(S(60)).await;
-    assert_eq!(handle.state(), CircuitState::ForcedOpen, "does not time out");
+    assert_eq!(
+        handle.state(),
+        CircuitState::ForcedOpen,
+        "does not time out"
+    );
     assert!(rejected(&run(&mut svc, Call::ok()).await));
     handle.force_closed();
     for _ in 0..5 {
         run(&mut svc, Call::fail()).await.unwrap();
     }
-    assert_eq!(handle.state(), CircuitState::ForcedClosed, "nothing recorded");
+    assert_eq!(
+        handle.state(),
+        CircuitState::ForcedClosed,
+        "nothing recorded"
+    );
     handle.reset();
     assert_eq!(handle.state(), CircuitState::Closed);
     run(&mut svc, Call::fail()).await.unwrap();
@@ -599,9 +649,18 @@ fn metrics_count_calls_transitions_and_rejections() {
         Some(DebugValue::Counter(n)) => *n,
         other => panic!("{name} {labels:?}: {other:?}"),
     };
-    assert_eq!(counter("llm_sluice_breaker_calls_total", &[("outcome", "success")]), 1);
-    assert_eq!(counter("llm_sluice_breaker_calls_total", &[("outcome", "failure")]), 2);
-    assert_eq!(counter("llm_sluice_breaker_calls_total", &[("outcome", "ignored")]), 1);
+    assert_eq!(
+        counter("llm_sluice_breaker_calls_total", &[("outcome", "success")]),
+        1
+    );
+    assert_eq!(
+        counter("llm_sluice_breaker_calls_total", &[("outcome", "failure")]),
+        2
+    );
+    assert_eq!(
+        counter("llm_sluice_breaker_calls_total", &[("outcome", "ignored")]),
+        1
+    );
     assert_eq!(
         counter(
             "llm_sluice_breaker_transitions_total",
@@ -626,21 +685,45 @@ fn metrics_count_calls_transitions_and_rejections() {
 fn invalid_settings_fail_at_build() {
     let b = CircuitBreakerLayer::builder;
     let field = |r: Result<CircuitBreakerLayer, llm_sluice::ConfigError>| r.unwrap_err().field();
-    assert_eq!(field(b().consecutive_failures(0).build()), "consecutive_failures");
+    assert_eq!(
+        field(b().consecutive_failures(0).build()),
+        "consecutive_failures"
+    );
     assert_eq!(field(b().failure_rate(0.0).build()), "failure_rate");
     assert_eq!(field(b().failure_rate(1.5).build()), "failure_rate");
     assert_eq!(field(b().failure_rate(f64::NAN).build()), "failure_rate");
     assert_eq!(field(b().count_window(0).build()), "count_window");
-    assert_eq!(field(b().time_window(Duration::ZERO).build()), "time_window");
-    assert_eq!(field(b().count_window(5).time_window(S(1)).build()), "time_window");
+    assert_eq!(
+        field(b().time_window(Duration::ZERO).build()),
+        "time_window"
+    );
+    assert_eq!(
+        field(b().count_window(5).time_window(S(1)).build()),
+        "time_window"
+    );
     assert_eq!(field(b().minimum_calls(0).build()), "minimum_calls");
-    assert_eq!(field(b().slow_call(Duration::ZERO, 0.5).build()), "slow_call");
+    assert_eq!(
+        field(b().slow_call(Duration::ZERO, 0.5).build()),
+        "slow_call"
+    );
     assert_eq!(field(b().slow_call(S(1), 0.0).build()), "slow_call");
-    assert_eq!(field(b().open_duration(Duration::ZERO).build()), "open_duration");
-    assert_eq!(field(b().open_duration_backoff(0.5, S(60)).build()), "open_duration_backoff");
-    assert_eq!(field(b().open_duration_backoff(2.0, S(1)).build()), "open_duration_backoff");
+    assert_eq!(
+        field(b().open_duration(Duration::ZERO).build()),
+        "open_duration"
+    );
+    assert_eq!(
+        field(b().open_duration_backoff(0.5, S(60)).build()),
+        "open_duration_backoff"
+    );
+    assert_eq!(
+        field(b().open_duration_backoff(2.0, S(1)).build()),
+        "open_duration_backoff"
+    );
     assert_eq!(field(b().half_open_probes(0).build()), "half_open_probes");
-    assert_eq!(field(b().half_open_max_wait(Duration::ZERO).build()), "half_open_max_wait");
+    assert_eq!(
+        field(b().half_open_max_wait(Duration::ZERO).build()),
+        "half_open_max_wait"
+    );
     assert_eq!(field(b().per_partition(0).build()), "per_partition");
     assert!(b().build().is_ok());
 }
@@ -725,6 +808,10 @@ fn half_open_race_across_threads_admits_exactly_n_probes() {
             }
         });
         assert_eq!(passed.into_inner(), 5, "round {round}");
-        assert_eq!(handle.state(), CircuitState::HalfOpen, "drops count as nothing");
+        assert_eq!(
+            handle.state(),
+            CircuitState::HalfOpen,
+            "drops count as nothing"
+        );
     }
 }

@@ -35,9 +35,19 @@ enum Step {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
-    Closed { since: Instant },
-    Open { until: Instant },
-    HalfOpen { since: Instant, admitted: u32, done: u32, failed: u32, slow: u32 },
+    Closed {
+        since: Instant,
+    },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        since: Instant,
+        admitted: u32,
+        done: u32,
+        failed: u32,
+        slow: u32,
+    },
 }
 
 /// The reference: plain lists and the rules as the docs state them.
@@ -62,7 +72,13 @@ impl Model {
     fn tick(&mut self, now: Instant) {
         match self.phase {
             Phase::Open { until } if now >= until => {
-                self.phase = Phase::HalfOpen { since: now, admitted: 0, done: 0, failed: 0, slow: 0 }
+                self.phase = Phase::HalfOpen {
+                    since: now,
+                    admitted: 0,
+                    done: 0,
+                    failed: 0,
+                    slow: 0,
+                }
             }
             Phase::HalfOpen { since, .. } if now >= since + MAX_WAIT => self.open(now),
             _ => {}
@@ -135,7 +151,12 @@ impl Model {
                 }
             }
             (Phase::HalfOpen { admitted, .. }, None) => *admitted -= 1,
-            (Phase::HalfOpen { done, failed, slow, .. }, Some((f, s))) => {
+            (
+                Phase::HalfOpen {
+                    done, failed, slow, ..
+                },
+                Some((f, s)),
+            ) => {
                 *done += 1;
                 *failed += f as u32;
                 *slow += s as u32;
@@ -221,7 +242,11 @@ fn check(s: Settings, steps: Vec<Step>) -> Result<(), TestCaseError> {
         if let Some((d, r)) = s.slow {
             b = b.slow_call(d, r);
         }
-        b = if s.time_window { b.time_window(SPAN) } else { b.count_window(COUNT as u32) };
+        b = if s.time_window {
+            b.time_window(SPAN)
+        } else {
+            b.count_window(COUNT as u32)
+        };
         let origin = Instant::now();
         let layer = b.build().unwrap();
         let handle = layer.handle();
@@ -242,13 +267,18 @@ fn check(s: Settings, steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let start = Instant::now();
                     let admitted = model.admit(start);
                     let phase = model.phase;
-                    let call = Call::new(if reply == 0 { Reply::Reset } else { Reply::Status(reply) })
-                        .after(latency);
+                    let call = Call::new(if reply == 0 {
+                        Reply::Reset
+                    } else {
+                        Reply::Status(reply)
+                    })
+                    .after(latency);
                     let result = run(&mut svc, call).await;
                     prop_assert_eq!(
                         matches!(result, Err(Some(_))),
                         !admitted,
-                        "step {}: admission differs", i
+                        "step {}: admission differs",
+                        i
                     );
                     if admitted {
                         let end = Instant::now();
