@@ -815,3 +815,87 @@ fn half_open_race_across_threads_admits_exactly_n_probes() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_forwards_inner_readiness_and_errors_pass_through() {
+    use tokio_test::{assert_pending, assert_ready_ok};
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (mut svc, mut mock) = tower_test::mock::spawn_layer::<Call, Resp, _>(layer);
+    mock.allow(0);
+    assert_pending!(svc.poll_ready());
+    mock.allow(1);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+    let fut = svc.call(Call::ok());
+    let (req, send) = mock.next_request().await.unwrap();
+    assert_eq!(req, Call::ok());
+    send.send_error(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "reset",
+    ));
+    let err = fut.await.unwrap_err();
+    assert!(
+        err.is::<std::io::Error>(),
+        "the inner error passes through boxed"
+    );
+    assert_eq!(
+        handle.state(),
+        CircuitState::Open,
+        "and counted as a failure"
+    );
+    // Open: refused without reaching the inner service.
+    mock.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc.call(Call::ok()).await.unwrap_err();
+    assert!(matches!(
+        err.downcast_ref::<Error>(),
+        Some(Error::CircuitOpen { .. })
+    ));
+    assert!(mock.poll_request().is_pending(), "inner never called");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_partitions_are_evicted_and_callbacks_name_the_key() {
+    let seen: Arc<Mutex<Vec<Option<PartitionKey>>>> = Arc::default();
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(S(1))
+        .half_open_probes(1)
+        .per_partition(8)
+        .on_state_change({
+            let seen = seen.clone();
+            move |c: &StateChange| seen.lock().unwrap().push(c.partition.clone())
+        })
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = svc(&layer);
+    run(&mut svc, Call::ok().key("healthy")).await.unwrap();
+    run(&mut svc, Call::fail().key("sick")).await.unwrap();
+    assert_eq!(handle.partitions(), 2);
+    assert_eq!(handle.evict_idle(), 1, "only the healthy breaker is idle");
+    assert_eq!(
+        handle.partition_state(&PartitionKey::from("sick")),
+        Some(CircuitState::Open)
+    );
+    tokio::time::advance(S(1)).await;
+    run(&mut svc, Call::ok().key("sick")).await.unwrap();
+    assert_eq!(
+        handle.evict_idle(),
+        0,
+        "remembers its opening for the backoff"
+    );
+    tokio::time::advance(S(1)).await;
+    assert_eq!(
+        handle.evict_idle(),
+        1,
+        "healthy for backoff_reset_after: idle"
+    );
+    assert_eq!(handle.partitions(), 0);
+    let sick = Some(PartitionKey::from("sick"));
+    assert_eq!(*seen.lock().unwrap(), [sick.clone(), sick.clone(), sick]);
+}
