@@ -52,7 +52,8 @@
 //!   multiplied by `m` on each consecutive opening, capped at `max`, and
 //!   back at its base once the breaker has stayed closed for
 //!   `backoff_reset_after`.
-//! - **Half-open**: exactly `half_open_probes` calls pass; the rest fail fast.
+//! - **Half-open**: exactly `half_open_probes` calls pass; the rest fail fast
+//!   with a `retry_after` of the time left of the half-open maximum wait.
 //!   The breaker re-opens as soon as the probes' failures (or slow calls)
 //!   reach the rate (with only `consecutive_failures`, at the first failed
 //!   probe) and closes, with an empty window, once all probes finished
@@ -103,11 +104,14 @@
 //!
 //! # Cost
 //!
-//! In the closed state, admission is one atomic load (state and generation
-//! in one word) and an `Arc` clone; recording takes an uncontended
-//! `parking_lot` mutex for a few instructions, and reads the clock only if a
-//! time window or slow calls are configured. Everything off the closed path
-//! takes the mutex. Time is tokio's, so paused-time tests drive it.
+//! The closed state is the hot path. Admission is one atomic load (state and
+//! generation share one word) and the `Arc` clone the response future needs.
+//! A plain success takes no lock at all while it cannot change anything (no
+//! run of failures, and a count window that is full of successes); any other
+//! outcome takes an uncontended `parking_lot` mutex for a few instructions.
+//! The clock is read only when a time window or slow calls are configured.
+//! Everything off the closed path (open, half-open, handles) takes the mutex.
+//! Time is tokio's, so paused-time tests drive it.
 //!
 //! # Metrics
 //!

@@ -296,14 +296,12 @@ impl Breaker {
             Scope::Key(key) => Some(key.clone()),
             _ => None,
         };
-        match t.to {
-            CircuitState::Closed | CircuitState::ForcedClosed => {
-                tracing::info!(scope = ?self.scope, from = %t.from, to = %t.to, "circuit breaker closed")
-            }
-            _ => {
-                tracing::info!(scope = ?self.scope, from = %t.from, to = %t.to, "circuit breaker state changed")
-            }
-        }
+        tracing::info!(
+            scope = ?self.scope,
+            from = %t.from,
+            to = %t.to,
+            "circuit breaker state changed"
+        );
         if let Some(callback) = &self.shared.on_change {
             callback(&StateChange {
                 from: t.from,
