@@ -608,6 +608,7 @@ async fn state_change_callback_sees_every_transition() {
     );
 }
 
+#[cfg(feature = "metrics")]
 #[test]
 fn metrics_count_calls_transitions_and_rejections() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
