@@ -45,6 +45,7 @@
     rust_2018_idioms
 )]
 
+pub mod breaker;
 pub mod classify;
 mod error;
 pub mod fallback;
@@ -58,6 +59,7 @@ pub mod sim;
 mod telemetry;
 pub mod timeout;
 
+pub use breaker::{CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "http")]
 pub use classify::ErrorBodyLayer;
 pub use classify::{ErrorCode, Usage};

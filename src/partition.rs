@@ -44,9 +44,11 @@ pub(crate) enum Placement {
     Overflow,
 }
 
+/// One lock-protected slice of the map.
+type Shard<V> = Mutex<HashMap<PartitionKey, Arc<V>>>;
+
 pub(crate) struct Partitions<V> {
-    #[allow(clippy::type_complexity)] // a sharded map; a type alias would hide nothing
-    shards: Box<[Mutex<HashMap<PartitionKey, Arc<V>>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: RandomState,
     per_shard: usize,
     live: AtomicUsize,

@@ -1,0 +1,449 @@
+//! One breaker as the services share it: the state machine behind a mutex,
+//! an atomic mirror of its state for the closed path, and the hooks
+//! (callback, metrics, events) that each transition fires.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::state::{Admit, CircuitState, Config, Machine, Record, Transition};
+use super::StateChange;
+use crate::partition::{Idle, Partitions};
+use crate::request::PartitionKey;
+use crate::telemetry::{self, Counter, Gauge, Kind, Unit};
+
+/// The callback run on each state change.
+pub(crate) type OnChange = Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+const STATE_BITS: u64 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+const fn pack(state: CircuitState, generation: u64) -> u64 {
+    (generation << STATE_BITS) | state.code()
+}
+
+pub(crate) const STATE: &str = "llm_sluice_breaker_state";
+pub(crate) const OPEN: &str = "llm_sluice_breaker_open";
+pub(crate) const TRANSITIONS: &str = "llm_sluice_breaker_transitions_total";
+pub(crate) const CALLS: &str = "llm_sluice_breaker_calls_total";
+pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
+
+fn describe_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        telemetry::describe(&[
+            (
+                Kind::Gauge,
+                STATE,
+                Unit::Count,
+                "State of the unkeyed circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ),
+            (
+                Kind::Gauge,
+                OPEN,
+                Unit::Count,
+                "Circuit breakers (keyed ones included) currently open or half-open.",
+            ),
+            (
+                Kind::Counter,
+                TRANSITIONS,
+                Unit::Count,
+                "Circuit breaker state changes, by `from` and `to` state.",
+            ),
+            (
+                Kind::Counter,
+                CALLS,
+                Unit::Count,
+                "Calls that passed a circuit breaker, by recorded outcome.",
+            ),
+            (
+                Kind::Counter,
+                REJECTED,
+                Unit::Count,
+                "Requests refused by a layer, by `layer` and `reason`.",
+            ),
+        ]);
+    });
+}
+
+/// Metric handles of one layer, created once at build.
+pub(crate) struct Metrics {
+    state: Gauge,
+    open: Gauge,
+    calls: [Counter; 5],
+    rejected: Counter,
+    transitions: [[OnceLock<Counter>; 5]; 5],
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        describe_once();
+        let layer = ("layer", "breaker");
+        Metrics {
+            state: Gauge::new(STATE, &[layer]),
+            open: Gauge::new(OPEN, &[layer]),
+            calls: Record::ALL.map(|r| Counter::new(CALLS, &[layer, ("outcome", r.label())])),
+            rejected: Counter::new(REJECTED, &[layer, ("reason", "circuit_open")]),
+            transitions: Default::default(),
+        }
+    }
+
+    fn transition(&self, t: Transition) -> &Counter {
+        self.transitions[t.from.index()][t.to.index()].get_or_init(|| {
+            Counter::new(
+                TRANSITIONS,
+                &[
+                    ("layer", "breaker"),
+                    ("from", t.from.as_str()),
+                    ("to", t.to.as_str()),
+                ],
+            )
+        })
+    }
+}
+
+/// Settings and hooks shared by every breaker of a layer.
+pub(crate) struct Shared {
+    pub(crate) cfg: Config,
+    pub(crate) on_change: Option<OnChange>,
+    pub(crate) metrics: Metrics,
+}
+
+/// Which breaker of a layer this is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Requests without a key (the only breaker of an unkeyed layer).
+    Unkeyed,
+    /// Keys that found the partition map full.
+    Overflow,
+    /// One key's own breaker.
+    Key(PartitionKey),
+}
+
+pub(crate) struct Breaker {
+    /// `generation << 3 | state code`, written under the mutex after every
+    /// transition; read without locking to admit closed calls.
+    mode: AtomicU64,
+    /// Mirrors [`Machine::quiet`]: a plain success need not take the lock.
+    quiet: AtomicBool,
+    machine: Mutex<Machine>,
+    shared: Arc<Shared>,
+    scope: Scope,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("scope", &self.scope)
+            .field("state", &self.machine.lock().current())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(shared: Arc<Shared>, scope: Scope, now: Instant) -> Self {
+        let machine = Machine::new(&shared.cfg, now);
+        Breaker {
+            mode: AtomicU64::new(pack(machine.current(), machine.generation())),
+            quiet: AtomicBool::new(machine.quiet()),
+            machine: Mutex::new(machine),
+            shared,
+            scope,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Admits a call or says how long until one may pass.
+    #[inline]
+    pub(crate) fn admit(self: Arc<Self>) -> Result<Permit, std::time::Duration> {
+        let mode = self.mode.load(Ordering::Acquire);
+        let code = mode & STATE_MASK;
+        if code == CircuitState::Closed.code() || code == CircuitState::ForcedClosed.code() {
+            return Ok(Permit {
+                breaker: self,
+                generation: mode >> STATE_BITS,
+                probe: false,
+            });
+        }
+        self.admit_slow()
+    }
+
+    #[cold]
+    fn admit_slow(self: Arc<Self>) -> Result<Permit, std::time::Duration> {
+        let now = Instant::now();
+        let (admit, transition) = {
+            let mut m = self.machine.lock();
+            let out = m.admit(&self.shared.cfg, now);
+            self.sync(&m);
+            out
+        };
+        self.notify(transition, now);
+        match admit {
+            Admit::Closed(generation) => Ok(Permit {
+                breaker: self,
+                generation,
+                probe: false,
+            }),
+            Admit::Probe(generation) => Ok(Permit {
+                breaker: self,
+                generation,
+                probe: true,
+            }),
+            Admit::Rejected(retry_after) => {
+                self.shared.metrics.rejected.increment(1);
+                tracing::debug!(
+                    scope = ?self.scope,
+                    ?retry_after,
+                    "circuit breaker rejected a call"
+                );
+                Err(retry_after)
+            }
+        }
+    }
+
+    /// Records a finished call. `now` is read at most once, and only if the
+    /// window or a transition needs it.
+    #[inline]
+    pub(crate) fn record(&self, generation: u64, record: Record, now: Option<Instant>) {
+        self.shared.metrics.calls[record.index()].increment(1);
+        if record == Record::SUCCESS && self.quiet.load(Ordering::Acquire) {
+            // Nothing a plain success could change: skip the lock.
+            return;
+        }
+        self.record_locked(generation, record, now);
+    }
+
+    fn record_locked(&self, generation: u64, record: Record, now: Option<Instant>) {
+        let mut at = now;
+        let transition = {
+            let mut m = self.machine.lock();
+            let t = m.record(&self.shared.cfg, generation, record, || {
+                *at.get_or_insert_with(Instant::now)
+            });
+            if t.is_some() {
+                self.sync(&m);
+            } else {
+                self.sync_quiet(&m);
+            }
+            t
+        };
+        if let Some(t) = transition {
+            self.notify(Some(t), at.unwrap_or_else(Instant::now));
+        }
+    }
+
+    fn release_probe(&self, generation: u64) {
+        let mut m = self.machine.lock();
+        m.release_probe(generation);
+    }
+
+    /// The state now (applying what time alone changes).
+    pub(crate) fn state(&self) -> CircuitState {
+        let now = Instant::now();
+        let (state, transition) = {
+            let mut m = self.machine.lock();
+            let out = m.state(&self.shared.cfg, now);
+            self.sync(&m);
+            out
+        };
+        self.notify(transition, now);
+        state
+    }
+
+    pub(crate) fn force(&self, target: CircuitState) {
+        let now = Instant::now();
+        let transition = {
+            let mut m = self.machine.lock();
+            let t = m.force(target, now);
+            self.sync(&m);
+            t
+        };
+        self.notify(transition, now);
+    }
+
+    fn sync(&self, m: &Machine) {
+        self.mode
+            .store(pack(m.current(), m.generation()), Ordering::Release);
+        self.sync_quiet(m);
+    }
+
+    fn sync_quiet(&self, m: &Machine) {
+        let quiet = m.quiet();
+        // Write only on change: the flag is read on every success.
+        if self.quiet.load(Ordering::Relaxed) != quiet {
+            self.quiet.store(quiet, Ordering::Release);
+        }
+    }
+
+    fn notify(&self, transition: Option<Transition>, at: Instant) {
+        let Some(t) = transition else { return };
+        let metrics = &self.shared.metrics;
+        metrics.transition(t).increment(1);
+        if self.scope == Scope::Unkeyed {
+            metrics.state.set(t.to.gauge_value());
+        }
+        match (t.from.is_closed(), t.to.is_closed()) {
+            (true, false) => metrics.open.increment(1.0),
+            (false, true) => metrics.open.decrement(1.0),
+            _ => {}
+        }
+        let partition = match &self.scope {
+            Scope::Key(key) => Some(key.clone()),
+            _ => None,
+        };
+        tracing::info!(
+            scope = ?self.scope,
+            from = %t.from,
+            to = %t.to,
+            "circuit breaker state changed"
+        );
+        if let Some(callback) = &self.shared.on_change {
+            callback(&StateChange {
+                from: t.from,
+                to: t.to,
+                partition,
+                overflow: self.scope == Scope::Overflow,
+                at,
+            });
+        }
+    }
+}
+
+impl Idle for Breaker {
+    fn is_idle(&self, now: Instant) -> bool {
+        self.machine.lock().is_idle(&self.shared.cfg, now)
+    }
+}
+
+/// The right to make one call: a closed-state pass or a half-open probe slot.
+///
+/// Dropped without an outcome (the response future was dropped), a probe
+/// slot is given back without counting as a success or a failure.
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    generation: u64,
+    probe: bool,
+}
+
+impl Permit {
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Records the call's outcome and consumes the permit.
+    pub(crate) fn record(mut self, record: Record, now: Option<Instant>) {
+        // The outcome settles the probe slot: `Drop` must not give it back.
+        self.probe = false;
+        self.breaker.record(self.generation, record, now);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.release_probe(self.generation);
+        }
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("generation", &self.generation)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+/// Where a layer's breakers live: one, or one a partition.
+pub(crate) enum Registry {
+    Single(Arc<Breaker>),
+    Keyed {
+        map: Partitions<Breaker>,
+        shared: Arc<Shared>,
+    },
+}
+
+impl Registry {
+    pub(crate) fn single(shared: Arc<Shared>) -> Self {
+        Registry::Single(Arc::new(Breaker::new(
+            shared,
+            Scope::Unkeyed,
+            Instant::now(),
+        )))
+    }
+
+    pub(crate) fn keyed(shared: Arc<Shared>, max: usize) -> Self {
+        let now = Instant::now();
+        // `Partitions::new` makes the unkeyed state first, then the overflow one.
+        let mut made = 0;
+        let map = Partitions::new(max, || {
+            made += 1;
+            let scope = if made == 1 {
+                Scope::Unkeyed
+            } else {
+                Scope::Overflow
+            };
+            Breaker::new(shared.clone(), scope, now)
+        });
+        Registry::Keyed { map, shared }
+    }
+
+    /// The breaker for `key` (the unkeyed one when `key` is `None` or the
+    /// layer is not partitioned).
+    #[inline]
+    pub(crate) fn breaker(&self, key: Option<&PartitionKey>) -> Arc<Breaker> {
+        match self {
+            Registry::Single(b) => b.clone(),
+            Registry::Keyed { map, shared } => {
+                let now = Instant::now();
+                map.get(key, now, || {
+                    let scope = key.map_or(Scope::Overflow, |k| Scope::Key(k.clone()));
+                    Breaker::new(shared.clone(), scope, now)
+                })
+                .0
+            }
+        }
+    }
+
+    /// The breaker of `key` if it has its own.
+    pub(crate) fn peek(&self, key: &PartitionKey) -> Option<Arc<Breaker>> {
+        match self {
+            Registry::Single(_) => None,
+            Registry::Keyed { map, .. } => map.peek(key),
+        }
+    }
+
+    pub(crate) fn is_keyed(&self) -> bool {
+        matches!(self, Registry::Keyed { .. })
+    }
+
+    /// How many keys have their own breaker.
+    pub(crate) fn partitions(&self) -> usize {
+        match self {
+            Registry::Single(_) => 0,
+            Registry::Keyed { map, .. } => map.len(),
+        }
+    }
+
+    /// Visits every breaker.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Breaker>)) {
+        match self {
+            Registry::Single(b) => f(b),
+            Registry::Keyed { map, .. } => map.for_each(|_, b| f(b)),
+        }
+    }
+
+    /// Evicts idle keyed breakers no request or handle holds.
+    pub(crate) fn evict_idle(&self) -> usize {
+        match self {
+            Registry::Single(_) => 0,
+            Registry::Keyed { map, .. } => map.evict_idle(Instant::now()),
+        }
+    }
+}
