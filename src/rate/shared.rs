@@ -91,22 +91,25 @@ impl<W> SlotState<W> {
         }
     }
 
-    /// Removes and wakes every waiter whose time is up; returns how many.
-    fn drain_expired(&mut self, now: Instant) -> usize {
-        let mut drained = 0;
-        while let Some(&(expiry, key)) = self.expiries.first() {
-            if expiry > now {
-                break;
-            }
-            self.expiries.pop_first();
-            if let Some(entry) = self.queue.remove(&key) {
+    /// Removes and wakes every waiter but `head` whose time is up; returns
+    /// how many.
+    fn drain_expired(&mut self, now: Instant, head: &WaitKey) -> usize {
+        let expired: Vec<(Instant, WaitKey)> = self
+            .expiries
+            .iter()
+            .take_while(|(expiry, _)| *expiry <= now)
+            .filter(|(_, key)| key != head)
+            .copied()
+            .collect();
+        for item in &expired {
+            self.expiries.remove(item);
+            if let Some(entry) = self.queue.remove(&item.1) {
                 if let Some(waker) = entry.waker {
                     waker.wake();
                 }
-                drained += 1;
             }
         }
-        drained
+        expired.len()
     }
 }
 
@@ -556,27 +559,32 @@ impl<C, St: RateStore> WaitGuard<C, St> {
             self.done = true;
             return WaitPoll::Failed(self.expired(&mut state, demand, now));
         }
-        if self.expiry <= now {
-            let was_head = state.is_head(&self.key);
-            state.remove(&self.key);
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            self.done = true;
-            if was_head {
-                state.wake_head();
+        let is_head = state.is_head(&self.key);
+        if !is_head {
+            if self.expiry <= now {
+                state.remove(&self.key);
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.done = true;
+                return WaitPoll::Failed(self.expired(&mut state, demand, now));
             }
-            return WaitPoll::Failed(self.expired(&mut state, demand, now));
-        }
-        if !state.is_head(&self.key) {
             state.set_waker(&self.key, waker);
             return WaitPoll::Park(None);
         }
         // The head: it keeps the queue's one timer, so it also times out
-        // the others.
-        let expired = state.drain_expired(now);
+        // the others. It is admitted if it fits at its expiry instant.
+        let expired = state.drain_expired(now, &self.key);
         if expired > 0 {
             shared.waiting.fetch_sub(expired, Ordering::AcqRel);
         }
-        match shared.attempt(&mut state, demand, now) {
+        let attempt = shared.attempt(&mut state, demand, now);
+        if matches!(attempt, Attempt::Wait(_)) && self.expiry <= now {
+            state.remove(&self.key);
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.done = true;
+            state.wake_head();
+            return WaitPoll::Failed(self.expired(&mut state, demand, now));
+        }
+        match attempt {
             Attempt::Admitted { part, global } => {
                 state.remove(&self.key);
                 shared.waiting.fetch_sub(1, Ordering::AcqRel);
