@@ -44,8 +44,10 @@ pub(crate) enum Placement {
     Overflow,
 }
 
+type Shard<V> = Mutex<HashMap<PartitionKey, Arc<V>>>;
+
 pub(crate) struct Partitions<V> {
-    shards: Box<[Mutex<HashMap<PartitionKey, Arc<V>>>]>,
+    shards: Box<[Shard<V>]>,
     hasher: RandomState,
     per_shard: usize,
     live: AtomicUsize,

@@ -21,8 +21,12 @@ pub struct RateStats {
 pub(crate) trait Control: Send + Sync {
     fn limits(&self) -> Limits;
     fn global_limits(&self) -> Option<Limits>;
-    fn set_limit(&self, global: bool, budget: Budget, value: Option<u64>)
-        -> Result<(), ConfigError>;
+    fn set_limit(
+        &self,
+        global: bool,
+        budget: Budget,
+        value: Option<u64>,
+    ) -> Result<(), ConfigError>;
     fn stats(&self) -> RateStats;
     fn evict_idle(&self) -> usize;
 }

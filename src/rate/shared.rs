@@ -511,7 +511,8 @@ impl<C, St: RateStore> Shared<C, St> {
     }
 
     fn wake_all_heads(&self) {
-        self.partitions.for_each(|_, slot| slot.state.lock().wake_head());
+        self.partitions
+            .for_each(|_, slot| slot.state.lock().wake_head());
     }
 }
 
@@ -528,7 +529,12 @@ pub(crate) struct WaitGuard<C, St: RateStore> {
 }
 
 impl<C, St: RateStore> WaitGuard<C, St> {
-    fn expired(&self, state: &mut SlotState<St::Window>, demand: &Demand, now: Instant) -> BoxError {
+    fn expired(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> BoxError {
         let shared = &self.shared;
         if self.deadline_bound {
             shared.metrics.deadline.increment(1);

@@ -76,7 +76,13 @@ pub trait RateStore: Send + Sync + 'static {
 
     /// Takes the server's word on what remains: until each reset, admit at
     /// most `remaining` more (a missing reset lasts one window).
-    fn clamp(&self, window: &mut Self::Window, state: &RateLimitState, limits: &Limits, now: Instant);
+    fn clamp(
+        &self,
+        window: &mut Self::Window,
+        state: &RateLimitState,
+        limits: &Limits,
+        now: Instant,
+    );
 }
 
 /// The state of one scope as the partition map sees it.
@@ -202,9 +208,10 @@ impl RateStore for MemoryStore {
         _now: Instant,
     ) {
         for budget in Budget::ALL {
-            if let (Some(seq), Some(log)) =
-                (ticket.seqs[budget.index()], &mut window.logs[budget.index()])
-            {
+            if let (Some(seq), Some(log)) = (
+                ticket.seqs[budget.index()],
+                &mut window.logs[budget.index()],
+            ) {
                 log.set(seq, actual.amount(budget));
             }
         }

@@ -84,7 +84,11 @@ async fn admits_up_to_the_limit_then_waits_for_the_window() {
     assert_ready!(third.poll()).unwrap();
     let log = log.lock();
     assert_eq!(log.len(), 3);
-    assert_eq!(log[2].0 - t0, MINUTE, "admitted when the first entry expired");
+    assert_eq!(
+        log[2].0 - t0,
+        MINUTE,
+        "admitted when the first entry expired"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -155,10 +159,10 @@ async fn reconciliation_refunds_at_the_original_timestamp() {
     // 200 + 700 fits only thanks to the refund
     let mut b = task::spawn(svc.ready().await.unwrap().call(req(700)));
     assert_ready!(b.poll()).unwrap(); // refunded to 200 at t0 + 10
-    // 200 + 200 + 600: fits now again
+                                      // 200 + 200 + 600: fits now again
     let mut c = task::spawn(svc.ready().await.unwrap().call(req(600)));
     assert_ready!(c.poll()).unwrap(); // 200 at t0 + 10
-    // window holds 600 (t0, t0+10, t0+10); 500 more needs the t0 entry gone
+                                      // window holds 600 (t0, t0+10, t0+10); 500 more needs the t0 entry gone
     let mut d = task::spawn(svc.ready().await.unwrap().call(req(500)));
     assert_pending!(d.poll());
     advance(Duration::from_secs(49)).await; // t0 + 59
@@ -447,8 +451,14 @@ async fn dropping_a_waiter_releases_nothing_and_wakes_the_next() {
     assert_pending!(next.poll());
     assert_eq!(handle.stats().waiting, 2);
     drop(head);
-    assert!(next.is_woken(), "the next waiter takes over the head's timer");
-    assert_pending!(next.poll(), "the window is still full: nothing was released");
+    assert!(
+        next.is_woken(),
+        "the next waiter takes over the head's timer"
+    );
+    assert_pending!(
+        next.poll(),
+        "the window is still full: nothing was released"
+    );
     assert_eq!(handle.stats().waiting, 1);
     advance(MINUTE).await;
     assert_ready!(next.poll()).unwrap();
@@ -472,7 +482,10 @@ async fn response_future_drop_after_admission_keeps_the_reservation() {
     drop(fut);
     upstream.allow(1);
     let mut b = task::spawn(svc.ready().await.unwrap().call(req(0)));
-    assert_pending!(b.poll(), "the dropped call reached the upstream and still counts");
+    assert_pending!(
+        b.poll(),
+        "the dropped call reached the upstream and still counts"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -511,7 +524,11 @@ async fn no_waiter_starves_under_strict_head_of_line() {
         .find(|(_, r)| r.tokens == 1_000)
         .expect("the large request was admitted")
         .0;
-    assert_eq!(large_at - t0, MINUTE, "admitted as soon as the window drained");
+    assert_eq!(
+        large_at - t0,
+        MINUTE,
+        "admitted as soon as the window drained"
+    );
     // nothing overtook it
     assert!(log.iter().filter(|(t, _)| *t < large_at).count() == 1);
 }
@@ -583,7 +600,11 @@ async fn partitions_are_bounded_and_invented_keys_share_the_overflow_budget() {
         let _ = svc.ready().await.unwrap().call(r).await;
     }
     let stats = handle.stats();
-    assert!(stats.partitions <= 4, "live partitions {}", stats.partitions);
+    assert!(
+        stats.partitions <= 4,
+        "live partitions {}",
+        stats.partitions
+    );
     // each own partition admitted one, the shared overflow window one more
     assert!(log.lock().len() <= 5, "admitted {}", log.lock().len());
     // once the windows are empty, the partitions are idle and can go
@@ -745,8 +766,12 @@ async fn saturation_uses_at_least_99_percent_of_the_limits() {
     for t in tasks {
         t.await.unwrap();
     }
-    let log = log.lock();
-    let in_time: Vec<_> = log.iter().filter(|(t, _)| *t < end).collect();
+    let in_time: Vec<_> = log
+        .lock()
+        .iter()
+        .filter(|(t, _)| *t < end)
+        .cloned()
+        .collect();
     let requests = in_time.len() as u64;
     let tokens: u64 = in_time.iter().map(|(_, r)| r.tokens).sum();
     let (req_util, tok_util) = (
@@ -811,7 +836,10 @@ fn assert_window_holds(
             .filter(|(s, _)| *s + window > t)
             .map(|(_, a)| a)
             .sum();
-        proptest::prop_assert!(sum <= limit, "{what}: {sum} > {limit} in the window ending at {t:?}");
+        proptest::prop_assert!(
+            sum <= limit,
+            "{what}: {sum} > {limit} in the window ending at {t:?}"
+        );
     }
     Ok(())
 }
@@ -829,14 +857,14 @@ mod prop {
     }
 
     fn arrival() -> impl Strategy<Value = Arrival> {
-        (0u64..30_000, 0u64..400, 0u8..3, any::<u8>()).prop_map(|(at_ms, tokens, partition, priority)| {
-            Arrival {
+        (0u64..30_000, 0u64..400, 0u8..3, any::<u8>()).prop_map(
+            |(at_ms, tokens, partition, priority)| Arrival {
                 at_ms,
                 tokens,
                 partition,
                 priority,
-            }
-        })
+            },
+        )
     }
 
     proptest! {
@@ -907,4 +935,63 @@ mod prop {
             assert_window_holds(&toks, window, global_tpm, "global tokens")?;
         }
     }
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn metrics_report_admissions_rejections_refunds_and_cooldowns() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let layer = RateLimitLayer::builder()
+                .tokens_per_minute(1_000)
+                .max_wait(Duration::ZERO)
+                .build()
+                .unwrap();
+            let (inner, _) = upstream(|r: &RequestMeta| {
+                if r.tokens == 429 {
+                    Ok(too_many(Duration::from_secs(1)))
+                } else {
+                    Ok(Resp(Classification::success(Some(Usage::new(100, 0)))))
+                }
+            });
+            let mut svc = layer.layer(inner);
+            svc.ready().await.unwrap().call(req(300)).await.unwrap(); // refund 200
+            let _ = svc.ready().await.unwrap().call(req(2_000)).await; // too large
+            let _ = svc.ready().await.unwrap().call(req(429)).await; // cooldown
+            let _ = svc.ready().await.unwrap().call(req(1)).await; // cooling: wait_timeout
+        })
+    });
+    let mut seen = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let value = match value {
+            DebugValue::Counter(c) => c as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        };
+        seen.insert(name, value);
+    }
+    let get = |name: &str| seen.get(name).copied().unwrap_or_else(|| panic!("{name} missing in {seen:?}"));
+    assert_eq!(get("llm_sluice_rate_admitted_total{}"), 2.0);
+    assert_eq!(get("llm_sluice_rate_tokens_reserved_total{}"), 729.0);
+    assert_eq!(get("llm_sluice_rate_tokens_refunded_total{}"), 200.0);
+    assert_eq!(get("llm_sluice_rate_cooldowns_total{}"), 1.0);
+    assert_eq!(get("llm_sluice_rate_wait_seconds{}"), 2.0);
+    assert_eq!(get("llm_sluice_rejected_total{layer=rate,reason=too_large}"), 1.0);
+    assert_eq!(get("llm_sluice_rejected_total{layer=rate,reason=wait_timeout}"), 1.0);
+    assert_eq!(get("llm_sluice_partitions{layer=rate}"), 0.0);
 }
