@@ -110,6 +110,8 @@ fn admission(c: &mut Criterion) {
             black_box(fut.now_or_never().unwrap().unwrap());
         })
     });
+    group.bench_function("probe_tokio_now", |b| b.iter(|| black_box(tokio::time::Instant::now())));
+    group.bench_function("probe_std_now", |b| b.iter(|| black_box(std::time::Instant::now())));
     group.finish();
 }
 

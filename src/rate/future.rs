@@ -33,8 +33,9 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req, C, St>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: only a queue's head ever arms it, and it keeps the future
+        // small for the common case of immediate admission.
+        sleep: Option<Pin<Box<Sleep>>>,
         shared: Arc<Shared<C, St>>,
     }
 }
@@ -137,28 +138,30 @@ where
                         // Called at the instant of admission: the window's
                         // timestamp is when the upstream is called.
                         let future = service.call(request);
-                        this.sleep.set(None);
+                        *this.sleep = None;
                         this.state.set(State::Calling {
                             future,
                             reservation: Some(reservation),
                         });
                     }
                     WaitPoll::Failed(error) => {
-                        this.sleep.set(None);
+                        *this.sleep = None;
                         this.state.set(State::Done);
                         return Poll::Ready(Err(error));
                     }
                     WaitPoll::Park(None) => {
-                        this.sleep.set(None);
+                        *this.sleep = None;
                         return Poll::Pending;
                     }
                     WaitPoll::Park(Some(at)) => {
-                        match this.sleep.as_mut().as_pin_mut() {
-                            Some(sleep) => sleep.reset(at),
-                            None => this.sleep.set(Some(sleep_until(at))),
-                        }
-                        let sleep = this.sleep.as_mut().as_pin_mut().expect("armed above");
-                        if sleep.poll(cx).is_pending() {
+                        let sleep = match this.sleep {
+                            Some(sleep) => {
+                                sleep.as_mut().reset(at);
+                                sleep
+                            }
+                            None => this.sleep.insert(Box::pin(sleep_until(at))),
+                        };
+                        if sleep.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
                         }
                     }

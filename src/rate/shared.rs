@@ -203,8 +203,8 @@ pub(crate) struct Settings {
 pub(crate) struct Shared<C, St: RateStore> {
     pub(crate) store: St,
     pub(crate) classifier: C,
-    limits: RwLock<Limits>,
-    global_limits: RwLock<Option<Limits>>,
+    /// The partition limits and the global ones, read together.
+    limits: RwLock<(Limits, Option<Limits>)>,
     partitions: Partitions<Slot<St::Window>>,
     global: Slot<St::Window>,
     max_wait: Duration,
@@ -253,8 +253,7 @@ impl<C, St: RateStore> Shared<C, St> {
         Shared {
             store,
             classifier,
-            limits: RwLock::new(settings.limits),
-            global_limits: RwLock::new(settings.global),
+            limits: RwLock::new((settings.limits, settings.global)),
             partitions,
             global,
             max_wait: settings.max_wait,
@@ -272,7 +271,8 @@ impl<C, St: RateStore> Shared<C, St> {
             .partitions
             .get(key, now, || Slot::new(self.store.window()));
         let live = self.partitions.len();
-        if self.reported_partitions.swap(live, Ordering::Relaxed) != live {
+        if self.reported_partitions.load(Ordering::Relaxed) != live {
+            self.reported_partitions.store(live, Ordering::Relaxed);
             self.metrics.partitions.set(live as f64);
         }
         slot
@@ -280,13 +280,14 @@ impl<C, St: RateStore> Shared<C, St> {
 
     /// Where `demand` stands in the partition and the global budget.
     fn verdict(&self, state: &mut SlotState<St::Window>, demand: &Demand, now: Instant) -> Verdict {
-        let limits = *self.limits.read();
-        let verdict = self.store.check(&mut state.window, demand, &limits, now);
-        match (*self.global_limits.read(), verdict) {
+        let guard = self.limits.read();
+        let (limits, global) = &*guard;
+        let verdict = self.store.check(&mut state.window, demand, limits, now);
+        match (global, verdict) {
             (_, Verdict::Never { .. }) | (None, _) => verdict,
             (Some(global), _) => {
                 let mut g = self.global.state.lock();
-                verdict.and(self.store.check(&mut g.window, demand, &global, now))
+                verdict.and(self.store.check(&mut g.window, demand, global, now))
             }
         }
     }
@@ -298,16 +299,17 @@ impl<C, St: RateStore> Shared<C, St> {
         demand: &Demand,
         now: Instant,
     ) -> Attempt<St::Ticket> {
-        let limits = *self.limits.read();
-        let global_limits = *self.global_limits.read();
-        let verdict = self.store.check(&mut state.window, demand, &limits, now);
+        // Lock order: partition (held by the caller), limits (read), global.
+        let guard = self.limits.read();
+        let (limits, global_limits) = &*guard;
+        let verdict = self.store.check(&mut state.window, demand, limits, now);
         if let Verdict::Never { amount, limit } = verdict {
             return Attempt::Never { amount, limit };
         }
         match global_limits {
             None => match verdict {
                 Verdict::Fits => Attempt::Admitted {
-                    part: self.store.reserve(&mut state.window, demand, &limits, now),
+                    part: self.store.reserve(&mut state.window, demand, limits, now),
                     global: None,
                 },
                 Verdict::NotUntil(at) => Attempt::Wait(at),
@@ -316,10 +318,10 @@ impl<C, St: RateStore> Shared<C, St> {
             Some(global) => {
                 // Lock order: partition, then global.
                 let mut g = self.global.state.lock();
-                match verdict.and(self.store.check(&mut g.window, demand, &global, now)) {
+                match verdict.and(self.store.check(&mut g.window, demand, global, now)) {
                     Verdict::Fits => Attempt::Admitted {
-                        part: self.store.reserve(&mut state.window, demand, &limits, now),
-                        global: Some(self.store.reserve(&mut g.window, demand, &global, now)),
+                        part: self.store.reserve(&mut state.window, demand, limits, now),
+                        global: Some(self.store.reserve(&mut g.window, demand, global, now)),
                     },
                     Verdict::NotUntil(at) => Attempt::Wait(at),
                     Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
@@ -460,6 +462,16 @@ impl<C, St: RateStore> Shared<C, St> {
     /// Corrects or releases a reservation once the call's result is known,
     /// and takes the server's feedback.
     pub(crate) fn finish(&self, reservation: Reservation<St>, class: &Classification) {
+        let release = class.outcome == Outcome::Rejected;
+        let cooldown = match (class.outcome, class.retry_after) {
+            (Outcome::RateLimited { .. }, Some(delay)) if delay > Duration::ZERO => Some(delay),
+            _ => None,
+        };
+        if !release && class.usage.is_none() && cooldown.is_none() && class.rate_limits.is_none()
+        {
+            // The estimate stands: nothing to correct.
+            return;
+        }
         let now = Instant::now();
         let Reservation {
             slot,
@@ -469,7 +481,7 @@ impl<C, St: RateStore> Shared<C, St> {
         } = reservation;
         let mut state = slot.state.lock();
         let mut wake = false;
-        if class.outcome == Outcome::Rejected {
+        if release {
             // A local layer refused it: it never reached the upstream.
             self.store.release(&mut state.window, &part, now);
             if let Some(ticket) = &global {
@@ -494,15 +506,13 @@ impl<C, St: RateStore> Shared<C, St> {
             // always gives some back, so let the head look again.
             wake = true;
         }
-        if let (Outcome::RateLimited { .. }, Some(delay)) = (class.outcome, class.retry_after) {
-            if delay > Duration::ZERO {
-                self.store.cool_down(&mut state.window, now + delay);
-                self.metrics.cooldowns.increment(1);
-                tracing::debug!(?delay, "rate: partition cooling down after a 429");
-            }
+        if let Some(delay) = cooldown {
+            self.store.cool_down(&mut state.window, now + delay);
+            self.metrics.cooldowns.increment(1);
+            tracing::debug!(?delay, "rate: partition cooling down after a 429");
         }
         if let Some(server) = &class.rate_limits {
-            let limits = *self.limits.read();
+            let limits = self.limits.read().0;
             self.store.clamp(&mut state.window, server, &limits, now);
         }
         if wake {
@@ -655,7 +665,6 @@ impl<C, St: RateStore> fmt::Debug for Shared<C, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("limits", &*self.limits.read())
-            .field("global", &*self.global_limits.read())
             .field("partitions", &self.partitions)
             .field("waiting", &self.waiting.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -668,11 +677,11 @@ where
     St: RateStore,
 {
     fn limits(&self) -> Limits {
-        *self.limits.read()
+        self.limits.read().0
     }
 
     fn global_limits(&self) -> Option<Limits> {
-        *self.global_limits.read()
+        self.limits.read().1
     }
 
     fn set_limit(
@@ -682,18 +691,18 @@ where
         value: Option<u64>,
     ) -> Result<(), ConfigError> {
         if global {
-            let mut current = self.global_limits.write();
-            let window = self.limits.read().window();
-            let mut next = current.unwrap_or_else(|| Limits::new(window));
+            let mut current = self.limits.write();
+            let window = current.0.window();
+            let mut next = current.1.unwrap_or_else(|| Limits::new(window));
             next.set(budget, value);
             next.validate(true)?;
-            *current = (!next.is_empty()).then_some(next);
+            current.1 = (!next.is_empty()).then_some(next);
         } else {
             let mut current = self.limits.write();
-            let mut next = *current;
+            let mut next = current.0;
             next.set(budget, value);
             next.validate(false)?;
-            *current = next;
+            current.0 = next;
         }
         tracing::info!(?budget, ?value, global, "rate: limit changed");
         // Raised limits may let waiters in now; lowered ones move their

@@ -120,8 +120,11 @@ struct Clamp {
 /// [`MemoryStore`]'s reservation: a sequence number in each budget's log.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryTicket {
-    seqs: [Option<u64>; 6],
+    /// `NONE` where the budget was not set.
+    seqs: [u64; 6],
 }
+
+const NONE: u64 = u64::MAX;
 
 const CLAMPED: [Budget; 4] = [
     Budget::Requests,
@@ -184,13 +187,13 @@ impl RateStore for MemoryStore {
         limits: &Limits,
         now: Instant,
     ) -> MemoryTicket {
-        let mut seqs = [None; 6];
+        let mut seqs = [NONE; 6];
         for budget in Budget::ALL {
             if limits.get(budget).is_none() {
                 continue;
             }
             let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
-            seqs[budget.index()] = Some(log.push(now, demand.amount(budget)));
+            seqs[budget.index()] = log.push(now, demand.amount(budget));
         }
         for (i, budget) in CLAMPED.into_iter().enumerate() {
             if let Some(clamp) = &mut window.clamps[i] {
@@ -208,10 +211,8 @@ impl RateStore for MemoryStore {
         _now: Instant,
     ) {
         for budget in Budget::ALL {
-            if let (Some(seq), Some(log)) = (
-                ticket.seqs[budget.index()],
-                &mut window.logs[budget.index()],
-            ) {
+            let seq = ticket.seqs[budget.index()];
+            if let (true, Some(log)) = (seq != NONE, &mut window.logs[budget.index()]) {
                 log.set(seq, actual.amount(budget));
             }
         }
