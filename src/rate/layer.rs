@@ -188,7 +188,10 @@ impl<C, St> Builder<C, St> {
     /// The most partition keys with a window of their own; 10,000 by
     /// default. Past it, idle partitions are evicted, and if none is idle a
     /// new key shares one *overflow* window with every other key that found
-    /// the map full (see the [module docs](super#partitions)).
+    /// the map full (see the [module docs](super#partitions)). The map is
+    /// sharded, and each shard holds its share of the bound, so a key can
+    /// find its shard full slightly before `max_partitions` keys are live:
+    /// give some headroom over the number of keys you expect.
     pub fn max_partitions(mut self, max_partitions: usize) -> Self {
         self.max_partitions = max_partitions;
         self

@@ -467,8 +467,7 @@ impl<C, St: RateStore> Shared<C, St> {
             (Outcome::RateLimited { .. }, Some(delay)) if delay > Duration::ZERO => Some(delay),
             _ => None,
         };
-        if !release && class.usage.is_none() && cooldown.is_none() && class.rate_limits.is_none()
-        {
+        if !release && class.usage.is_none() && cooldown.is_none() && class.rate_limits.is_none() {
             // The estimate stands: nothing to correct.
             return;
         }
