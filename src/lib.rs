@@ -52,6 +52,7 @@ pub mod fallback;
 pub mod hold;
 #[allow(dead_code)]
 mod partition;
+pub mod rate;
 pub mod request;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -65,5 +66,6 @@ pub use classify::ErrorBodyLayer;
 pub use classify::{ErrorCode, Usage};
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use fallback::FallbackLayer;
+pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use timeout::{DeadlineLayer, TimeoutLayer};

@@ -1,0 +1,286 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::handle::RateLimitHandle;
+use super::limits::{Budget, Limits};
+use super::service::RateLimit;
+use super::shared::{Settings, Shared};
+use super::store::{MemoryStore, RateStore};
+use crate::classify::DefaultClassifier;
+use crate::error::ConfigError;
+
+/// Applies [`RateLimit`] to a service. Built with
+/// [`RateLimitLayer::builder`].
+///
+/// Cloning the layer does **not** create new windows: every clone, and every
+/// service made by any clone, spends the same budgets (which is what keeps a
+/// process inside one API key's limits however many clients it builds).
+/// Build a second layer for an independent set of budgets.
+pub struct RateLimitLayer<C = DefaultClassifier, St: RateStore = MemoryStore> {
+    shared: Arc<Shared<C, St>>,
+}
+
+impl RateLimitLayer {
+    /// A builder with no budget set, a 60 s window, `max_wait` of one
+    /// window, at most 10,000 waiters and 10,000 partitions.
+    pub fn builder() -> Builder {
+        Builder {
+            window: Duration::from_secs(60),
+            limits: [None; 6],
+            global: [None; 6],
+            max_wait: None,
+            max_waiters: 10_000,
+            max_partitions: 10_000,
+            classifier: DefaultClassifier,
+            store: MemoryStore,
+        }
+    }
+}
+
+impl<C, St> RateLimitLayer<C, St>
+where
+    C: Send + Sync + 'static,
+    St: RateStore,
+{
+    /// A handle to change the limits at runtime and read the counters.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            control: self.shared.clone(),
+        }
+    }
+}
+
+impl<C, St: RateStore> Clone for RateLimitLayer<C, St> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C, St: RateStore> fmt::Debug for RateLimitLayer<C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, C, St: RateStore> Layer<S> for RateLimitLayer<C, St> {
+    type Service = RateLimit<S, C, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.shared.clone())
+    }
+}
+
+/// Settings of a [`RateLimitLayer`]. Every limit counts per window (60 s
+/// unless [`window`](Self::window) says otherwise), per partition unless its
+/// name starts with `global_`.
+#[derive(Clone)]
+pub struct Builder<C = DefaultClassifier, St = MemoryStore> {
+    window: Duration,
+    limits: [Option<u64>; 6],
+    global: [Option<u64>; 6],
+    max_wait: Option<Duration>,
+    max_waiters: usize,
+    max_partitions: usize,
+    classifier: C,
+    store: St,
+}
+
+impl<C, St> Builder<C, St> {
+    fn limit(mut self, budget: Budget, value: u64) -> Self {
+        self.limits[budget.index()] = Some(value);
+        self
+    }
+
+    fn global(mut self, budget: Budget, value: u64) -> Self {
+        self.global[budget.index()] = Some(value);
+        self
+    }
+
+    /// Requests per window, per partition.
+    pub fn requests_per_minute(self, limit: u64) -> Self {
+        self.limit(Budget::Requests, limit)
+    }
+
+    /// Tokens (estimates, corrected by actual usage) per window, per
+    /// partition.
+    pub fn tokens_per_minute(self, limit: u64) -> Self {
+        self.limit(Budget::Tokens, limit)
+    }
+
+    /// Input tokens per window, per partition, for providers that meter input
+    /// and output separately. The whole estimate is charged until usage
+    /// reports the uncached input tokens.
+    pub fn input_tokens_per_minute(self, limit: u64) -> Self {
+        self.limit(Budget::InputTokens, limit)
+    }
+
+    /// Output tokens per window, per partition. The whole estimate is charged
+    /// until usage reports the completion tokens.
+    pub fn output_tokens_per_minute(self, limit: u64) -> Self {
+        self.limit(Budget::OutputTokens, limit)
+    }
+
+    /// Paces requests for bucket-style upstreams: at most `burst` requests in
+    /// any `window * burst / requests_per_minute` interval. Needs
+    /// `requests_per_minute`; at most that much.
+    pub fn request_burst(self, burst: u64) -> Self {
+        self.limit(Budget::RequestBurst, burst)
+    }
+
+    /// Paces tokens for bucket-style upstreams: at most `burst` tokens in any
+    /// `window * burst / tokens_per_minute` interval. Needs
+    /// `tokens_per_minute`; at most that much. A request above `burst` tokens
+    /// can never fit.
+    pub fn token_burst(self, burst: u64) -> Self {
+        self.limit(Budget::TokenBurst, burst)
+    }
+
+    /// Requests per window across all partitions (both this and the
+    /// partition's budget must have room).
+    pub fn global_requests_per_minute(self, limit: u64) -> Self {
+        self.global(Budget::Requests, limit)
+    }
+
+    /// Tokens per window across all partitions.
+    pub fn global_tokens_per_minute(self, limit: u64) -> Self {
+        self.global(Budget::Tokens, limit)
+    }
+
+    /// Input tokens per window across all partitions.
+    pub fn global_input_tokens_per_minute(self, limit: u64) -> Self {
+        self.global(Budget::InputTokens, limit)
+    }
+
+    /// Output tokens per window across all partitions.
+    pub fn global_output_tokens_per_minute(self, limit: u64) -> Self {
+        self.global(Budget::OutputTokens, limit)
+    }
+
+    /// The window length; 60 s by default. Between 1 ms and 31 days.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The longest a request waits for room before failing with
+    /// [`Error::RateLimited`](crate::Error::RateLimited); one window by
+    /// default. Zero means never wait.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
+    }
+
+    /// The most requests that may wait at once, over all partitions; more
+    /// fail at once with [`Error::RateLimited`](crate::Error::RateLimited).
+    /// 10,000 by default; zero means never wait.
+    pub fn max_waiters(mut self, max_waiters: usize) -> Self {
+        self.max_waiters = max_waiters;
+        self
+    }
+
+    /// The most partition keys with a window of their own; 10,000 by
+    /// default. Past it, idle partitions are evicted, and if none is idle a
+    /// new key shares one *overflow* window with every other key that found
+    /// the map full (see the [module docs](super#partitions)). The map is
+    /// sharded, and each shard holds its share of the bound, so a key can
+    /// find its shard full slightly before `max_partitions` keys are live:
+    /// give some headroom over the number of keys you expect.
+    pub fn max_partitions(mut self, max_partitions: usize) -> Self {
+        self.max_partitions = max_partitions;
+        self
+    }
+
+    /// Swaps the classifier that reads usage, 429 delays and rate-limit
+    /// headers from results.
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2, St> {
+        Builder {
+            window: self.window,
+            limits: self.limits,
+            global: self.global,
+            max_wait: self.max_wait,
+            max_waiters: self.max_waiters,
+            max_partitions: self.max_partitions,
+            classifier,
+            store: self.store,
+        }
+    }
+
+    /// Swaps the store that keeps the windows (see [`RateStore`]).
+    pub fn store<St2: RateStore>(self, store: St2) -> Builder<C, St2> {
+        Builder {
+            window: self.window,
+            limits: self.limits,
+            global: self.global,
+            max_wait: self.max_wait,
+            max_waiters: self.max_waiters,
+            max_partitions: self.max_partitions,
+            classifier: self.classifier,
+            store,
+        }
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<RateLimitLayer<C, St>, ConfigError>
+    where
+        St: RateStore,
+    {
+        const MAX_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
+        if self.window < Duration::from_millis(1) || self.window > MAX_WINDOW {
+            return Err(ConfigError::new(
+                "window",
+                "must be between 1 ms and 31 days",
+            ));
+        }
+        let max_wait = self.max_wait.unwrap_or(self.window);
+        if max_wait > MAX_WINDOW {
+            return Err(ConfigError::new("max_wait", "must be at most 31 days"));
+        }
+        if self.max_partitions == 0 {
+            return Err(ConfigError::new("max_partitions", "must be at least 1"));
+        }
+        let mut limits = Limits::new(self.window);
+        let mut global = Limits::new(self.window);
+        for budget in Budget::ALL {
+            limits.set(budget, self.limits[budget.index()]);
+            global.set(budget, self.global[budget.index()]);
+        }
+        limits.validate(false)?;
+        global.validate(true)?;
+        if limits.is_empty() && global.is_empty() {
+            return Err(ConfigError::new(
+                "requests_per_minute",
+                "set at least one budget (requests or tokens, per partition or global)",
+            ));
+        }
+        let settings = Settings {
+            limits,
+            global: (!global.is_empty()).then_some(global),
+            max_wait,
+            max_waiters: self.max_waiters,
+            max_partitions: self.max_partitions,
+        };
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared::new(self.store, self.classifier, settings)),
+        })
+    }
+}
+
+impl<C, St> fmt::Debug for Builder<C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("window", &self.window)
+            .field("limits", &self.limits)
+            .field("global", &self.global)
+            .field("max_wait", &self.max_wait)
+            .field("max_waiters", &self.max_waiters)
+            .field("max_partitions", &self.max_partitions)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,210 @@
+//! Sliding-window RPM/TPM rate limiting: exact windows, token reservations
+//! reconciled with actual usage, per-partition budgets, and feedback from
+//! the server.
+//!
+//! ```
+//! use std::time::Duration;
+//! use llm_sluice::rate::RateLimitLayer;
+//! use llm_sluice::request::RequestMeta;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
+//! let layer = RateLimitLayer::builder()
+//!     .requests_per_minute(500)
+//!     .tokens_per_minute(90_000)
+//!     .max_wait(Duration::from_secs(10))
+//!     .build()?;
+//! let handle = layer.handle();
+//! # let client = tower::service_fn(|_req: RequestMeta| async { Ok::<_, tower::BoxError>(()) });
+//! let mut svc = ServiceBuilder::new().layer(layer).service(client);
+//!
+//! // one request of ~1,200 tokens for tenant-a
+//! let req = RequestMeta::new().tokens(1_200).partition("tenant-a");
+//! svc.ready().await?.call(req).await?;
+//! assert_eq!(handle.stats().admitted, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! Requests say what they spend through [`LlmRequest`](crate::LlmRequest):
+//! a token estimate, a [`PartitionKey`](crate::PartitionKey), a priority
+//! and a deadline.
+//!
+//! # Algorithm: an exact sliding log
+//!
+//! Each budget of each partition is a log of `(timestamp, amount)` entries,
+//! one per reservation still inside the window, with a running sum. A request
+//! is admitted at `t` only if, in every budget it touches, the entries of
+//! `(t - W, t]` plus its own amount stay within the limit. Old entries are
+//! popped from the front as time passes, so admission is O(1) amortized
+//! (each entry is pushed once and popped once).
+//!
+//! This bounds **every** interval of length `W`, not only those ending at an
+//! admission: an interval's content is that of the interval ending at its
+//! last admission, which was checked. There are no boundary bursts (the
+//! fixed window of `tower::limit::RateLimit` admits 2× its limit across a
+//! window edge) and no approximation that can overshoot.
+//!
+//! Why not the alternatives:
+//!
+//! - **GCRA / token bucket** (`governor`): one number of state and very fast,
+//!   but it promises a *bucket*: after an idle period it allows a full burst,
+//!   and the requests of any `W` can reach limit + burst. A provider that
+//!   meters a true 60 s window sees no more than its limit only if the
+//!   bucket is made smaller than the limit, which wastes budget.
+//! - **Bucketed counters** (a sliding window approximated by sub-window
+//!   counts, or the "previous window × overlap" estimate): bounded memory,
+//!   but approximate: depending on where in the bucket the requests fell,
+//!   they over- or under-count, and over-admit by up to a bucket's worth.
+//!
+//! The log costs one entry per admission inside the window (bounded by the
+//! request limit when one is set). It also gives what the others cannot:
+//! each reservation has an identity (a sequence number: the log's base offset
+//! plus its index) so it can be **corrected at its original timestamp** in
+//! O(1) when the actual usage is known.
+//!
+//! The window state is pure (`now` is an argument) and lives behind the
+//! [`RateStore`] seam; [`MemoryStore`] is the default.
+//!
+//! # Budgets
+//!
+//! Per partition: requests, tokens, and optionally input and output tokens
+//! (for providers that meter them apart), plus burst bounds. Optionally the
+//! same set again as a **global** budget over all partitions (an org-wide
+//! TPM above per-key TPMs). A request is admitted only if every budget it
+//! touches, in its partition and globally, has room; then it reserves in all
+//! of them atomically (under the partition lock, then the global one).
+//!
+//! Before the call only the estimate is known, so it is charged to every
+//! token budget (it bounds input, output and total alike).
+//!
+//! A request whose estimate exceeds a token limit (of its partition, the
+//! global budget, or a token burst) can never fit: it fails at once with
+//! [`Error::RequestTooLarge`](crate::Error::RequestTooLarge).
+//!
+//! # Reconciliation
+//!
+//! When the classifier reports actual [`Usage`](crate::Usage), each
+//! reservation is rewritten to the actual count (total, uncached input,
+//! output) **at its original timestamp**: a refund when the estimate was
+//! high, an extra charge when it was low. A correction of an entry that has
+//! already left the window changes nothing, as it should. An extra charge can
+//! take a window above its limit; later admissions then wait until it is
+//! back under.
+//!
+//! A result classified [`Outcome::Rejected`](crate::classify::Outcome) (a
+//! layer further in refused it: it never reached the upstream) releases its
+//! reservation entirely. Any other result, and dropping the response future
+//! after admission, keeps the estimate: the request reached the upstream
+//! (transport errors included, since a reset may come after the server
+//! counted the request).
+//!
+//! # Feedback from the server
+//!
+//! - A 429 ([`Outcome::RateLimited`](crate::classify::Outcome)) with a
+//!   server delay puts the request's partition in **cooldown**: nothing more
+//!   is admitted there until the delay passes. Queued requests stay queued.
+//! - `remaining` / `reset` ([`RateLimitState`](crate::classify::RateLimitState),
+//!   from `x-ratelimit-*` or `anthropic-ratelimit-*`) **clamp** the local
+//!   view: until `now + reset` (one window if no reset is given) at most
+//!   `remaining` more requests or tokens are admitted in that partition,
+//!   whatever the local window thinks. Requests admitted after the server
+//!   wrote its headers but before they arrive are not subtracted, so the
+//!   clamp is as good as the server's snapshot.
+//!
+//! # Waiting
+//!
+//! A request that does not fit waits, at most `max_wait` and never past its
+//! deadline, then fails with
+//! [`Error::RateLimited { retry_after }`](crate::Error::RateLimited) (or
+//! [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded) when its
+//! deadline was the limit). At most `max_waiters` wait at once; more fail at
+//! once.
+//!
+//! Waiters are queued per partition, ordered by priority, then arrival time
+//! (a retried request keeps its first [`Arrival`](crate::request::Arrival)).
+//! Only the head of a queue may be admitted, and only the head holds a timer:
+//! it is set to the instant the head will fit, computed from the window (the
+//! instant enough entries expire), or to the earliest expiry of any waiter in
+//! the queue if that comes first, and it is reset in place. Everyone else
+//! parks with its waker and is woken in order. There is no polling loop and
+//! no timer per waiter. Refunds, releases and limit changes wake the head
+//! early.
+//!
+//! # Fairness
+//!
+//! **Head of line is strict.** A large request at the head of a partition's
+//! queue holds back smaller ones behind it, even those that would fit now.
+//! This is what keeps large requests from starving: the window drains
+//! towards it and nothing overtakes it, so it is admitted at the latest when
+//! every entry present when it reached the head has expired. A waiter
+//! therefore waits at most for the requests of higher priority, or earlier
+//! arrival, queued in front of it. Lower-priority requests can be overtaken
+//! indefinitely by a steady stream of higher-priority ones (that is what
+//! priority means); within one priority the order is FIFO.
+//!
+//! Across partitions there is no order: each partition's head competes for
+//! the global budget when its own timer fires. A refund to the global budget
+//! does not wake other partitions early.
+//!
+//! # Burst bounds for bucket-style providers
+//!
+//! Some providers enforce "60 per minute" as a bucket refilled continuously
+//! (about one a second) rather than a 60 s window; a client that spends its
+//! whole minute at once is then rejected. [`Builder::request_burst`] and
+//! [`Builder::token_burst`] add a second sliding window of length
+//! `W · B / limit` holding at most `B`: paced admission. Any sequence that
+//! passes it also passes a bucket of capacity `B` refilled at `limit / W`
+//! (the interval is rounded up, never down). Use it when the provider's
+//! documentation speaks of a bucket or of per-second enforcement, or when
+//! 429s arrive although the minute's budget was not spent; leave it off for
+//! true windows, where it only delays requests.
+//!
+//! # Partitions
+//!
+//! Budgets apply per [`PartitionKey`](crate::PartitionKey): each API key,
+//! tenant or model gets its own windows; requests without a key share one.
+//! Memory does not grow with the number of distinct keys a client can
+//! invent: at most `max_partitions` keys have their own windows. When a new
+//! key arrives and the map is full, idle partitions (empty windows, no
+//! waiter, no cooldown or clamp in force, no request in flight) are evicted;
+//! if none is idle, the new key shares one **overflow** window with every
+//! other key that found the map full, so invented keys share one budget
+//! instead of each getting a fresh one.
+//!
+//! # Cancel safety
+//!
+//! Dropping a waiting [`ResponseFuture`](future::ResponseFuture) leaves its
+//! queue, waking the next waiter if it was at the head; it held no
+//! reservation, so it releases none. After admission the reservation is kept
+//! (the request reached the upstream) and corrected when the result arrives.
+//!
+//! # Runtime changes
+//!
+//! [`RateLimitLayer::handle`] gives a [`RateLimitHandle`] that changes any
+//! limit of a live limiter (every partition at once) and reads its
+//! counters.
+//!
+//! # Metrics
+//!
+//! `llm_sluice_rate_admitted_total`, `llm_sluice_rejected_total{layer="rate",
+//! reason=too_large|wait_timeout|deadline|waiters_full}`,
+//! `llm_sluice_rate_tokens_reserved_total`,
+//! `llm_sluice_rate_tokens_refunded_total`, `llm_sluice_rate_wait_seconds`,
+//! `llm_sluice_rate_cooldowns_total`, `llm_sluice_partitions{layer="rate"}`.
+//! No partition key is ever a label.
+
+pub mod future;
+mod handle;
+mod layer;
+mod limits;
+mod service;
+mod shared;
+pub mod store;
+mod window;
+
+pub use handle::{RateLimitHandle, RateStats};
+pub use layer::{Builder, RateLimitLayer};
+pub use limits::{Budget, Demand, Limits};
+pub use service::RateLimit;
+pub use store::{MemoryStore, RateStore};
+pub use window::Verdict;

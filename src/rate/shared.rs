@@ -1,0 +1,728 @@
+//! State shared by every clone of one limiter: the store's windows, the
+//! per-partition wait queues, the limits, the metric handles.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::task::Waker;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::time::Instant;
+use tower::BoxError;
+
+use super::handle::{Control, RateStats};
+use super::limits::{Budget, Demand, Limits};
+use super::store::{RateStore, WindowState};
+use super::window::Verdict;
+use crate::classify::{Classification, Outcome};
+use crate::error::{ConfigError, Error};
+use crate::partition::{Idle, Partitions};
+use crate::request::{PartitionKey, Priority};
+use crate::telemetry::{self, Counter, Gauge, Histogram, Kind, Unit};
+
+/// Where a waiter stands: higher priority first, then earlier arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WaitKey {
+    priority: Reverse<Priority>,
+    arrival: Instant,
+    id: u64,
+}
+
+struct Entry {
+    waker: Option<Waker>,
+    expiry: Instant,
+}
+
+/// One scope: its window in the store and its queue of waiters.
+pub(crate) struct Slot<W> {
+    pub(crate) state: Mutex<SlotState<W>>,
+}
+
+pub(crate) struct SlotState<W> {
+    pub(crate) window: W,
+    queue: BTreeMap<WaitKey, Entry>,
+    expiries: BTreeSet<(Instant, WaitKey)>,
+}
+
+impl<W> Slot<W> {
+    fn new(window: W) -> Self {
+        Slot {
+            state: Mutex::new(SlotState {
+                window,
+                queue: BTreeMap::new(),
+                expiries: BTreeSet::new(),
+            }),
+        }
+    }
+}
+
+impl<W> SlotState<W> {
+    fn is_head(&self, key: &WaitKey) -> bool {
+        self.queue.first_key_value().map(|(k, _)| k) == Some(key)
+    }
+
+    fn remove(&mut self, key: &WaitKey) -> bool {
+        match self.queue.remove(key) {
+            Some(entry) => {
+                self.expiries.remove(&(entry.expiry, *key));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn wake_head(&self) {
+        if let Some((_, entry)) = self.queue.first_key_value() {
+            if let Some(waker) = &entry.waker {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    fn set_waker(&mut self, key: &WaitKey, waker: &Waker) {
+        if let Some(entry) = self.queue.get_mut(key) {
+            match &entry.waker {
+                Some(w) if w.will_wake(waker) => {}
+                _ => entry.waker = Some(waker.clone()),
+            }
+        }
+    }
+
+    /// Removes and wakes every waiter but `head` whose time is up; returns
+    /// how many.
+    fn drain_expired(&mut self, now: Instant, head: &WaitKey) -> usize {
+        let expired: Vec<(Instant, WaitKey)> = self
+            .expiries
+            .iter()
+            .take_while(|(expiry, _)| *expiry <= now)
+            .filter(|(_, key)| key != head)
+            .copied()
+            .collect();
+        for item in &expired {
+            self.expiries.remove(item);
+            if let Some(entry) = self.queue.remove(&item.1) {
+                if let Some(waker) = entry.waker {
+                    waker.wake();
+                }
+            }
+        }
+        expired.len()
+    }
+}
+
+impl<W: WindowState> Idle for Slot<W> {
+    fn is_idle(&self, now: Instant) -> bool {
+        let mut state = self.state.lock();
+        state.queue.is_empty() && state.window.is_idle(now)
+    }
+}
+
+/// The metric handles of one limiter.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    admitted: Counter,
+    too_large: Counter,
+    wait_timeout: Counter,
+    deadline: Counter,
+    waiters_full: Counter,
+    reserved: Counter,
+    refunded: Counter,
+    wait: Histogram,
+    cooldowns: Counter,
+    partitions: Gauge,
+}
+
+const REJECTED: &str = "llm_sluice_rejected_total";
+
+impl Metrics {
+    fn new() -> Self {
+        static DESCRIBE: Once = Once::new();
+        DESCRIBE.call_once(|| {
+            telemetry::describe(&[
+                (
+                    Kind::Counter,
+                    "llm_sluice_rate_admitted_total",
+                    Unit::Count,
+                    "Requests the rate limiter admitted.",
+                ),
+                (
+                    Kind::Counter,
+                    "llm_sluice_rate_tokens_reserved_total",
+                    Unit::Count,
+                    "Tokens reserved by the rate limiter: estimates plus extra charges.",
+                ),
+                (
+                    Kind::Counter,
+                    "llm_sluice_rate_tokens_refunded_total",
+                    Unit::Count,
+                    "Tokens given back by the rate limiter: over-estimates and released reservations.",
+                ),
+                (
+                    Kind::Histogram,
+                    "llm_sluice_rate_wait_seconds",
+                    Unit::Seconds,
+                    "Time an admitted request waited for room in the rate limiter's windows.",
+                ),
+                (
+                    Kind::Counter,
+                    "llm_sluice_rate_cooldowns_total",
+                    Unit::Count,
+                    "Times a partition entered a cooldown because the server returned 429 with a delay.",
+                ),
+            ]);
+        });
+        let rejected = |reason| Counter::new(REJECTED, &[("layer", "rate"), ("reason", reason)]);
+        Metrics {
+            admitted: Counter::new("llm_sluice_rate_admitted_total", &[]),
+            too_large: rejected("too_large"),
+            wait_timeout: rejected("wait_timeout"),
+            deadline: rejected("deadline"),
+            waiters_full: rejected("waiters_full"),
+            reserved: Counter::new("llm_sluice_rate_tokens_reserved_total", &[]),
+            refunded: Counter::new("llm_sluice_rate_tokens_refunded_total", &[]),
+            wait: Histogram::new("llm_sluice_rate_wait_seconds", &[]),
+            cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", &[]),
+            partitions: Gauge::new("llm_sluice_partitions", &[("layer", "rate")]),
+        }
+    }
+}
+
+/// Settings fixed at build time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) limits: Limits,
+    pub(crate) global: Option<Limits>,
+    pub(crate) max_wait: Duration,
+    pub(crate) max_waiters: usize,
+    pub(crate) max_partitions: usize,
+}
+
+pub(crate) struct Shared<C, St: RateStore> {
+    pub(crate) store: St,
+    pub(crate) classifier: C,
+    /// The partition limits and the global ones, read together.
+    limits: RwLock<(Limits, Option<Limits>)>,
+    partitions: Partitions<Slot<St::Window>>,
+    global: Slot<St::Window>,
+    max_wait: Duration,
+    max_waiters: usize,
+    waiting: AtomicUsize,
+    admitted: AtomicU64,
+    next_id: AtomicU64,
+    reported_partitions: AtomicUsize,
+    metrics: Metrics,
+}
+
+/// A reservation in the windows, held while the call is in flight.
+///
+/// Dropping it keeps what it reserved (the request reached the upstream,
+/// which counts it); [`Shared::finish`] corrects or releases it.
+pub(crate) struct Reservation<St: RateStore> {
+    slot: Arc<Slot<St::Window>>,
+    part: St::Ticket,
+    global: Option<St::Ticket>,
+    estimate: u64,
+}
+
+pub(crate) enum Attempt<T> {
+    Admitted { part: T, global: Option<T> },
+    Wait(Instant),
+    Never { amount: u64, limit: u64 },
+}
+
+pub(crate) enum Enter<C, St: RateStore> {
+    Admitted(Reservation<St>),
+    Failed(BoxError),
+    Wait(WaitGuard<C, St>),
+}
+
+pub(crate) enum WaitPoll<St: RateStore> {
+    Admitted(Reservation<St>),
+    Failed(BoxError),
+    /// Wait to be woken, and (as the head) until this instant.
+    Park(Option<Instant>),
+}
+
+impl<C, St: RateStore> Shared<C, St> {
+    pub(crate) fn new(store: St, classifier: C, settings: Settings) -> Self {
+        let partitions = Partitions::new(settings.max_partitions, || Slot::new(store.window()));
+        let global = Slot::new(store.window());
+        Shared {
+            store,
+            classifier,
+            limits: RwLock::new((settings.limits, settings.global)),
+            partitions,
+            global,
+            max_wait: settings.max_wait,
+            max_waiters: settings.max_waiters,
+            waiting: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            reported_partitions: AtomicUsize::new(0),
+            metrics: Metrics::new(),
+        }
+    }
+
+    fn slot(&self, key: Option<&PartitionKey>, now: Instant) -> Arc<Slot<St::Window>> {
+        let (slot, _) = self
+            .partitions
+            .get(key, now, || Slot::new(self.store.window()));
+        let live = self.partitions.len();
+        if self.reported_partitions.load(Ordering::Relaxed) != live {
+            self.reported_partitions.store(live, Ordering::Relaxed);
+            self.metrics.partitions.set(live as f64);
+        }
+        slot
+    }
+
+    /// Where `demand` stands in the partition and the global budget.
+    fn verdict(&self, state: &mut SlotState<St::Window>, demand: &Demand, now: Instant) -> Verdict {
+        let guard = self.limits.read();
+        let (limits, global) = &*guard;
+        let verdict = self.store.check(&mut state.window, demand, limits, now);
+        match (global, verdict) {
+            (_, Verdict::Never { .. }) | (None, _) => verdict,
+            (Some(global), _) => {
+                let mut g = self.global.state.lock();
+                verdict.and(self.store.check(&mut g.window, demand, global, now))
+            }
+        }
+    }
+
+    /// Admits `demand` if both scopes have room, atomically.
+    fn attempt(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
+        // Lock order: partition (held by the caller), limits (read), global.
+        let guard = self.limits.read();
+        let (limits, global_limits) = &*guard;
+        let verdict = self.store.check(&mut state.window, demand, limits, now);
+        if let Verdict::Never { amount, limit } = verdict {
+            return Attempt::Never { amount, limit };
+        }
+        match global_limits {
+            None => match verdict {
+                Verdict::Fits => Attempt::Admitted {
+                    part: self.store.reserve(&mut state.window, demand, limits, now),
+                    global: None,
+                },
+                Verdict::NotUntil(at) => Attempt::Wait(at),
+                Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+            },
+            Some(global) => {
+                // Lock order: partition, then global.
+                let mut g = self.global.state.lock();
+                match verdict.and(self.store.check(&mut g.window, demand, global, now)) {
+                    Verdict::Fits => Attempt::Admitted {
+                        part: self.store.reserve(&mut state.window, demand, limits, now),
+                        global: Some(self.store.reserve(&mut g.window, demand, global, now)),
+                    },
+                    Verdict::NotUntil(at) => Attempt::Wait(at),
+                    Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+                }
+            }
+        }
+    }
+
+    fn admitted(
+        &self,
+        slot: Arc<Slot<St::Window>>,
+        part: St::Ticket,
+        global: Option<St::Ticket>,
+        demand: &Demand,
+        waited: Duration,
+    ) -> Reservation<St> {
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.admitted.increment(1);
+        self.metrics.reserved.increment(demand.tokens);
+        self.metrics.wait.record_duration(waited);
+        Reservation {
+            slot,
+            part,
+            global,
+            estimate: demand.tokens,
+        }
+    }
+
+    fn too_large(&self, amount: u64, limit: u64) -> BoxError {
+        self.metrics.too_large.increment(1);
+        tracing::debug!(tokens = amount, limit, "rate: request can never fit");
+        Box::new(Error::RequestTooLarge {
+            tokens: amount,
+            limit,
+        })
+    }
+
+    fn retry_hint(&self, verdict: Verdict, now: Instant) -> Option<Duration> {
+        match verdict {
+            Verdict::Fits => Some(Duration::ZERO),
+            Verdict::NotUntil(at) => Some(at.saturating_duration_since(now)),
+            Verdict::Never { .. } => None,
+        }
+    }
+
+    /// Admits a new request at once, fails it at once, or queues it.
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        key: Option<&PartitionKey>,
+        demand: &Demand,
+        priority: Priority,
+        arrival: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Enter<C, St> {
+        let now = Instant::now();
+        let slot = self.slot(key, now);
+        let mut state = slot.state.lock();
+        if deadline.is_some_and(|d| d <= now) {
+            self.metrics.deadline.increment(1);
+            return Enter::Failed(Box::new(Error::DeadlineExceeded));
+        }
+        let verdict = if state.queue.is_empty() {
+            match self.attempt(&mut state, demand, now) {
+                Attempt::Admitted { part, global } => {
+                    drop(state);
+                    return Enter::Admitted(self.admitted(
+                        slot,
+                        part,
+                        global,
+                        demand,
+                        Duration::ZERO,
+                    ));
+                }
+                Attempt::Never { amount, limit } => {
+                    return Enter::Failed(self.too_large(amount, limit))
+                }
+                Attempt::Wait(at) => Verdict::NotUntil(at),
+            }
+        } else {
+            // Others wait already: queue behind (or ahead of) them by
+            // priority, but a request that can never fit fails now.
+            match self.verdict(&mut state, demand, now) {
+                Verdict::Never { amount, limit } => {
+                    return Enter::Failed(self.too_large(amount, limit))
+                }
+                v => v,
+            }
+        };
+        let by_wait = now + self.max_wait;
+        let (expiry, deadline_bound) = match deadline {
+            Some(d) if d < by_wait => (d, true),
+            _ => (by_wait, false),
+        };
+        if expiry <= now {
+            self.metrics.wait_timeout.increment(1);
+            return Enter::Failed(Box::new(Error::RateLimited {
+                retry_after: self.retry_hint(verdict, now),
+            }));
+        }
+        let admitted_waiter = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_waiters).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted_waiter {
+            self.metrics.waiters_full.increment(1);
+            tracing::debug!("rate: waiter limit reached, request shed");
+            return Enter::Failed(Box::new(Error::RateLimited {
+                retry_after: self.retry_hint(verdict, now),
+            }));
+        }
+        let key = WaitKey {
+            priority: Reverse(priority),
+            arrival: arrival.unwrap_or(now).min(now),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+        };
+        state.queue.insert(
+            key,
+            Entry {
+                waker: None,
+                expiry,
+            },
+        );
+        state.expiries.insert((expiry, key));
+        drop(state);
+        Enter::Wait(WaitGuard {
+            shared: self.clone(),
+            slot,
+            key,
+            expiry,
+            deadline_bound,
+            since: now,
+            done: false,
+        })
+    }
+
+    /// Corrects or releases a reservation once the call's result is known,
+    /// and takes the server's feedback.
+    pub(crate) fn finish(&self, reservation: Reservation<St>, class: &Classification) {
+        let release = class.outcome == Outcome::Rejected;
+        let cooldown = match (class.outcome, class.retry_after) {
+            (Outcome::RateLimited { .. }, Some(delay)) if delay > Duration::ZERO => Some(delay),
+            _ => None,
+        };
+        if !release && class.usage.is_none() && cooldown.is_none() && class.rate_limits.is_none() {
+            // The estimate stands: nothing to correct.
+            return;
+        }
+        let now = Instant::now();
+        let Reservation {
+            slot,
+            part,
+            global,
+            estimate,
+        } = reservation;
+        let mut state = slot.state.lock();
+        let mut wake = false;
+        if release {
+            // A local layer refused it: it never reached the upstream.
+            self.store.release(&mut state.window, &part, now);
+            if let Some(ticket) = &global {
+                let mut g = self.global.state.lock();
+                self.store.release(&mut g.window, ticket, now);
+            }
+            self.metrics.refunded.increment(estimate);
+            wake = true;
+        } else if let Some(usage) = &class.usage {
+            let actual = Demand::from_usage(usage);
+            self.store.reconcile(&mut state.window, &part, &actual, now);
+            if let Some(ticket) = &global {
+                let mut g = self.global.state.lock();
+                self.store.reconcile(&mut g.window, ticket, &actual, now);
+            }
+            if actual.tokens < estimate {
+                self.metrics.refunded.increment(estimate - actual.tokens);
+            } else {
+                self.metrics.reserved.increment(actual.tokens - estimate);
+            }
+            // Input/output budgets were charged the whole estimate: usage
+            // always gives some back, so let the head look again.
+            wake = true;
+        }
+        if let Some(delay) = cooldown {
+            self.store.cool_down(&mut state.window, now + delay);
+            self.metrics.cooldowns.increment(1);
+            tracing::debug!(?delay, "rate: partition cooling down after a 429");
+        }
+        if let Some(server) = &class.rate_limits {
+            let limits = self.limits.read().0;
+            self.store.clamp(&mut state.window, server, &limits, now);
+        }
+        if wake {
+            state.wake_head();
+        }
+    }
+
+    fn wake_all_heads(&self) {
+        self.partitions
+            .for_each(|_, slot| slot.state.lock().wake_head());
+    }
+}
+
+/// A place in a partition's queue. Dropping it leaves the queue (and wakes
+/// the next waiter if this one was at the head); it holds no reservation.
+pub(crate) struct WaitGuard<C, St: RateStore> {
+    shared: Arc<Shared<C, St>>,
+    slot: Arc<Slot<St::Window>>,
+    key: WaitKey,
+    expiry: Instant,
+    deadline_bound: bool,
+    since: Instant,
+    done: bool,
+}
+
+impl<C, St: RateStore> WaitGuard<C, St> {
+    fn expired(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> BoxError {
+        let shared = &self.shared;
+        if self.deadline_bound {
+            shared.metrics.deadline.increment(1);
+            tracing::debug!("rate: deadline passed while waiting");
+            Box::new(Error::DeadlineExceeded)
+        } else {
+            shared.metrics.wait_timeout.increment(1);
+            tracing::debug!("rate: no room within max_wait");
+            let verdict = shared.verdict(state, demand, now);
+            Box::new(Error::RateLimited {
+                retry_after: shared.retry_hint(verdict, now),
+            })
+        }
+    }
+
+    /// One look at the queue: admitted, failed, or park (the head with a
+    /// time to wake at).
+    pub(crate) fn poll_wait(&mut self, demand: &Demand, waker: &Waker) -> WaitPoll<St> {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let slot = self.slot.clone();
+        let mut state = slot.state.lock();
+        if self.done {
+            return WaitPoll::Park(None);
+        }
+        if !state.queue.contains_key(&self.key) {
+            // The head removed it (and counted it out): its time was up.
+            self.done = true;
+            return WaitPoll::Failed(self.expired(&mut state, demand, now));
+        }
+        let is_head = state.is_head(&self.key);
+        if !is_head {
+            if self.expiry <= now {
+                state.remove(&self.key);
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.done = true;
+                return WaitPoll::Failed(self.expired(&mut state, demand, now));
+            }
+            state.set_waker(&self.key, waker);
+            return WaitPoll::Park(None);
+        }
+        // The head: it keeps the queue's one timer, so it also times out
+        // the others. It is admitted if it fits at its expiry instant.
+        let expired = state.drain_expired(now, &self.key);
+        if expired > 0 {
+            shared.waiting.fetch_sub(expired, Ordering::AcqRel);
+        }
+        let attempt = shared.attempt(&mut state, demand, now);
+        if matches!(attempt, Attempt::Wait(_)) && self.expiry <= now {
+            state.remove(&self.key);
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.done = true;
+            state.wake_head();
+            return WaitPoll::Failed(self.expired(&mut state, demand, now));
+        }
+        match attempt {
+            Attempt::Admitted { part, global } => {
+                state.remove(&self.key);
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.done = true;
+                state.wake_head();
+                drop(state);
+                WaitPoll::Admitted(shared.admitted(slot, part, global, demand, now - self.since))
+            }
+            Attempt::Never { amount, limit } => {
+                // Only possible after the limits were lowered at runtime.
+                state.remove(&self.key);
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.done = true;
+                state.wake_head();
+                WaitPoll::Failed(shared.too_large(amount, limit))
+            }
+            Attempt::Wait(at) => {
+                state.set_waker(&self.key, waker);
+                let first_expiry = state.expiries.first().map_or(at, |&(e, _)| e);
+                WaitPoll::Park(Some(at.min(first_expiry)))
+            }
+        }
+    }
+}
+
+impl<C, St: RateStore> Drop for WaitGuard<C, St> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Dropped while waiting: leave the queue. Nothing was reserved.
+        let mut state = self.slot.state.lock();
+        let was_head = state.is_head(&self.key);
+        // If it is gone, the head removed it as expired and counted it out.
+        if state.remove(&self.key) {
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            if was_head {
+                state.wake_head();
+            }
+        }
+    }
+}
+
+impl<C, St: RateStore> fmt::Debug for WaitGuard<C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WaitGuard")
+            .field("key", &self.key)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: RateStore> fmt::Debug for Reservation<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("estimate", &self.estimate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, St: RateStore> fmt::Debug for Shared<C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("limits", &*self.limits.read())
+            .field("partitions", &self.partitions)
+            .field("waiting", &self.waiting.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, St> Control for Shared<C, St>
+where
+    C: Send + Sync + 'static,
+    St: RateStore,
+{
+    fn limits(&self) -> Limits {
+        self.limits.read().0
+    }
+
+    fn global_limits(&self) -> Option<Limits> {
+        self.limits.read().1
+    }
+
+    fn set_limit(
+        &self,
+        global: bool,
+        budget: Budget,
+        value: Option<u64>,
+    ) -> Result<(), ConfigError> {
+        if global {
+            let mut current = self.limits.write();
+            let window = current.0.window();
+            let mut next = current.1.unwrap_or_else(|| Limits::new(window));
+            next.set(budget, value);
+            next.validate(true)?;
+            current.1 = (!next.is_empty()).then_some(next);
+        } else {
+            let mut current = self.limits.write();
+            let mut next = current.0;
+            next.set(budget, value);
+            next.validate(false)?;
+            current.0 = next;
+        }
+        tracing::info!(?budget, ?value, global, "rate: limit changed");
+        // Raised limits may let waiters in now; lowered ones move their
+        // wake-up later (the head recomputes when woken).
+        self.wake_all_heads();
+        Ok(())
+    }
+
+    fn stats(&self) -> RateStats {
+        RateStats {
+            admitted: self.admitted.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            partitions: self.partitions.len(),
+        }
+    }
+
+    fn evict_idle(&self) -> usize {
+        let evicted = self.partitions.evict_idle(Instant::now());
+        let live = self.partitions.len();
+        self.reported_partitions.store(live, Ordering::Relaxed);
+        self.metrics.partitions.set(live as f64);
+        evicted
+    }
+}
