@@ -8,19 +8,21 @@
 //! - when a new key arrives and the map is full, entries that are idle (their
 //!   state says so, and no request holds them) are evicted first;
 //! - if none is idle, the new key shares one *overflow* state with every other
-//!   key that found the map full. Invented keys therefore share one budget
+//!   key that found the map full. A scan that finds nothing idle is not
+//!   repeated for a second, so invented keys cannot make every request scan
+//!   the whole map. Invented keys therefore share one budget
 //!   instead of each getting a fresh one, and a key gets its own state again
 //!   as soon as room frees up.
 //!
 //! Requests without a key share the *unkeyed* state.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use parking_lot::Mutex;
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use crate::request::PartitionKey;
 
@@ -33,6 +35,11 @@ pub(crate) trait Idle {
 
 const SHARDS: usize = 16;
 
+/// After a scan for idle entries found none, new keys go to the overflow
+/// state for this long before the next scan. Without it a client inventing
+/// keys against a full map would make every request scan the whole map.
+const RESCAN_AFTER: Duration = Duration::from_secs(1);
+
 /// Which state a key was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Placement {
@@ -44,29 +51,44 @@ pub(crate) enum Placement {
     Overflow,
 }
 
-/// One lock-protected slice of the map.
-type Shard<V> = Mutex<HashMap<PartitionKey, Arc<V>>>;
+/// One lock-protected slice of the map. Entries keep their hash so a lookup
+/// hashes the key once (for the shard and the table alike).
+type Shard<V> = Mutex<HashTable<Entry<V>>>;
+
+struct Entry<V> {
+    hash: u64,
+    key: PartitionKey,
+    state: Arc<V>,
+}
 
 pub(crate) struct Partitions<V> {
     shards: Box<[Shard<V>]>,
     hasher: RandomState,
-    per_shard: usize,
+    max: usize,
+    /// Keys with their own state, across all shards. Slots are reserved
+    /// before an insert, so the bound holds however many threads race.
     live: AtomicUsize,
+    /// When a scan last found nothing to evict.
+    fruitless_scan: Mutex<Option<Instant>>,
     unkeyed: Arc<V>,
     overflow: Arc<V>,
 }
 
 impl<V: Idle> Partitions<V> {
-    /// A map of at most `max` keyed entries (at least one a shard).
+    /// A map of at most `max` keyed entries (at least one).
+    ///
+    /// `make` is called for the unkeyed state first, then the overflow one.
     pub(crate) fn new(max: usize, mut make: impl FnMut() -> V) -> Self {
-        let shards = SHARDS.min(max.max(1));
+        let unkeyed = Arc::new(make());
+        let overflow = Arc::new(make());
         Partitions {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
-            per_shard: max.max(1).div_ceil(shards),
+            max: max.max(1),
             live: AtomicUsize::new(0),
-            unkeyed: Arc::new(make()),
-            overflow: Arc::new(make()),
+            fruitless_scan: Mutex::new(None),
+            unkeyed,
+            overflow,
         }
     }
 
@@ -80,37 +102,66 @@ impl<V: Idle> Partitions<V> {
         let Some(key) = key else {
             return (self.unkeyed.clone(), Placement::Unkeyed);
         };
-        let shard = &self.shards[self.shard_of(key)];
-        let mut map = shard.lock();
-        if let Some(state) = map.get(key) {
-            return (state.clone(), Placement::Own);
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash);
+        if let Some(entry) = shard.lock().find(hash, |e| e.key == *key) {
+            return (entry.state.clone(), Placement::Own);
         }
-        if map.len() >= self.per_shard {
-            let before = map.len();
-            // An entry only the map holds, and that is idle, loses nothing
-            // when dropped.
-            map.retain(|_, state| Arc::strong_count(state) > 1 || !state.is_idle(now));
-            self.live.fetch_sub(before - map.len(), Ordering::Relaxed);
-            if map.len() >= self.per_shard {
-                return (self.overflow.clone(), Placement::Overflow);
-            }
+        if !self.reserve_slot() && (self.evict_idle_if_due(now) == 0 || !self.reserve_slot()) {
+            return (self.overflow.clone(), Placement::Overflow);
+        }
+        let mut table = shard.lock();
+        // Another caller may have inserted the key since the first look.
+        if let Some(entry) = table.find(hash, |e| e.key == *key) {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return (entry.state.clone(), Placement::Own);
         }
         let state = Arc::new(make());
-        map.insert(key.clone(), state.clone());
-        self.live.fetch_add(1, Ordering::Relaxed);
+        table.insert_unique(
+            hash,
+            Entry {
+                hash,
+                key: key.clone(),
+                state: state.clone(),
+            },
+            |e| e.hash,
+        );
         (state, Placement::Own)
+    }
+
+    /// Takes one of the `max` slots, if one is free.
+    fn reserve_slot(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |live| {
+                (live < self.max).then_some(live + 1)
+            })
+            .is_ok()
+    }
+
+    fn evict_idle_if_due(&self, now: Instant) -> usize {
+        {
+            let last = self.fruitless_scan.lock();
+            if last.is_some_and(|at| now < at + RESCAN_AFTER) {
+                return 0;
+            }
+        }
+        let evicted = self.evict_idle(now);
+        *self.fruitless_scan.lock() = (evicted == 0).then_some(now);
+        evicted
     }
 
     /// Evicts every idle entry no request holds; returns how many went.
     pub(crate) fn evict_idle(&self, now: Instant) -> usize {
         let mut evicted = 0;
         for shard in self.shards.iter() {
-            let mut map = shard.lock();
-            let before = map.len();
-            map.retain(|_, state| Arc::strong_count(state) > 1 || !state.is_idle(now));
-            evicted += before - map.len();
+            let mut table = shard.lock();
+            let before = table.len();
+            // An entry only the map holds, and that is idle, loses nothing
+            // when dropped.
+            table.retain(|e| Arc::strong_count(&e.state) > 1 || !e.state.is_idle(now));
+            evicted += before - table.len();
         }
-        self.live.fetch_sub(evicted, Ordering::Relaxed);
+        self.live.fetch_sub(evicted, Ordering::AcqRel);
         evicted
     }
 
@@ -124,19 +175,25 @@ impl<V: Idle> Partitions<V> {
         f(None, &self.unkeyed);
         f(None, &self.overflow);
         for shard in self.shards.iter() {
-            for (key, state) in shard.lock().iter() {
-                f(Some(key), state);
+            for entry in shard.lock().iter() {
+                f(Some(&entry.key), &entry.state);
             }
         }
     }
 
     /// The state of one key, if it has its own.
     pub(crate) fn peek(&self, key: &PartitionKey) -> Option<Arc<V>> {
-        self.shards[self.shard_of(key)].lock().get(key).cloned()
+        let hash = self.hasher.hash_one(key);
+        self.shard(hash)
+            .lock()
+            .find(hash, |e| e.key == *key)
+            .map(|e| e.state.clone())
     }
 
-    fn shard_of(&self, key: &PartitionKey) -> usize {
-        (self.hasher.hash_one(key) as usize) % self.shards.len()
+    fn shard(&self, hash: u64) -> &Shard<V> {
+        // The table uses the low bits of the hash; take the shard from the
+        // high ones so the two stay independent.
+        &self.shards[(hash >> 58) as usize % SHARDS]
     }
 }
 
@@ -144,7 +201,7 @@ impl<V> std::fmt::Debug for Partitions<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Partitions")
             .field("live", &self.live.load(Ordering::Relaxed))
-            .field("max", &(self.per_shard * self.shards.len()))
+            .field("max", &self.max)
             .finish_non_exhaustive()
     }
 }
@@ -182,10 +239,30 @@ mod tests {
         // `a` is held by nobody but is busy: still not evicted.
         assert_eq!(map.get(Some(&b), now, busy).1, Placement::Overflow);
         map.peek(&a).unwrap().idle.store(true, Ordering::Relaxed);
-        assert_eq!(map.get(Some(&b), now, busy).1, Placement::Own);
+        // A fruitless scan is not repeated at once: invented keys cannot make
+        // every request scan the map.
+        assert_eq!(map.get(Some(&b), now, busy).1, Placement::Overflow);
+        let later = now + RESCAN_AFTER;
+        assert_eq!(map.get(Some(&b), later, busy).1, Placement::Own);
         assert_eq!(map.len(), 1);
         assert!(map.peek(&a).is_none());
         assert_eq!(map.get(None, now, busy).1, Placement::Unkeyed);
+    }
+
+    #[test]
+    fn the_bound_is_global_not_per_shard() {
+        // Whatever shards the keys hash to, `max` keys get their own state.
+        let now = Instant::now();
+        for max in 1..40 {
+            let map = Partitions::new(max, busy);
+            for i in 0..max {
+                let key = PartitionKey::from(format!("k{i}"));
+                assert_eq!(map.get(Some(&key), now, busy).1, Placement::Own);
+            }
+            let extra = PartitionKey::from("one-too-many");
+            assert_eq!(map.get(Some(&extra), now, busy).1, Placement::Overflow);
+            assert_eq!(map.len(), max);
+        }
     }
 
     #[test]
@@ -209,6 +286,6 @@ mod tests {
             let key = PartitionKey::from(format!("key-{i}"));
             map.get(Some(&key), now, busy);
         }
-        assert!(map.len() <= 100 + SHARDS, "live {}", map.len());
+        assert_eq!(map.len(), 100);
     }
 }

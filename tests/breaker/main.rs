@@ -523,8 +523,10 @@ async fn partition_memory_is_bounded() {
         "c shares b's overflow breaker"
     );
     assert_eq!(handle.partitions(), 1);
-    // Healthy keys are idle and make room.
+    // Healthy keys are idle and make room, once the map looks for idle
+    // entries again (a fruitless look is not repeated within a second).
     handle.reset_all();
+    tokio::time::advance(S(1)).await;
     assert_eq!(run(&mut svc, Call::ok().key("d")).await, Ok(200));
     assert_eq!(
         handle.partition_state(&PartitionKey::from("d")),
