@@ -53,6 +53,7 @@ pub mod hold;
 #[allow(dead_code)]
 mod partition;
 pub mod request;
+pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[allow(dead_code)]
@@ -66,4 +67,5 @@ pub use classify::{ErrorCode, Usage};
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use fallback::FallbackLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
+pub use retry::{RetryBudget, RetryLayer};
 pub use timeout::{DeadlineLayer, TimeoutLayer};

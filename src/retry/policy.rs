@@ -1,0 +1,140 @@
+//! What to do with a server's delay, and recognising spent quotas.
+
+use crate::classify::{Classification, Classify, ErrorRef, Outcome};
+
+/// What the retry layer does when the server asks for a delay longer than the
+/// layer's cap on honoured delays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OverCap {
+    /// Do not retry: return the response or error as it is (the default).
+    /// The caller sees the server's delay and can decide, e.g. fall back to
+    /// another provider.
+    #[default]
+    Fail,
+    /// Retry after the computed backoff instead, ignoring the server's delay.
+    /// Only sensible when the server's delays are known to be pessimistic:
+    /// the retry may well be refused again.
+    UseBackoff,
+}
+
+/// Provider error codes for a 429 that will not succeed on retry: a spent
+/// quota or spending limit, not back-pressure.
+///
+/// `insufficient_quota` is the OpenAI-compatible `error.code`;
+/// `enforced_spend_limit_reached` the Anthropic-style `error.type`.
+pub const QUOTA_ERROR_CODES: &[&str] = &["insufficient_quota", "enforced_spend_limit_reached"];
+
+/// Whether a provider error code (`error.code` or `error.type`) says the
+/// quota or spending limit is spent.
+pub fn is_quota_code(code: &str) -> bool {
+    QUOTA_ERROR_CODES.contains(&code)
+}
+
+/// Whether a buffered JSON error body names a spent quota.
+///
+/// A cheap scan for one of [`QUOTA_ERROR_CODES`] as a JSON string value
+/// (`"insufficient_quota"`, quotes included); no JSON parser needed. Use it in
+/// a classifier for `http::Response` whose error bodies are buffered (see the
+/// [module docs](super#spent-quotas)).
+pub fn body_names_quota_code(body: &[u8]) -> bool {
+    QUOTA_ERROR_CODES.iter().any(|code| {
+        let needle_len = code.len() + 2;
+        body.windows(needle_len).any(|w| {
+            w[0] == b'"' && w[needle_len - 1] == b'"' && &w[1..needle_len - 1] == code.as_bytes()
+        })
+    })
+}
+
+/// A typed response that carries the provider's error code.
+///
+/// Implement it for a typed client's response (or the part of it that holds
+/// an API error) and wrap the classifier in [`QuotaAware`]: a 429 whose code
+/// is in [`QUOTA_ERROR_CODES`] is then not retried.
+pub trait ErrorCode {
+    /// The provider's `error.code` (or `error.type`), when the response is an
+    /// error that has one.
+    fn error_code(&self) -> Option<&str>;
+}
+
+/// A classifier that marks a rate-limited response whose [`ErrorCode`] names
+/// a spent quota as `RateLimited { quota_exhausted: true }`: not retryable.
+///
+/// ```
+/// use llm_sluice::classify::{Classification, Classify, DefaultClassifier, LlmResponse, Outcome};
+/// use llm_sluice::retry::{ErrorCode, QuotaAware};
+///
+/// struct Reply { status: u16, code: Option<String> }
+/// impl LlmResponse for Reply {
+///     fn classification(&self) -> Classification {
+///         match self.status {
+///             429 => Classification::new(Outcome::RateLimited { quota_exhausted: false }).with_status(429),
+///             _ => Classification::success(None),
+///         }
+///     }
+/// }
+/// impl ErrorCode for Reply {
+///     fn error_code(&self) -> Option<&str> { self.code.as_deref() }
+/// }
+///
+/// let classifier = QuotaAware::new(DefaultClassifier);
+/// let busy = Reply { status: 429, code: Some("rate_limit_exceeded".into()) };
+/// let broke = Reply { status: 429, code: Some("insufficient_quota".into()) };
+/// assert!(classifier.classify(Ok(&busy)).is_retryable());
+/// assert!(!classifier.classify(Ok(&broke)).is_retryable());
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuotaAware<C> {
+    inner: C,
+}
+
+impl<C> QuotaAware<C> {
+    /// Wraps `inner`, which classifies everything else.
+    pub const fn new(inner: C) -> Self {
+        QuotaAware { inner }
+    }
+}
+
+impl<Res, C> Classify<Res> for QuotaAware<C>
+where
+    Res: ErrorCode,
+    C: Classify<Res>,
+{
+    fn classify(&self, result: Result<&Res, ErrorRef<'_>>) -> Classification {
+        let mut class = self.inner.classify(result);
+        if let (Ok(response), Outcome::RateLimited { .. }) = (result, class.outcome) {
+            if response.error_code().is_some_and(is_quota_code) {
+                class.outcome = Outcome::RateLimited {
+                    quota_exhausted: true,
+                };
+            }
+        }
+        class
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_codes_are_found_in_bodies() {
+        let openai = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let anthropic =
+            br#"{"type":"error","error":{"type":"enforced_spend_limit_reached","message":"x"}}"#;
+        let busy = br#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}"#;
+        let mention = br#"{"error":{"message":"not insufficient_quota_x","code":"x"}}"#;
+        assert!(body_names_quota_code(openai));
+        assert!(body_names_quota_code(anthropic));
+        assert!(!body_names_quota_code(busy));
+        assert!(!body_names_quota_code(mention));
+        assert!(!body_names_quota_code(b""));
+    }
+
+    #[test]
+    fn codes() {
+        assert!(is_quota_code("insufficient_quota"));
+        assert!(is_quota_code("enforced_spend_limit_reached"));
+        assert!(!is_quota_code("rate_limit_exceeded"));
+    }
+}
