@@ -157,8 +157,12 @@ mod tests {
         assert_eq!(b.ceiling(0), ms(500));
         assert_eq!(b.ceiling(4), ms(8_000));
         assert_eq!(b.ceiling(u32::MAX), ms(8_000));
-        let huge = Backoff::new(Duration::from_secs(u64::MAX / 4), Duration::MAX, Jitter::None)
-            .unwrap();
+        let huge = Backoff::new(
+            Duration::from_secs(u64::MAX / 4),
+            Duration::MAX,
+            Jitter::None,
+        )
+        .unwrap();
         assert_eq!(huge.ceiling(40), Duration::MAX);
     }
 

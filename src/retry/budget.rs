@@ -235,10 +235,16 @@ mod tests {
     #[test]
     fn invalid_settings_fail() {
         let field = |r: Result<RetryBudget, ConfigError>| r.unwrap_err().field();
-        assert_eq!(field(RetryBudget::new(Duration::ZERO, 1, 0.1)), "budget_ttl");
+        assert_eq!(
+            field(RetryBudget::new(Duration::ZERO, 1, 0.1)),
+            "budget_ttl"
+        );
         assert_eq!(field(RetryBudget::new(secs(7_200), 1, 0.1)), "budget_ttl");
         assert_eq!(field(RetryBudget::new(secs(10), 1, -0.1)), "budget_ratio");
-        assert_eq!(field(RetryBudget::new(secs(10), 1, f64::NAN)), "budget_ratio");
+        assert_eq!(
+            field(RetryBudget::new(secs(10), 1, f64::NAN)),
+            "budget_ratio"
+        );
         assert!(RetryBudget::new(secs(1), u32::MAX, 1000.0).is_ok());
     }
 

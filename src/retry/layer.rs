@@ -254,7 +254,10 @@ impl<C, P> RetryLayerBuilder<C, P> {
             ));
         }
         if self.total_timeout.is_some_and(|t| t.is_zero()) {
-            return Err(ConfigError::new("total_timeout", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "total_timeout",
+                "must be greater than zero",
+            ));
         }
         static DESCRIBE: Once = Once::new();
         DESCRIBE.call_once(metrics::describe);

@@ -17,7 +17,7 @@
 //! #         }
 //! #     }
 //! # }
-//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), tower::BoxError> {
 //! let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
 //! # let counter = calls.clone();
 //! // an upstream that fails twice with 503, then answers
@@ -180,8 +180,10 @@ mod service;
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
 pub use layer::{RetryLayer, RetryLayerBuilder};
-pub use policy::{body_names_quota_code, is_quota_code, ErrorCode, OverCap, QuotaAware, QUOTA_ERROR_CODES};
+pub use policy::{
+    body_names_quota_code, is_quota_code, ErrorCode, OverCap, QuotaAware, QUOTA_ERROR_CODES,
+};
+pub use replay::{CloneRequest, Replay};
 #[cfg(feature = "http")]
 pub use replay::{ReplayBodies, ReplayBody};
-pub use replay::{CloneRequest, Replay};
 pub use service::Retry;

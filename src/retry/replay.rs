@@ -293,7 +293,10 @@ mod body {
     pub struct ReplayBodies;
 
     impl<B> Replay<http::Request<ReplayBody<B>>> for ReplayBodies {
-        fn replay(&self, request: &http::Request<ReplayBody<B>>) -> Option<http::Request<ReplayBody<B>>> {
+        fn replay(
+            &self,
+            request: &http::Request<ReplayBody<B>>,
+        ) -> Option<http::Request<ReplayBody<B>>> {
             let body = request.body().try_clone()?;
             let mut copy = http::Request::new(body);
             *copy.method_mut() = request.method().clone();

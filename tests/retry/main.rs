@@ -108,7 +108,12 @@ impl Upstream {
         self.calls.lock().unwrap().iter().map(|c| c.0).collect()
     }
     fn metas(&self) -> Vec<RequestMeta> {
-        self.calls.lock().unwrap().iter().map(|c| c.1.clone()).collect()
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.1.clone())
+            .collect()
     }
 }
 
@@ -188,7 +193,10 @@ async fn max_retries_zero_sends_once() {
         .build()
         .unwrap()
         .layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 503);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        503
+    );
     assert_eq!(upstream.count(), 1);
 }
 
@@ -197,7 +205,10 @@ async fn client_errors_are_not_retried_but_409_and_408_are() {
     for (status, attempts) in [(400, 1), (401, 1), (404, 1), (422, 1), (409, 3), (408, 3)] {
         let upstream = Upstream::always(Ok(Reply::status(status)));
         let mut svc = builder().build().unwrap().layer(upstream.clone());
-        assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, status);
+        assert_eq!(
+            call(&mut svc, RequestMeta::new()).await.unwrap().status,
+            status
+        );
         assert_eq!(upstream.count(), attempts, "status {status}");
     }
 }
@@ -211,7 +222,10 @@ async fn x_should_retry_overrides_the_status() {
 
     let upstream = Upstream::new([Ok(Reply::status(400).should_retry(true)), Ok(Reply::ok())]);
     let mut svc = builder().build().unwrap().layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 200);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        200
+    );
     assert_eq!(upstream.count(), 2, "should-retry: true on a 400");
 }
 
@@ -224,7 +238,10 @@ async fn quota_exhausted_429_is_not_retried() {
 
     let upstream = Upstream::always(Ok(Reply::status(429).code("insufficient_quota")));
     let mut svc = layer.layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 429);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        429
+    );
     assert_eq!(upstream.count(), 1, "a spent quota never succeeds on retry");
 
     let upstream = Upstream::always(Ok(Reply::status(429).code("enforced_spend_limit_reached")));
@@ -237,7 +254,10 @@ async fn quota_exhausted_429_is_not_retried() {
         Ok(Reply::ok()),
     ]);
     let mut svc = layer.layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 200);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        200
+    );
     assert_eq!(upstream.count(), 2, "back-pressure is retried");
 }
 
@@ -247,7 +267,9 @@ async fn transport_errors_are_retried_and_the_last_keeps_its_type() {
     let mut svc = builder().build().unwrap().layer(upstream.clone());
     let err = call(&mut svc, RequestMeta::new()).await.unwrap_err();
     assert_eq!(upstream.count(), 3);
-    let io = err.downcast_ref::<std::io::Error>().expect("the inner error");
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the inner error");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
 }
 
@@ -360,7 +382,10 @@ async fn scaled_jitter_stays_in_the_sdk_range() {
     call(&mut svc, RequestMeta::new()).await.unwrap();
     let ceilings = [500, 1_000, 2_000, 4_000].map(ms);
     for (gap, ceiling) in gaps(&upstream.times()).into_iter().zip(ceilings) {
-        assert!(gap > ceiling.mul_f64(0.75) && gap <= ceiling + ms(1), "{gap:?}");
+        assert!(
+            gap > ceiling.mul_f64(0.75) && gap <= ceiling + ms(1),
+            "{gap:?}"
+        );
     }
 }
 
@@ -378,7 +403,10 @@ async fn server_delay_is_honoured_exactly() {
         .build()
         .unwrap()
         .layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 200);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        200
+    );
     assert_eq!(gaps(&upstream.times()), [ms(1_500), ms(7)]);
 }
 
@@ -402,7 +430,10 @@ async fn server_delay_is_never_early() {
 
     tokio::time::advance(ms(1_999)).await;
     assert_pending!(fut.poll());
-    assert!(handle.poll_request().is_pending(), "not a millisecond early");
+    assert!(
+        handle.poll_request().is_pending(),
+        "not a millisecond early"
+    );
 
     tokio::time::advance(ms(1)).await;
     assert_pending!(fut.poll());
@@ -417,7 +448,11 @@ async fn server_delay_above_the_cap_fails_by_default() {
     let mut svc = builder().build().unwrap().layer(upstream.clone());
     let start = Instant::now();
     let reply = call(&mut svc, RequestMeta::new()).await.unwrap();
-    assert_eq!(reply.retry_after, Some(Duration::from_secs(61)), "as it was");
+    assert_eq!(
+        reply.retry_after,
+        Some(Duration::from_secs(61)),
+        "as it was"
+    );
     assert_eq!(upstream.count(), 1);
     assert_eq!(Instant::now(), start, "returned at once");
 
@@ -427,7 +462,10 @@ async fn server_delay_above_the_cap_fails_by_default() {
         Ok(Reply::ok()),
     ]);
     let mut svc = builder().build().unwrap().layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 200);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        200
+    );
     assert_eq!(gaps(&upstream.times()), [Duration::from_secs(60)]);
 }
 
@@ -445,13 +483,19 @@ async fn server_delay_above_the_cap_can_use_the_backoff() {
         .build()
         .unwrap()
         .layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 200);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        200
+    );
     assert_eq!(gaps(&upstream.times()), [ms(250)]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn zero_server_delay_falls_back_to_backoff() {
-    let upstream = Upstream::new([Ok(Reply::status(503).after(Duration::ZERO)), Ok(Reply::ok())]);
+    let upstream = Upstream::new([
+        Ok(Reply::status(503).after(Duration::ZERO)),
+        Ok(Reply::ok()),
+    ]);
     let mut svc = builder()
         .jitter(Jitter::None)
         .backoff_base(ms(300))
@@ -479,7 +523,11 @@ async fn deadline_stops_a_backoff_that_would_end_past_it() {
     let req = RequestMeta::new().deadline(start + ms(1_000));
     assert_eq!(call(&mut svc, req).await.unwrap().status, 503);
     assert_eq!(upstream.count(), 4);
-    assert_eq!(Instant::now(), start + ms(700), "no sleep past the deadline");
+    assert_eq!(
+        Instant::now(),
+        start + ms(700),
+        "no sleep past the deadline"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -511,7 +559,9 @@ async fn total_timeout_sets_a_deadline_inner_layers_see() {
     let upstream = Upstream::always(Ok(Reply::ok()));
     let mut svc = layer.layer(upstream.clone());
     let own = start + Duration::from_secs(3);
-    call(&mut svc, RequestMeta::new().deadline(own)).await.unwrap();
+    call(&mut svc, RequestMeta::new().deadline(own))
+        .await
+        .unwrap();
     assert_eq!(upstream.metas()[0].deadline, Some(own));
 }
 
@@ -534,7 +584,11 @@ async fn retries_keep_priority_and_first_arrival() {
     assert!(Instant::now() > start, "time passed between attempts");
     for meta in metas {
         assert_eq!(meta.priority, Priority::HIGH);
-        assert_eq!(meta.arrival(), Some(start), "the first arrival, not the retry time");
+        assert_eq!(
+            meta.arrival(),
+            Some(start),
+            "the first arrival, not the retry time"
+        );
     }
 }
 
@@ -560,7 +614,10 @@ async fn a_request_that_cannot_be_replayed_is_sent_once() {
         .build()
         .unwrap()
         .layer(upstream.clone());
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 503);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        503
+    );
     assert_eq!(upstream.count(), 1);
 }
 
@@ -629,17 +686,14 @@ mod http_bodies {
                 let mut bodies = bodies.lock().unwrap();
                 bodies.push(body);
                 let status = if bodies.len() < 3 { 503 } else { 200 };
-                Ok::<_, BoxError>(
-                    http::Response::builder()
-                        .status(status)
-                        .body(())
-                        .unwrap(),
-                )
+                Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap())
             }
         })
     }
 
-    fn request(body: ReplayBody<StreamBody<Frames>>) -> http::Request<ReplayBody<StreamBody<Frames>>> {
+    fn request(
+        body: ReplayBody<StreamBody<Frames>>,
+    ) -> http::Request<ReplayBody<StreamBody<Frames>>> {
         http::Request::builder()
             .header("x-test", "1")
             .body(body)
@@ -660,7 +714,13 @@ mod http_bodies {
             .await
             .unwrap();
         assert!(body.is_replayable());
-        let res = svc.ready().await.unwrap().call(request(body)).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(body))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
         let bodies = bodies.lock().unwrap();
         assert_eq!(bodies.len(), 3);
@@ -680,7 +740,13 @@ mod http_bodies {
             .await
             .unwrap();
         assert!(!body.is_replayable());
-        let res = svc.ready().await.unwrap().call(request(body)).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(body))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 503, "the first result, as it was");
         let bodies = bodies.lock().unwrap();
         assert_eq!(bodies.as_slice(), ["0123456789abcdefXYZ"], "nothing lost");
@@ -739,7 +805,10 @@ async fn budget_bounds_retries_against_an_always_failing_upstream() {
         .collect();
     let results = future::join_all(futures).await;
     assert!(results.iter().all(Result::is_err));
-    assert!(Instant::now() - start < Duration::from_secs(1), "all inside one ttl");
+    assert!(
+        Instant::now() - start < Duration::from_secs(1),
+        "all inside one ttl"
+    );
 
     let retries = upstream.count() - REQUESTS;
     let budgeted = 100 + REQUESTS / 10;
@@ -763,9 +832,16 @@ async fn budget_is_shared_by_clones() {
 async fn spent_budget_returns_the_last_result_at_once() {
     let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.0).unwrap();
     let upstream = Upstream::always(Ok(Reply::status(503)));
-    let mut svc = builder().budget(budget).build().unwrap().layer(upstream.clone());
+    let mut svc = builder()
+        .budget(budget)
+        .build()
+        .unwrap()
+        .layer(upstream.clone());
     let start = Instant::now();
-    assert_eq!(call(&mut svc, RequestMeta::new()).await.unwrap().status, 503);
+    assert_eq!(
+        call(&mut svc, RequestMeta::new()).await.unwrap().status,
+        503
+    );
     assert_eq!(upstream.count(), 1);
     assert_eq!(Instant::now(), start);
 }
@@ -874,11 +950,7 @@ async fn response_future_drop_during_backoff_releases_everything() {
         guard: guard.clone(),
         fail_first: Arc::new(AtomicUsize::new(0)),
     };
-    let mut svc = builder()
-        .jitter(Jitter::None)
-        .build()
-        .unwrap()
-        .layer(held);
+    let mut svc = builder().jitter(Jitter::None).build().unwrap().layer(held);
     assert!(svc.ready().await.is_ok());
     let mut fut = tokio_test::task::spawn(svc.call(RequestMeta::new()));
     assert_pending!(fut.poll(), "waiting out the backoff");
@@ -895,9 +967,16 @@ async fn response_future_drop_during_backoff_releases_everything() {
 #[test]
 fn invalid_settings_are_config_errors() {
     let field = |b: RetryLayerBuilder| b.build().unwrap_err().field();
-    assert_eq!(field(RetryLayer::builder().backoff_base(Duration::ZERO)), "backoff_base");
     assert_eq!(
-        field(RetryLayer::builder().backoff_base(ms(10)).backoff_cap(ms(5))),
+        field(RetryLayer::builder().backoff_base(Duration::ZERO)),
+        "backoff_base"
+    );
+    assert_eq!(
+        field(
+            RetryLayer::builder()
+                .backoff_base(ms(10))
+                .backoff_cap(ms(5))
+        ),
         "backoff_cap"
     );
     assert_eq!(
@@ -983,8 +1062,81 @@ fn metrics_count_attempts_retries_delays_and_exhaustion() {
     ));
     match find("llm_sluice_retry_server_delay_seconds", None) {
         Some(DebugValue::Histogram(values)) => {
-            assert_eq!(values.iter().map(|v| v.into_inner()).collect::<Vec<_>>(), [1.5])
+            assert_eq!(
+                values.iter().map(|v| v.into_inner()).collect::<Vec<_>>(),
+                [1.5]
+            )
         }
         other => panic!("{other:?}"),
+    }
+}
+
+// ===== invariants =====
+
+mod invariants {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the server asks and whatever the deadline: no attempt
+        /// before the server's delay has passed, none at or after the
+        /// deadline, and no more than 1 + max_retries attempts.
+        #[test]
+        fn never_early_never_past_the_deadline(
+            delays in proptest::collection::vec(proptest::option::of(1u64..3_000), 1..8),
+            deadline_ms in proptest::option::of(1u64..8_000),
+            max_retries in 0u32..6,
+            seed: u64,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let script: Vec<Step> = delays
+                    .iter()
+                    .map(|d| {
+                        let reply = Reply::status(429);
+                        Ok(match d { Some(d) => reply.after(ms(*d)), None => reply })
+                    })
+                    .collect();
+                let upstream = Upstream::new(script);
+                let mut svc = RetryLayer::builder()
+                    .seed(seed)
+                    .max_retries(max_retries)
+                    .budget(RetryBudget::new(Duration::from_secs(10), 1_000, 0.0).unwrap())
+                    .build()
+                    .unwrap()
+                    .layer(upstream.clone());
+                let start = Instant::now();
+                let mut req = RequestMeta::new();
+                if let Some(d) = deadline_ms {
+                    req = req.deadline(start + ms(d));
+                }
+                let reply = call(&mut svc, req).await.unwrap();
+                let times = upstream.times();
+                prop_assert!(times.len() <= 1 + max_retries as usize);
+                prop_assert_eq!(reply.status, 429);
+                for (n, gap) in gaps(&times).into_iter().enumerate() {
+                    // the step that preceded this attempt
+                    let asked = delays[n.min(delays.len() - 1)];
+                    if let Some(asked) = asked {
+                        prop_assert_eq!(gap, ms(asked), "server delay honoured exactly");
+                    } else {
+                        prop_assert!(gap <= Backoff::default().ceiling(n as u32) + ms(1));
+                    }
+                }
+                if let Some(d) = deadline_ms {
+                    for t in &times {
+                        prop_assert!(*t < start + ms(d), "an attempt at or after the deadline");
+                    }
+                    prop_assert!(Instant::now() < start + ms(d), "slept past the deadline");
+                }
+                Ok(())
+            })?;
+        }
     }
 }
