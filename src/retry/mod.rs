@@ -57,21 +57,24 @@
 //!
 //! A 429 whose error body says the quota or spending limit is spent
 //! (`insufficient_quota`, `enforced_spend_limit_reached`) will not succeed on
-//! retry. Only the body says so, so the classifier must see it:
+//! retry. Only the body says so, so the classifier must see it; a
+//! classifier that reports such a result as
+//! `RateLimited { quota_exhausted: true }` (or sets `should_retry` to
+//! `false`) stops the retries. The hooks:
 //!
-//! - typed responses implement [`ErrorCode`] and the layer uses
-//!   [`QuotaAware`]`::new(DefaultClassifier)`;
-//! - for `http::Response` with a buffered body, a closure classifier marks
-//!   the outcome with [`body_names_quota_code`]:
+//! - typed responses implement [`ResponseErrorCode`] and the layer uses
+//!   `QuotaAware::new(DefaultClassifier)` ([`QuotaAware`]);
+//! - any response: a classifier of your own (a closure will do) that reads
+//!   what it needs, e.g. a buffered error body:
 //!
 //! ```
 //! use llm_sluice::classify::{Classify, DefaultClassifier, ErrorRef, Classification, Outcome};
-//! use llm_sluice::retry::{body_names_quota_code, RetryLayer};
+//! use llm_sluice::retry::RetryLayer;
 //!
-//! let classifier = |result: Result<&http::Response<bytes::Bytes>, ErrorRef<'_>>| {
+//! let classifier = |result: Result<&http::Response<String>, ErrorRef<'_>>| {
 //!     let mut class: Classification = DefaultClassifier.classify(result);
 //!     if let Ok(response) = result {
-//!         if response.status() == 429 && body_names_quota_code(response.body()) {
+//!         if response.status() == 429 && response.body().contains("\"insufficient_quota\"") {
 //!             class.outcome = Outcome::RateLimited { quota_exhausted: true };
 //!         }
 //!     }
@@ -180,9 +183,7 @@ mod service;
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
 pub use layer::{RetryLayer, RetryLayerBuilder};
-pub use policy::{
-    body_names_quota_code, is_quota_code, ErrorCode, OverCap, QuotaAware, QUOTA_ERROR_CODES,
-};
+pub use policy::{OverCap, QuotaAware, ResponseErrorCode};
 pub use replay::{CloneRequest, Replay};
 #[cfg(feature = "http")]
 pub use replay::{ReplayBodies, ReplayBody};

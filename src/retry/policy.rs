@@ -19,50 +19,42 @@ pub enum OverCap {
 }
 
 /// Provider error codes for a 429 that will not succeed on retry: a spent
-/// quota or spending limit, not back-pressure.
-///
-/// `insufficient_quota` is the OpenAI-compatible `error.code`;
+/// quota or spending limit, not back-pressure. `insufficient_quota` and
+/// `billing_hard_limit_reached` are OpenAI-compatible `error.code`s;
 /// `enforced_spend_limit_reached` the Anthropic-style `error.type`.
-pub const QUOTA_ERROR_CODES: &[&str] = &["insufficient_quota", "enforced_spend_limit_reached"];
+const QUOTA_ERROR_CODES: &[&str] = &[
+    "insufficient_quota",
+    "billing_hard_limit_reached",
+    "enforced_spend_limit_reached",
+];
 
-/// Whether a provider error code (`error.code` or `error.type`) says the
-/// quota or spending limit is spent.
-pub fn is_quota_code(code: &str) -> bool {
-    QUOTA_ERROR_CODES.contains(&code)
-}
-
-/// Whether a buffered JSON error body names a spent quota.
-///
-/// A cheap scan for one of [`QUOTA_ERROR_CODES`] as a JSON string value
-/// (`"insufficient_quota"`, quotes included); no JSON parser needed. Use it in
-/// a classifier for `http::Response` whose error bodies are buffered (see the
-/// [module docs](super#spent-quotas)).
-pub fn body_names_quota_code(body: &[u8]) -> bool {
-    QUOTA_ERROR_CODES.iter().any(|code| {
-        let needle_len = code.len() + 2;
-        body.windows(needle_len).any(|w| {
-            w[0] == b'"' && w[needle_len - 1] == b'"' && &w[1..needle_len - 1] == code.as_bytes()
-        })
-    })
+/// Whether a provider error code says the quota or spending limit is spent
+/// (exact after trimming, ASCII case-insensitive).
+fn is_quota_code(code: &str) -> bool {
+    let code = code.trim();
+    QUOTA_ERROR_CODES
+        .iter()
+        .any(|known| known.eq_ignore_ascii_case(code))
 }
 
 /// A typed response that carries the provider's error code.
 ///
 /// Implement it for a typed client's response (or the part of it that holds
 /// an API error) and wrap the classifier in [`QuotaAware`]: a 429 whose code
-/// is in [`QUOTA_ERROR_CODES`] is then not retried.
-pub trait ErrorCode {
+/// is `insufficient_quota`, `billing_hard_limit_reached` or
+/// `enforced_spend_limit_reached` is then not retried.
+pub trait ResponseErrorCode {
     /// The provider's `error.code` (or `error.type`), when the response is an
     /// error that has one.
     fn error_code(&self) -> Option<&str>;
 }
 
-/// A classifier that marks a rate-limited response whose [`ErrorCode`] names
+/// A classifier that marks a rate-limited response whose [`ResponseErrorCode`] names
 /// a spent quota as `RateLimited { quota_exhausted: true }`: not retryable.
 ///
 /// ```
 /// use llm_sluice::classify::{Classification, Classify, DefaultClassifier, LlmResponse, Outcome};
-/// use llm_sluice::retry::{ErrorCode, QuotaAware};
+/// use llm_sluice::retry::{QuotaAware, ResponseErrorCode};
 ///
 /// struct Reply { status: u16, code: Option<String> }
 /// impl LlmResponse for Reply {
@@ -73,7 +65,7 @@ pub trait ErrorCode {
 ///         }
 ///     }
 /// }
-/// impl ErrorCode for Reply {
+/// impl ResponseErrorCode for Reply {
 ///     fn error_code(&self) -> Option<&str> { self.code.as_deref() }
 /// }
 ///
@@ -97,7 +89,7 @@ impl<C> QuotaAware<C> {
 
 impl<Res, C> Classify<Res> for QuotaAware<C>
 where
-    Res: ErrorCode,
+    Res: ResponseErrorCode,
     C: Classify<Res>,
 {
     fn classify(&self, result: Result<&Res, ErrorRef<'_>>) -> Classification {
@@ -118,23 +110,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quota_codes_are_found_in_bodies() {
-        let openai = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
-        let anthropic =
-            br#"{"type":"error","error":{"type":"enforced_spend_limit_reached","message":"x"}}"#;
-        let busy = br#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}"#;
-        let mention = br#"{"error":{"message":"not insufficient_quota_x","code":"x"}}"#;
-        assert!(body_names_quota_code(openai));
-        assert!(body_names_quota_code(anthropic));
-        assert!(!body_names_quota_code(busy));
-        assert!(!body_names_quota_code(mention));
-        assert!(!body_names_quota_code(b""));
-    }
-
-    #[test]
     fn codes() {
         assert!(is_quota_code("insufficient_quota"));
         assert!(is_quota_code("enforced_spend_limit_reached"));
+        assert!(is_quota_code(" Insufficient_Quota "));
+        assert!(is_quota_code("billing_hard_limit_reached"));
         assert!(!is_quota_code("rate_limit_exceeded"));
+        assert!(!is_quota_code("insufficient_quota_x"));
     }
 }

@@ -10,7 +10,8 @@ use futures::future::{self, Ready};
 use llm_sluice::classify::{Classification, LlmResponse, Outcome};
 use llm_sluice::request::RequestMeta;
 use llm_sluice::retry::{
-    Backoff, ErrorCode, Jitter, OverCap, QuotaAware, RetryBudget, RetryLayer, RetryLayerBuilder,
+    Backoff, Jitter, OverCap, QuotaAware, ResponseErrorCode, RetryBudget, RetryLayer,
+    RetryLayerBuilder,
 };
 use llm_sluice::{Error, LlmRequest, Priority};
 use tokio::time::Instant;
@@ -75,7 +76,7 @@ impl LlmResponse for Reply {
     }
 }
 
-impl ErrorCode for Reply {
+impl ResponseErrorCode for Reply {
     fn error_code(&self) -> Option<&str> {
         self.code
     }
