@@ -2,6 +2,7 @@
 //! rate, plus a small floor.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +34,8 @@ const SLOTS: u32 = 10;
 /// also follows; the defaults are theirs: `ttl` 10 s, floor 10 retries a
 /// second, ratio 0.2.
 ///
-/// The state is one small mutex-protected window, touched once per request
-/// and once per retry decision.
+/// A request's deposit is lock-free (one atomic load and one atomic add,
+/// plus a short lock once per slot period); retry decisions take a lock.
 ///
 /// ```
 /// use std::time::Duration;
@@ -61,7 +62,7 @@ struct Shared {
     ratio: f64,
     deposit: i64,
     reserve: i64,
-    window: Mutex<Window>,
+    window: Window,
 }
 
 impl RetryBudget {
@@ -95,7 +96,7 @@ impl RetryBudget {
                 ratio,
                 deposit,
                 reserve,
-                window: Mutex::new(Window::new(ttl / SLOTS, Instant::now())),
+                window: Window::new(ttl / SLOTS, Instant::now()),
             }),
         })
     }
@@ -126,14 +127,18 @@ impl RetryBudget {
         self.withdraw_at(Instant::now())
     }
 
+    /// A deposit: lock-free, one atomic load and one atomic add unless a
+    /// new slot starts (then a short lock, once per slot).
     pub(crate) fn deposit_at(&self, now: Instant) {
-        self.shared.window.lock().add(now, self.shared.deposit);
+        self.shared.window.add(now, self.shared.deposit);
     }
 
     pub(crate) fn withdraw_at(&self, now: Instant) -> bool {
-        let mut window = self.shared.window.lock();
-        window.advance(now);
-        if self.shared.reserve.saturating_add(window.sum()) >= RETRY_COST {
+        let window = &self.shared.window;
+        // Withdrawals are serialized so that check-then-take is exact;
+        // deposits only raise the balance meanwhile.
+        let _guard = window.withdrawals.lock();
+        if self.shared.reserve.saturating_add(window.sum(now)) >= RETRY_COST {
             window.add(now, -RETRY_COST);
             true
         } else {
@@ -143,10 +148,10 @@ impl RetryBudget {
 
     /// Whole retries available now.
     pub fn available(&self) -> u64 {
-        let now = Instant::now();
-        let mut window = self.shared.window.lock();
-        window.advance(now);
-        let balance = self.shared.reserve.saturating_add(window.sum());
+        let balance = self
+            .shared
+            .reserve
+            .saturating_add(self.shared.window.sum(Instant::now()));
         u64::try_from(balance / RETRY_COST).unwrap_or(0)
     }
 
@@ -174,53 +179,75 @@ impl fmt::Debug for RetryBudget {
     }
 }
 
-/// A ring of slots over the ttl, each holding the net milli-tokens added
-/// while it was current. Pure: `now` is an argument.
+/// A ring of slots over the ttl. Slot `i` holds the net milli-tokens added
+/// during the slot period `generation`, where `generation` counts slot
+/// periods since `epoch` and `i = generation % SLOTS`. A slot whose
+/// generation is `SLOTS` or more behind the current one is expired and is
+/// reset by the first writer of a newer generation.
 struct Window {
-    slots: [i64; SLOTS as usize],
-    slot_len: Duration,
-    head: usize,
-    head_start: Instant,
+    slots: [Slot; SLOTS as usize],
+    slot_nanos: u64,
+    epoch: Instant,
+    /// Taken to reset a slot for a new generation, and by withdrawals.
+    withdrawals: Mutex<()>,
+    resets: Mutex<()>,
+}
+
+struct Slot {
+    generation: AtomicU64,
+    amount: AtomicI64,
 }
 
 impl Window {
     fn new(slot_len: Duration, now: Instant) -> Self {
         Window {
-            slots: [0; SLOTS as usize],
-            slot_len,
-            head: 0,
-            head_start: now,
+            slots: std::array::from_fn(|_| Slot {
+                generation: AtomicU64::new(0),
+                amount: AtomicI64::new(0),
+            }),
+            slot_nanos: u64::try_from(slot_len.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            epoch: now,
+            withdrawals: Mutex::new(()),
+            resets: Mutex::new(()),
         }
     }
 
-    /// Moves the head to the slot that contains `now`, clearing the slots it
-    /// passes (they held what is now older than the ttl).
-    fn advance(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.head_start);
-        if elapsed < self.slot_len {
-            return;
-        }
-        let steps = elapsed.as_nanos() / self.slot_len.as_nanos();
-        let clear = steps.min(u128::from(SLOTS)) as usize;
-        for _ in 0..clear {
-            self.head = (self.head + 1) % self.slots.len();
-            self.slots[self.head] = 0;
-        }
-        // Keep the head aligned to whole slots; saturate rather than overflow.
-        let advanced = self
-            .slot_len
-            .checked_mul(u32::try_from(steps).unwrap_or(u32::MAX))
-            .unwrap_or(elapsed);
-        self.head_start += advanced.min(elapsed);
+    fn generation(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(elapsed / u128::from(self.slot_nanos)).unwrap_or(u64::MAX)
     }
 
-    fn add(&mut self, now: Instant, amount: i64) {
-        self.advance(now);
-        self.slots[self.head] = self.slots[self.head].saturating_add(amount);
+    fn add(&self, now: Instant, amount: i64) {
+        let generation = self.generation(now);
+        let slot = &self.slots[(generation % u64::from(SLOTS)) as usize];
+        if slot.generation.load(Ordering::Acquire) != generation {
+            let _reset = self.resets.lock();
+            let seen = slot.generation.load(Ordering::Acquire);
+            if seen < generation {
+                slot.amount.store(0, Ordering::Relaxed);
+                slot.generation.store(generation, Ordering::Release);
+            } else if seen > generation {
+                // A caller that read the clock long ago: its slot is gone,
+                // and what it adds is older than the ttl.
+                return;
+            }
+        }
+        slot.amount.fetch_add(amount, Ordering::Relaxed);
     }
 
-    fn sum(&self) -> i64 {
-        self.slots.iter().fold(0, |acc, s| acc.saturating_add(*s))
+    fn sum(&self, now: Instant) -> i64 {
+        let current = self.generation(now);
+        self.slots
+            .iter()
+            .filter(|slot| {
+                let g = slot.generation.load(Ordering::Acquire);
+                g <= current && current - g < u64::from(SLOTS)
+            })
+            .fold(0, |acc, slot| {
+                acc.saturating_add(slot.amount.load(Ordering::Relaxed))
+            })
     }
 }
 
@@ -290,6 +317,26 @@ mod tests {
         a.deposit();
         assert!(b.withdraw());
         assert!(!a.withdraw());
+    }
+
+    #[test]
+    fn concurrent_deposits_and_withdrawals_are_all_counted() {
+        let budget = RetryBudget::new(secs(3_600), 0, 1.0).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let budget = budget.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1_000 {
+                        budget.deposit();
+                    }
+                    (0..1_500).filter(|_| budget.withdraw()).count()
+                })
+            })
+            .collect();
+        let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        // Withdrawals can run ahead of deposits, never beyond them.
+        assert!(granted <= 4_000);
+        assert_eq!(granted as u64 + budget.available(), 4_000);
     }
 
     #[tokio::test(start_paused = true)]
