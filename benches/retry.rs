@@ -37,6 +37,33 @@ impl<E> Policy<RequestMeta, u64, E> for Attempts {
     }
 }
 
+/// tower's example policy that also stamps the request's arrival on the
+/// copy, as a tower user would to keep a retried request's place in line:
+/// isolates the cost of the one clock read the llm-sluice layer takes.
+#[derive(Clone)]
+struct AttemptsStamped(usize);
+
+impl<E> Policy<RequestMeta, u64, E> for AttemptsStamped {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut RequestMeta, result: &mut Result<u64, E>) -> Option<Self::Future> {
+        match result {
+            Ok(_) => None,
+            Err(_) if self.0 > 0 => {
+                self.0 -= 1;
+                Some(ready(()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn clone_request(&mut self, req: &RequestMeta) -> Option<RequestMeta> {
+        let mut copy = req.clone();
+        copy.arrival = Some(tokio::time::Instant::now());
+        Some(copy)
+    }
+}
+
 /// The same, with tower's `TpsBudget` (deposit per success, withdraw per
 /// retry): the closest tower equivalent of what the llm-sluice layer does.
 #[derive(Clone)]
@@ -112,6 +139,12 @@ fn success_path(c: &mut Criterion) {
         &rt,
         "tower_retry_attempts",
         tower::retry::Retry::new(Attempts(2), upstream()),
+    );
+    bench(
+        &mut group,
+        &rt,
+        "tower_retry_attempts_clock_read",
+        tower::retry::Retry::new(AttemptsStamped(2), upstream()),
     );
     bench(
         &mut group,

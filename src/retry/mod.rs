@@ -152,6 +152,14 @@
 //! the attempt in flight (releasing what inner layers hold for it), the
 //! backoff timer and the request copy. Nothing else is held.
 //!
+//! # Cost on the success path
+//!
+//! One clock read (shared by the arrival stamp, the total timeout and the
+//! budget deposit), one atomic add into the budget, a clone of the request
+//! and of the inner service (as `tower::retry::Retry` does) and of one `Arc`.
+//! The random source and the budget's lock are touched only when a result is
+//! retryable.
+//!
 //! # Layer order
 //!
 //! Put the retry layer *outside* the layers that protect the upstream
