@@ -62,6 +62,10 @@
 //! `RateLimited { quota_exhausted: true }` (or sets `should_retry` to
 //! `false`) stops the retries. The hooks:
 //!
+//! - `http::Response`: put [`ErrorBodyLayer`](crate::classify::ErrorBodyLayer)
+//!   inside the retry layer; it reads error bodies into an
+//!   [`ErrorCode`](crate::classify::ErrorCode) extension, and the default
+//!   classifier then reports a spent quota;
 //! - typed responses implement [`ResponseErrorCode`] and the layer uses
 //!   `QuotaAware::new(DefaultClassifier)` ([`QuotaAware`]);
 //! - any response: a classifier of your own (a closure will do) that reads

@@ -1,6 +1,6 @@
 //! What to do with a server's delay, and recognising spent quotas.
 
-use crate::classify::{Classification, Classify, ErrorRef, Outcome};
+use crate::classify::{is_quota_exhausted, Classification, Classify, ErrorRef, Outcome};
 
 /// What the retry layer does when the server asks for a delay longer than the
 /// layer's cap on honoured delays.
@@ -18,31 +18,13 @@ pub enum OverCap {
     UseBackoff,
 }
 
-/// Provider error codes for a 429 that will not succeed on retry: a spent
-/// quota or spending limit, not back-pressure. `insufficient_quota` and
-/// `billing_hard_limit_reached` are OpenAI-compatible `error.code`s;
-/// `enforced_spend_limit_reached` the Anthropic-style `error.type`.
-const QUOTA_ERROR_CODES: &[&str] = &[
-    "insufficient_quota",
-    "billing_hard_limit_reached",
-    "enforced_spend_limit_reached",
-];
-
-/// Whether a provider error code says the quota or spending limit is spent
-/// (exact after trimming, ASCII case-insensitive).
-fn is_quota_code(code: &str) -> bool {
-    let code = code.trim();
-    QUOTA_ERROR_CODES
-        .iter()
-        .any(|known| known.eq_ignore_ascii_case(code))
-}
-
 /// A typed response that carries the provider's error code.
 ///
 /// Implement it for a typed client's response (or the part of it that holds
 /// an API error) and wrap the classifier in [`QuotaAware`]: a 429 whose code
-/// is `insufficient_quota`, `billing_hard_limit_reached` or
-/// `enforced_spend_limit_reached` is then not retried.
+/// is a quota code ([`is_quota_exhausted`]: `insufficient_quota`,
+/// `billing_hard_limit_reached`, `enforced_spend_limit_reached`) is then not
+/// retried.
 pub trait ResponseErrorCode {
     /// The provider's `error.code` (or `error.type`), when the response is an
     /// error that has one.
@@ -95,27 +77,12 @@ where
     fn classify(&self, result: Result<&Res, ErrorRef<'_>>) -> Classification {
         let mut class = self.inner.classify(result);
         if let (Ok(response), Outcome::RateLimited { .. }) = (result, class.outcome) {
-            if response.error_code().is_some_and(is_quota_code) {
+            if response.error_code().is_some_and(is_quota_exhausted) {
                 class.outcome = Outcome::RateLimited {
                     quota_exhausted: true,
                 };
             }
         }
         class
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes() {
-        assert!(is_quota_code("insufficient_quota"));
-        assert!(is_quota_code("enforced_spend_limit_reached"));
-        assert!(is_quota_code(" Insufficient_Quota "));
-        assert!(is_quota_code("billing_hard_limit_reached"));
-        assert!(!is_quota_code("rate_limit_exceeded"));
-        assert!(!is_quota_code("insufficient_quota_x"));
     }
 }

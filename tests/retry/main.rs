@@ -1141,3 +1141,192 @@ mod invariants {
         }
     }
 }
+
+// ===== end to end with the HTTP classifier (status and headers) =====
+
+#[cfg(feature = "http")]
+mod http_headers {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use llm_sluice::classify::ErrorBodyLayer;
+
+    type Script = Arc<Mutex<VecDeque<http::Response<Full<Bytes>>>>>;
+
+    fn response(
+        status: u16,
+        headers: &[(&str, String)],
+        body: &'static str,
+    ) -> http::Response<Full<Bytes>> {
+        let mut builder = http::Response::builder().status(status);
+        for (name, value) in headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        builder
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    /// An HTTP upstream answering from a script and recording attempt times.
+    fn upstream(
+        script: Vec<http::Response<Full<Bytes>>>,
+    ) -> (
+        impl Service<
+                http::Request<String>,
+                Response = http::Response<Full<Bytes>>,
+                Error = BoxError,
+                Future = impl std::future::Future<
+                    Output = Result<http::Response<Full<Bytes>>, BoxError>,
+                >,
+            > + Clone,
+        Arc<Mutex<Vec<Instant>>>,
+    ) {
+        let script: Script = Arc::new(Mutex::new(script.into()));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let recorded = times.clone();
+        let svc = tower::service_fn(move |_req: http::Request<String>| {
+            recorded.lock().unwrap().push(Instant::now());
+            let next = script.lock().unwrap().pop_front();
+            async move { next.ok_or_else(|| BoxError::from("script ran out")) }
+        });
+        (svc, times)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_ms_and_seconds_are_honoured_exactly() {
+        let (svc, times) = upstream(vec![
+            response(429, &[("retry-after-ms", "1250".into())], ""),
+            response(503, &[("retry-after", "2".into())], ""),
+            response(200, &[], "{}"),
+        ]);
+        let mut svc = builder().max_retries(3).build().unwrap().layer(svc);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            gaps(&times.lock().unwrap()),
+            [ms(1_250), Duration::from_secs(2)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_http_date_is_never_early() {
+        // The HTTP-date is read against the wall clock; whole seconds.
+        let at = std::time::SystemTime::now() + Duration::from_secs(3);
+        let (svc, times) = upstream(vec![
+            response(503, &[("retry-after", httpdate::fmt_http_date(at))], ""),
+            response(200, &[], "{}"),
+        ]);
+        let mut svc = builder().build().unwrap().layer(svc);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let gap = gaps(&times.lock().unwrap())[0];
+        // fmt_http_date truncates to the second: between 2 and 3 seconds,
+        // never the sub-second computed backoff.
+        assert!(
+            gap > Duration::from_secs(1) && gap <= Duration::from_secs(3),
+            "{gap:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_delay_over_the_cap_returns_the_response() {
+        let (svc, times) = upstream(vec![response(429, &[("retry-after", "120".into())], "")]);
+        let mut svc = builder().build().unwrap().layer(svc);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()["retry-after"], "120", "as the server sent it");
+        assert_eq!(times.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn x_should_retry_header_overrides() {
+        let (svc, times) = upstream(vec![response(
+            500,
+            &[("x-should-retry", "false".into())],
+            "",
+        )]);
+        let mut svc = builder().build().unwrap().layer(svc);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(times.lock().unwrap().len(), 1);
+
+        let (svc, times) = upstream(vec![
+            response(400, &[("x-should-retry", "true".into())], ""),
+            response(200, &[], "{}"),
+        ]);
+        let mut svc = builder().build().unwrap().layer(svc);
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(times.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quota_429_body_is_not_retried_behind_the_error_body_layer() {
+        const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        const BUSY: &str = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+
+        let (svc, times) = upstream(vec![response(429, &[], QUOTA)]);
+        let mut svc = builder()
+            .build()
+            .unwrap()
+            .layer(ErrorBodyLayer::new().layer(svc));
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 429);
+        assert_eq!(
+            times.lock().unwrap().len(),
+            1,
+            "a spent quota is not retried"
+        );
+
+        let (svc, times) = upstream(vec![response(429, &[], BUSY), response(200, &[], "{}")]);
+        let mut svc = builder()
+            .build()
+            .unwrap()
+            .layer(ErrorBodyLayer::new().layer(svc));
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(times.lock().unwrap().len(), 2, "back-pressure is retried");
+    }
+}
