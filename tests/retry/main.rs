@@ -1168,18 +1168,14 @@ mod http_headers {
     }
 
     /// An HTTP upstream answering from a script and recording attempt times.
+    type Times = Arc<Mutex<Vec<Instant>>>;
+
     fn upstream(
         script: Vec<http::Response<Full<Bytes>>>,
     ) -> (
-        impl Service<
-                http::Request<String>,
-                Response = http::Response<Full<Bytes>>,
-                Error = BoxError,
-                Future = impl std::future::Future<
-                    Output = Result<http::Response<Full<Bytes>>, BoxError>,
-                >,
-            > + Clone,
-        Arc<Mutex<Vec<Instant>>>,
+        impl Service<http::Request<String>, Response = http::Response<Full<Bytes>>, Error = BoxError>
+            + Clone,
+        Times,
     ) {
         let script: Script = Arc::new(Mutex::new(script.into()));
         let times = Arc::new(Mutex::new(Vec::new()));
