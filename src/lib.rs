@@ -54,6 +54,7 @@ pub mod hold;
 mod partition;
 pub mod rate;
 pub mod request;
+pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[allow(dead_code)]
@@ -68,4 +69,5 @@ pub use error::{ConfigError, Error, TimeoutKind};
 pub use fallback::FallbackLayer;
 pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
+pub use retry::{RetryBudget, RetryLayer};
 pub use timeout::{DeadlineLayer, TimeoutLayer};

@@ -1,0 +1,169 @@
+//! The future returned by the [`Retry`](super::Retry) service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::BoxError;
+use tower_service::Service;
+
+use super::replay::Replay;
+use super::service::{Decision, Shared};
+use crate::classify::Classify;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry): sends attempts until
+    /// one is not retried, then resolves to its result.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it at any point drops the attempt in flight (and whatever
+    /// the layers inside hold for it), the pending backoff timer and the
+    /// request copy. A retry already taken from the budget is not given back.
+    pub struct ResponseFuture<S, C, P, Req>
+    where
+        S: Service<Req>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        // A clone of the inner service, for retries.
+        service: S,
+        // A copy of the request for the next attempt, if it can be replayed
+        // and retries remain.
+        request: Option<Req>,
+        shared: Arc<Shared<C, P>>,
+        retries: u32,
+        deadline: Option<Instant>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // An attempt is in flight.
+        Called {
+            #[pin]
+            future: F,
+        },
+        // Waiting out the delay before the next attempt. Boxed so the
+        // success path does not carry a timer's size.
+        Waiting {
+            sleep: Pin<Box<Sleep>>,
+        },
+        // Waiting for the inner service to be ready for the next attempt.
+        Retrying,
+    }
+}
+
+impl<S, C, P, Req> ResponseFuture<S, C, P, Req>
+where
+    S: Service<Req>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        request: Option<Req>,
+        shared: Arc<Shared<C, P>>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            service,
+            request,
+            shared,
+            retries: 0,
+            deadline,
+        }
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+}
+
+impl<S, C, P, Req> Future for ResponseFuture<S, C, P, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+    P: Replay<Req>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let shared = &**this.shared;
+                    let class = shared
+                        .classifier
+                        .classify(result.as_ref().map_err(|e| &**e));
+                    match shared.decide(
+                        &class,
+                        *this.retries,
+                        this.request.is_some(),
+                        *this.deadline,
+                    ) {
+                        Decision::Return => return Poll::Ready(result),
+                        Decision::RetryAt(at) => {
+                            // The failed result (and any body it holds) is
+                            // dropped here, before the wait.
+                            drop(result);
+                            *this.retries += 1;
+                            if at <= Instant::now() {
+                                this.state.set(State::Retrying);
+                            } else {
+                                this.state.set(State::Waiting {
+                                    sleep: Box::pin(tokio::time::sleep_until(at)),
+                                });
+                            }
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Retrying);
+                }
+                StateProj::Retrying => {
+                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let request = this
+                        .request
+                        .take()
+                        .expect("a retry is decided only with a request copy");
+                    let shared = &**this.shared;
+                    if *this.retries < shared.config.max_retries {
+                        *this.request = shared.replay.replay(&request);
+                    }
+                    shared.metrics.attempt();
+                    let future = this.service.call(request);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+impl<S, C, P, Req> fmt::Debug for ResponseFuture<S, C, P, Req>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Called { .. } => "called",
+            State::Waiting { .. } => "waiting",
+            State::Retrying => "retrying",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("retries", &self.retries)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
