@@ -8,6 +8,7 @@
 )]
 
 pub mod classify;
+pub mod concurrency;
 mod error;
 pub mod hold;
 #[allow(dead_code)]
@@ -17,5 +18,6 @@ pub mod request;
 mod telemetry;
 
 pub use classify::Usage;
+pub use concurrency::ConcurrencyLimitLayer;
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};

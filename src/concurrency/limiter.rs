@@ -1,0 +1,548 @@
+//! The shared limiter state: free permits and the priority queue, under one
+//! lock, plus the RAII values that own a permit or a queue entry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Once};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::time::{Instant, Sleep};
+
+use crate::request::{LlmRequest, Priority};
+use crate::telemetry::{self, Counter, Gauge, Histogram, Kind, Unit};
+use crate::Error;
+
+/// The settings of one limiter, validated by the builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_queued: usize,
+    pub(crate) max_queue_wait: Duration,
+    pub(crate) aging: Option<Duration>,
+}
+
+/// A queue position: the static ordering key, then a sequence number that
+/// breaks ties in arrival order and makes every key unique.
+type Key = (i128, u64);
+
+/// The no-aging key puts the priority above bit 80, the arrival time (in
+/// nanoseconds, clamped to ±2^78, about 9.6 million years) below it.
+const PRIORITY_SHIFT: u32 = 80;
+const TIME_CLAMP: i128 = 1 << 78;
+
+struct State {
+    /// Permits nobody holds. Invariant: `available > 0` implies an empty
+    /// queue, because a freed permit goes to the head waiter if there is one.
+    available: usize,
+    /// Waiters by position; the value is the waker to call on a grant. A
+    /// waiter removed by someone else has been *granted* a permit.
+    queue: BTreeMap<Key, Option<Waker>>,
+    next_seq: u64,
+}
+
+/// One concurrency limiter. Every clone of a service (and, for a shared
+/// layer, every service the layer made) points to the same one.
+pub(crate) struct Limiter {
+    state: Mutex<State>,
+    config: Config,
+    /// `aging` in nanoseconds; `None` for strict priority.
+    aging_nanos: Option<i128>,
+    /// Instants are turned into signed nanoseconds from here.
+    epoch: Instant,
+    metrics: Metrics,
+}
+
+/// What `call` got from the limiter.
+pub(crate) enum Admission {
+    /// A permit was free and nobody was waiting.
+    Permit(Permit),
+    /// The request joined the queue.
+    Queued(Waiter),
+    /// The request was refused at once.
+    Rejected(Error),
+}
+
+impl Limiter {
+    pub(crate) fn new(config: Config, metrics: Metrics) -> Self {
+        Limiter {
+            state: Mutex::new(State {
+                available: config.max_in_flight,
+                queue: BTreeMap::new(),
+                next_seq: 0,
+            }),
+            aging_nanos: config
+                .aging
+                .map(|a| i128::try_from(a.as_nanos()).unwrap_or(i128::MAX)),
+            config,
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// Admits, queues or rejects a request. Never blocks, never allocates on
+    /// the fast path (free permit, empty queue).
+    pub(crate) fn admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Admission {
+        let deadline = request.deadline();
+        if let Some(deadline) = deadline {
+            if deadline <= Instant::now() {
+                return self.reject(Error::DeadlineExceeded, Reason::Deadline, request.priority());
+            }
+        }
+
+        // Fast path: one lock, no clock read, no allocation.
+        {
+            let mut state = self.state.lock();
+            if state.queue.is_empty() && state.available > 0 {
+                state.available -= 1;
+                drop(state);
+                return Admission::Permit(self.fresh_permit());
+            }
+        }
+
+        // Slow path: read what queueing needs outside the lock, then decide
+        // again (a permit may have been freed meanwhile).
+        let priority = request.priority();
+        let now = Instant::now();
+        let arrival = request.arrival().unwrap_or(now);
+        let order = self.order_key(priority, arrival);
+
+        let mut state = self.state.lock();
+        if state.queue.is_empty() && state.available > 0 {
+            state.available -= 1;
+            drop(state);
+            return Admission::Permit(self.fresh_permit());
+        }
+        let queued = state.queue.len();
+        if queued >= self.config.max_queued {
+            drop(state);
+            return self.reject(Error::Overloaded { queued }, Reason::QueueFull, priority);
+        }
+        let key = (order, state.next_seq);
+        state.next_seq += 1;
+        state.queue.insert(key, None);
+        drop(state);
+        self.metrics.queue_depth.increment(1.0);
+
+        let mut timer_at = now + self.config.max_queue_wait;
+        if let Some(deadline) = deadline {
+            timer_at = timer_at.min(deadline);
+        }
+        Admission::Queued(Waiter {
+            limiter: Arc::clone(self),
+            key,
+            enqueued: now,
+            timer_at,
+            deadline,
+            priority,
+            sleep: None,
+            done: false,
+        })
+    }
+
+    fn fresh_permit(self: &Arc<Self>) -> Permit {
+        self.metrics.in_flight.increment(1.0);
+        self.metrics.queue_wait.record(0.0);
+        Permit {
+            limiter: Arc::clone(self),
+        }
+    }
+
+    fn reject(&self, error: Error, reason: Reason, priority: Priority) -> Admission {
+        self.metrics.rejected(reason, priority).increment(1);
+        tracing::debug!(
+            layer = "concurrency",
+            reason = reason.as_str(),
+            priority = priority.level_name(),
+            "request rejected: {error}"
+        );
+        Admission::Rejected(error)
+    }
+
+    /// The static ordering key (lower is served first).
+    ///
+    /// With aging, the effective priority at time `t` is
+    /// `p + (t - arrival) * LEVEL / aging`. Comparing two waiters at the same
+    /// `t`, the `t` terms cancel, so ordering by `arrival * LEVEL - p * aging`
+    /// (ascending) is the same order at every `t`: keys never need updating.
+    fn order_key(&self, priority: Priority, arrival: Instant) -> i128 {
+        let t = if arrival >= self.epoch {
+            i128::try_from((arrival - self.epoch).as_nanos()).unwrap_or(i128::MAX)
+        } else {
+            -i128::try_from((self.epoch - arrival).as_nanos()).unwrap_or(i128::MAX)
+        }
+        .clamp(-TIME_CLAMP, TIME_CLAMP);
+        let p = i128::from(priority.get());
+        match self.aging_nanos {
+            Some(aging) => t * i128::from(Priority::LEVEL) - p.saturating_mul(aging),
+            None => (-p << PRIORITY_SHIFT) + t,
+        }
+    }
+
+    /// Gives a permit back: to the head waiter if there is one (it is woken,
+    /// and only it), else to the pool.
+    fn release(&self) {
+        let state = self.state.lock();
+        self.release_locked(state);
+    }
+
+    fn release_locked(&self, mut state: MutexGuard<'_, State>) {
+        match state.queue.pop_first() {
+            Some((_, waker)) => {
+                drop(state);
+                self.metrics.queue_depth.decrement(1.0);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            None => {
+                state.available += 1;
+                drop(state);
+                self.metrics.in_flight.decrement(1.0);
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> LimiterStats {
+        let state = self.state.lock();
+        LimiterStats {
+            in_flight: self.config.max_in_flight - state.available,
+            queued: state.queue.len(),
+            available: state.available,
+            max_in_flight: self.config.max_in_flight,
+            max_queued: self.config.max_queued,
+        }
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("Limiter")
+            .field("in_flight", &stats.in_flight)
+            .field("queued", &stats.queued)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A snapshot of a limiter's counts, taken under its lock (so the numbers
+/// agree with each other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimiterStats {
+    /// Permits held: requests running in the inner service (or whose
+    /// response body is still being read), plus waiters granted a permit that
+    /// have not been polled since.
+    pub in_flight: usize,
+    /// Requests waiting in the queue.
+    pub queued: usize,
+    /// Free permits. Never more than zero while `queued` is more than zero.
+    pub available: usize,
+    /// The `max_in_flight` setting.
+    pub max_in_flight: usize,
+    /// The `max_queued` setting.
+    pub max_queued: usize,
+}
+
+/// A concurrency permit: while it lives, it counts against `max_in_flight`.
+///
+/// The limiter moves it into the response with
+/// [`HoldGuard`](crate::hold::HoldGuard), so it is released when the response
+/// is *done*: at once for a complete response, when the body ends, fails or is
+/// dropped for an `http::Response`. Dropping it hands the permit straight to
+/// the first waiter in the queue, if any.
+pub struct Permit {
+    limiter: Arc<Limiter>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.release();
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").finish_non_exhaustive()
+    }
+}
+
+/// A queue entry, owned by the response future while it waits.
+///
+/// Dropping it removes the entry; if a permit had already been handed to it
+/// (the entry was removed by a releaser), the permit goes on to the next
+/// waiter, so a cancelled waiter never swallows a permit.
+pub(crate) struct Waiter {
+    limiter: Arc<Limiter>,
+    key: Key,
+    enqueued: Instant,
+    /// When the wait ends: `enqueued + max_queue_wait` or the deadline.
+    timer_at: Instant,
+    deadline: Option<Instant>,
+    priority: Priority,
+    /// Created on the first poll that has to wait (needs a runtime).
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The entry is gone and any permit it had was taken.
+    done: bool,
+}
+
+impl Waiter {
+    /// Waits for a permit, the queue wait, or the deadline, whichever first.
+    /// A grant wins a tie with the timer.
+    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Error>> {
+        debug_assert!(!self.done, "polled after the wait ended");
+        if self.check_granted(Some(cx.waker())) {
+            return Poll::Ready(Ok(self.take_grant()));
+        }
+
+        let timer_at = self.timer_at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timer_at)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+
+        // Time is up, unless a grant arrived after the check above.
+        let mut state = self.limiter.state.lock();
+        if state.queue.remove(&self.key).is_none() {
+            drop(state);
+            return Poll::Ready(Ok(self.take_grant()));
+        }
+        drop(state);
+        self.done = true;
+        let limiter = &self.limiter;
+        limiter.metrics.queue_depth.decrement(1.0);
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(self.enqueued);
+        limiter.metrics.queue_wait.record_duration(waited);
+        let (error, reason) = match self.deadline {
+            Some(deadline) if deadline <= now => (Error::DeadlineExceeded, Reason::Deadline),
+            _ => (Error::QueueTimeout { waited }, Reason::QueueTimeout),
+        };
+        limiter.metrics.rejected(reason, self.priority).increment(1);
+        tracing::debug!(
+            layer = "concurrency",
+            reason = reason.as_str(),
+            priority = self.priority.level_name(),
+            ?waited,
+            "queued request gave up: {error}"
+        );
+        Poll::Ready(Err(error))
+    }
+
+    /// Whether the entry has been granted; if not, stores `waker` in it.
+    fn check_granted(&self, waker: Option<&Waker>) -> bool {
+        let mut state = self.limiter.state.lock();
+        match state.queue.get_mut(&self.key) {
+            None => true,
+            Some(slot) => {
+                if let Some(waker) = waker {
+                    match slot {
+                        Some(old) if old.will_wake(waker) => {}
+                        _ => *slot = Some(waker.clone()),
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    fn take_grant(&mut self) -> Permit {
+        self.done = true;
+        let limiter = &self.limiter;
+        limiter
+            .metrics
+            .queue_wait
+            .record_duration(Instant::now().saturating_duration_since(self.enqueued));
+        Permit {
+            limiter: Arc::clone(limiter),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut state = self.limiter.state.lock();
+        if state.queue.remove(&self.key).is_some() {
+            drop(state);
+            self.limiter.metrics.queue_depth.decrement(1.0);
+        } else {
+            // Granted but never observed: pass the permit on.
+            self.limiter.release_locked(state);
+        }
+    }
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("priority", &self.priority)
+            .field("enqueued", &self.enqueued)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request was rejected: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    QueueFull = 0,
+    QueueTimeout = 1,
+    Deadline = 2,
+}
+
+impl Reason {
+    const ALL: [Reason; 3] = [Reason::QueueFull, Reason::QueueTimeout, Reason::Deadline];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::Deadline => "deadline",
+        }
+    }
+}
+
+const PRIORITY_LABELS: [&str; 4] = ["low", "normal", "high", "critical"];
+
+/// The named level at or below `priority`, as an index into
+/// `PRIORITY_LABELS` (the same bands as [`Priority::level_name`]).
+fn priority_index(priority: Priority) -> usize {
+    usize::from(priority.get() / Priority::LEVEL)
+}
+
+/// The limiter's metric handles, registered once per layer.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    in_flight: Gauge,
+    queue_depth: Gauge,
+    queue_wait: Histogram,
+    /// By reason, then by priority level.
+    rejected: Arc<[[Counter; 4]; 3]>,
+}
+
+pub(crate) const IN_FLIGHT: &str = "llm_sluice_in_flight";
+pub(crate) const QUEUE_DEPTH: &str = "llm_sluice_queue_depth";
+pub(crate) const QUEUE_WAIT: &str = "llm_sluice_queue_wait_seconds";
+pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        static DESCRIBE: Once = Once::new();
+        DESCRIBE.call_once(|| {
+            telemetry::describe(&[
+                (
+                    Kind::Gauge,
+                    IN_FLIGHT,
+                    Unit::Count,
+                    "Requests holding a concurrency permit (until the response body ends).",
+                ),
+                (
+                    Kind::Gauge,
+                    QUEUE_DEPTH,
+                    Unit::Count,
+                    "Requests waiting in the concurrency limiter's queue.",
+                ),
+                (
+                    Kind::Histogram,
+                    QUEUE_WAIT,
+                    Unit::Seconds,
+                    "Time an admitted or timed-out request spent waiting for a permit (0 when none was needed).",
+                ),
+                (
+                    Kind::Counter,
+                    REJECTED,
+                    Unit::Count,
+                    "Requests a layer refused, by reason.",
+                ),
+            ]);
+        });
+        let layer = ("layer", "concurrency");
+        let rejected = Reason::ALL.map(|reason| {
+            PRIORITY_LABELS.map(|priority| {
+                Counter::new(
+                    REJECTED,
+                    &[layer, ("reason", reason.as_str()), ("priority", priority)],
+                )
+            })
+        });
+        Metrics {
+            in_flight: Gauge::new(IN_FLIGHT, &[layer]),
+            queue_depth: Gauge::new(QUEUE_DEPTH, &[layer]),
+            queue_wait: Histogram::new(QUEUE_WAIT, &[layer]),
+            rejected: Arc::new(rejected),
+        }
+    }
+
+    fn rejected(&self, reason: Reason, priority: Priority) -> &Counter {
+        &self.rejected[reason as usize][priority_index(priority)]
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(aging: Option<Duration>) -> Limiter {
+        Limiter::new(
+            Config {
+                max_in_flight: 1,
+                max_queued: 10,
+                max_queue_wait: Duration::from_secs(60),
+                aging,
+            },
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn strict_priority_key_orders_by_priority_then_arrival() {
+        let l = limiter(None);
+        let t0 = l.epoch;
+        let later = t0 + Duration::from_secs(3600);
+        assert!(l.order_key(Priority::HIGH, later) < l.order_key(Priority::NORMAL, t0));
+        assert!(l.order_key(Priority::LOW, t0) < l.order_key(Priority::LOW, later));
+        let before = t0 - Duration::from_millis(1);
+        assert!(l.order_key(Priority::LOW, before) < l.order_key(Priority::LOW, t0));
+    }
+
+    #[test]
+    fn aging_key_matches_effective_priority() {
+        let aging = Duration::from_secs(10);
+        let l = limiter(Some(aging));
+        let t0 = l.epoch;
+        // LOW at t0 vs HIGH arriving 2 levels' time later: equal effective
+        // priority, so equal keys (the sequence number then decides).
+        let low = l.order_key(Priority::LOW, t0);
+        assert_eq!(low, l.order_key(Priority::HIGH, t0 + 2 * aging));
+        // a HIGH arriving a moment earlier is still ahead of the LOW one
+        assert!(l.order_key(Priority::HIGH, t0 + 2 * aging - Duration::from_nanos(1)) < low);
+        // and one arriving later is behind it
+        assert!(low < l.order_key(Priority::HIGH, t0 + 2 * aging + Duration::from_nanos(1)));
+        // CRITICAL (three levels above LOW) catches up after 3 levels' time
+        assert_eq!(low, l.order_key(Priority::CRITICAL, t0 + 3 * aging));
+    }
+
+    #[test]
+    fn extreme_instants_do_not_overflow() {
+        let l = limiter(Some(Duration::MAX));
+        let far = l.epoch + Duration::from_secs(u32::MAX as u64 * 100);
+        let _ = l.order_key(Priority::CRITICAL, far);
+        let l = limiter(None);
+        assert!(l.order_key(Priority::CRITICAL, far) < l.order_key(Priority::HIGH, l.epoch));
+    }
+}
