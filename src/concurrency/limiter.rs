@@ -93,34 +93,25 @@ impl Limiter {
             }
         }
 
-        // Fast path: one lock, no clock read, no allocation.
-        {
-            let mut state = self.state.lock();
-            if state.queue.is_empty() && state.available > 0 {
-                state.available -= 1;
-                drop(state);
-                return Admission::Permit(self.fresh_permit());
-            }
-        }
-
-        // Slow path: read what queueing needs outside the lock, then decide
-        // again (a permit may have been freed meanwhile).
-        let priority = request.priority();
-        let now = Instant::now();
-        let arrival = request.arrival().unwrap_or(now);
-        let order = self.order_key(priority, arrival);
-
         let mut state = self.state.lock();
+        // Fast path: one lock, no clock read, no allocation.
         if state.queue.is_empty() && state.available > 0 {
             state.available -= 1;
             drop(state);
             return Admission::Permit(self.fresh_permit());
         }
+
+        // Slow path, under the same lock (one lock per request, not two;
+        // the request's getters and the clock are cheap).
+        let priority = request.priority();
         let queued = state.queue.len();
         if queued >= self.config.max_queued {
             drop(state);
             return self.reject(Error::Overloaded { queued }, Reason::QueueFull, priority);
         }
+        let now = Instant::now();
+        let arrival = request.arrival().unwrap_or(now);
+        let order = self.order_key(priority, arrival);
         let key = (order, state.next_seq);
         state.next_seq += 1;
         state.queue.insert(key, None);
