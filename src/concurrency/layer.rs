@@ -78,7 +78,7 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let limiter = match &self.shared {
             Some(limiter) => Arc::clone(limiter),
-            None => Arc::new(Limiter::new(self.config, self.metrics.clone())),
+            None => Limiter::new(self.config, self.metrics.clone()),
         };
         ConcurrencyLimit::from_limiter(inner, limiter)
     }
@@ -173,7 +173,7 @@ impl ConcurrencyLimitLayerBuilder {
         let metrics = Metrics::new();
         Ok(ConcurrencyLimitLayer {
             config,
-            shared: Some(Arc::new(Limiter::new(config, metrics.clone()))),
+            shared: Some(Limiter::new(config, metrics.clone())),
             metrics,
         })
     }

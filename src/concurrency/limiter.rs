@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Once};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Once, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -35,13 +35,27 @@ const PRIORITY_SHIFT: u32 = 80;
 const TIME_CLAMP: i128 = 1 << 78;
 
 struct State {
-    /// Permits nobody holds. Invariant: `available > 0` implies an empty
-    /// queue, because a freed permit goes to the head waiter if there is one.
+    /// Permits nobody holds. Invariant: `available > 0` implies no *live*
+    /// waiter (one whose time has not run out), because a freed permit goes
+    /// to the first live waiter if there is one.
     available: usize,
-    /// Waiters by position; the value is the waker to call on a grant. A
-    /// waiter removed by someone else has been *granted* a permit.
-    queue: BTreeMap<Key, Option<Waker>>,
+    /// Waiters by position. A waiter removed by someone else has been
+    /// *granted* a permit.
+    queue: BTreeMap<Key, Slot>,
+    /// When each waiter's time runs out, by `(instant, seq)`, to its queue
+    /// key. A waiter still in `queue` but gone from here has *expired*.
+    expiries: BTreeMap<(Instant, u64), i128>,
+    /// The one timer of this limiter, armed for the earliest expiry.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// What `timer` is armed for.
+    timer_at: Option<Instant>,
     next_seq: u64,
+}
+
+struct Slot {
+    /// Woken on a grant or on expiry.
+    waker: Option<Waker>,
+    expires: Instant,
 }
 
 /// One concurrency limiter. Every clone of a service (and, for a shared
@@ -54,6 +68,23 @@ pub(crate) struct Limiter {
     /// Instants are turned into signed nanoseconds from here.
     epoch: Instant,
     metrics: Metrics,
+    /// Registered with `timer`; runs [`Limiter::on_timer`].
+    timer_waker: Waker,
+}
+
+/// Wakes the limiter when its timer fires.
+struct TimerWake(Weak<Limiter>);
+
+impl Wake for TimerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(limiter) = self.0.upgrade() {
+            limiter.on_timer();
+        }
+    }
 }
 
 /// What `call` got from the limiter.
@@ -67,11 +98,14 @@ pub(crate) enum Admission {
 }
 
 impl Limiter {
-    pub(crate) fn new(config: Config, metrics: Metrics) -> Self {
-        Limiter {
+    pub(crate) fn new(config: Config, metrics: Metrics) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Limiter {
             state: Mutex::new(State {
                 available: config.max_in_flight,
                 queue: BTreeMap::new(),
+                expiries: BTreeMap::new(),
+                timer: None,
+                timer_at: None,
                 next_seq: 0,
             }),
             aging_nanos: config
@@ -80,7 +114,8 @@ impl Limiter {
             config,
             epoch: Instant::now(),
             metrics,
-        }
+            timer_waker: Waker::from(Arc::new(TimerWake(weak.clone()))),
+        })
     }
 
     /// Admits, queues or rejects a request. Never blocks, never allocates on
@@ -94,8 +129,9 @@ impl Limiter {
         }
 
         let mut state = self.state.lock();
-        // Fast path: one lock, no clock read, no allocation.
-        if state.queue.is_empty() && state.available > 0 {
+        // Fast path: one lock, no clock read, no allocation. A free permit
+        // means nobody live is waiting, so taking it barges past no one.
+        if state.available > 0 {
             state.available -= 1;
             drop(state);
             return Admission::Permit(self.fresh_permit());
@@ -112,24 +148,35 @@ impl Limiter {
         let now = Instant::now();
         let arrival = request.arrival().unwrap_or(now);
         let order = self.order_key(priority, arrival);
-        let key = (order, state.next_seq);
+        let mut expires = now + self.config.max_queue_wait;
+        let mut deadline_bound = false;
+        if let Some(deadline) = deadline {
+            if deadline <= expires {
+                expires = deadline;
+                deadline_bound = true;
+            }
+        }
+        let seq = state.next_seq;
         state.next_seq += 1;
-        state.queue.insert(key, None);
+        let key = (order, seq);
+        state.queue.insert(
+            key,
+            Slot {
+                waker: None,
+                expires,
+            },
+        );
+        state.expiries.insert((expires, seq), order);
         drop(state);
         self.metrics.queue_depth.increment(1.0);
 
-        let mut timer_at = now + self.config.max_queue_wait;
-        if let Some(deadline) = deadline {
-            timer_at = timer_at.min(deadline);
-        }
         Admission::Queued(Waiter {
             limiter: Arc::clone(self),
             key,
+            expires,
             enqueued: now,
-            timer_at,
-            deadline,
             priority,
-            sleep: None,
+            deadline_bound,
             done: false,
         })
     }
@@ -173,27 +220,110 @@ impl Limiter {
         }
     }
 
-    /// Gives a permit back: to the head waiter if there is one (it is woken,
-    /// and only it), else to the pool.
+    /// Gives a permit back: to the first live waiter if there is one (it is
+    /// woken, and only it), else to the pool. Waiters whose time has run out
+    /// but who have not yet seen it are skipped: they are about to fail.
     fn release(&self) {
         let state = self.state.lock();
         self.release_locked(state);
     }
 
-    fn release_locked(&self, mut state: MutexGuard<'_, State>) {
-        match state.queue.pop_first() {
-            Some((_, waker)) => {
-                drop(state);
+    fn release_locked(&self, mut guard: MutexGuard<'_, State>) {
+        let state = &mut *guard;
+        let expiries = &state.expiries;
+        let head = state
+            .queue
+            .iter()
+            .find(|((_, seq), slot)| expiries.contains_key(&(slot.expires, *seq)))
+            .map(|(key, _)| *key);
+        match head.and_then(|key| state.queue.remove_entry(&key)) {
+            Some(((_, seq), slot)) => {
+                state.expiries.remove(&(slot.expires, seq));
+                drop(guard);
                 self.metrics.queue_depth.decrement(1.0);
-                if let Some(waker) = waker {
+                if let Some(waker) = slot.waker {
                     waker.wake();
                 }
             }
             None => {
                 state.available += 1;
-                drop(state);
+                drop(guard);
                 self.metrics.in_flight.decrement(1.0);
             }
+        }
+    }
+
+    /// Marks every waiter whose time is up to `now` as expired (removes its
+    /// expiry) and collects its waker.
+    fn expire(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
+        while let Some(entry) = state.expiries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, seq), order) = entry.remove_entry();
+            if let Some(waker) = state
+                .queue
+                .get_mut(&(order, seq))
+                .and_then(|slot| slot.waker.take())
+            {
+                wakers.push(waker);
+            }
+        }
+    }
+
+    /// Arms the timer for the earliest expiry, unless it is armed for that
+    /// or earlier. Called from a waiter's `poll`, so a new `Sleep` always
+    /// belongs to the runtime that is running the waiter; an existing one is
+    /// replaced, never reset (it may belong to a runtime that is gone).
+    fn arm(&self, state: &mut State, wakers: &mut Vec<Waker>) {
+        loop {
+            let Some(&(next, _)) = state.expiries.first_key_value().map(|(k, _)| k) else {
+                return;
+            };
+            if state.timer_at.is_some_and(|at| at <= next) {
+                return;
+            }
+            let mut sleep = Box::pin(tokio::time::sleep_until(next));
+            let mut cx = Context::from_waker(&self.timer_waker);
+            // Unconstrained: an exhausted coop budget would wake the timer
+            // waker at once, which takes this (held) lock.
+            let fired = Pin::new(&mut tokio::task::unconstrained(sleep.as_mut()))
+                .poll(&mut cx)
+                .is_ready();
+            if !fired {
+                state.timer = Some(sleep);
+                state.timer_at = Some(next);
+                return;
+            }
+            state.timer = None;
+            state.timer_at = None;
+            Self::expire(state, Instant::now().max(next), wakers);
+        }
+    }
+
+    /// The timer fired: expire the waiters that are due and wake them. To
+    /// arm for the next expiry, wake the waiter it belongs to: it re-arms
+    /// from its own poll, in its own runtime.
+    fn on_timer(&self) {
+        let mut wakers = Vec::new();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let sleep = state.timer.take();
+        state.timer_at = None;
+        Self::expire(state, Instant::now(), &mut wakers);
+        if let Some((&(_, seq), &order)) = state.expiries.first_key_value() {
+            if let Some(waker) = state
+                .queue
+                .get(&(order, seq))
+                .and_then(|slot| slot.waker.clone())
+            {
+                wakers.push(waker);
+            }
+        }
+        drop(guard);
+        drop(sleep);
+        for waker in wakers {
+            waker.wake();
         }
     }
 
@@ -270,50 +400,54 @@ impl fmt::Debug for Permit {
 pub(crate) struct Waiter {
     limiter: Arc<Limiter>,
     key: Key,
-    enqueued: Instant,
     /// When the wait ends: `enqueued + max_queue_wait` or the deadline.
-    timer_at: Instant,
-    deadline: Option<Instant>,
+    expires: Instant,
+    enqueued: Instant,
     priority: Priority,
-    /// Created on the first poll that has to wait (needs a runtime).
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// `expires` is the request's deadline.
+    deadline_bound: bool,
     /// The entry is gone and any permit it had was taken.
     done: bool,
 }
 
 impl Waiter {
     /// Waits for a permit, the queue wait, or the deadline, whichever first.
-    /// A grant wins a tie with the timer.
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Error>> {
         debug_assert!(!self.done, "polled after the wait ended");
-        if self.check_granted(Some(cx.waker())) {
-            return Poll::Ready(Ok(self.take_grant()));
-        }
-
-        let timer_at = self.timer_at;
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(timer_at)));
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-
-        // Time is up, unless a grant arrived after the check above.
-        let mut state = self.limiter.state.lock();
-        if state.queue.remove(&self.key).is_none() {
-            drop(state);
-            return Poll::Ready(Ok(self.take_grant()));
-        }
-        drop(state);
-        self.done = true;
         let limiter = &self.limiter;
+        let mut wakers = Vec::new();
+        let mut guard = limiter.state.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.queue.get_mut(&self.key) else {
+            drop(guard);
+            return Poll::Ready(Ok(self.take_grant()));
+        };
+        let expiry = (self.expires, self.key.1);
+        if state.expiries.contains_key(&expiry) {
+            match &slot.waker {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => slot.waker = Some(cx.waker().clone()),
+            }
+            limiter.arm(state, &mut wakers);
+            if state.expiries.contains_key(&expiry) {
+                drop(guard);
+                wakers.into_iter().for_each(Waker::wake);
+                return Poll::Pending;
+            }
+        }
+
+        // Time is up.
+        state.queue.remove(&self.key);
+        drop(guard);
+        wakers.into_iter().for_each(Waker::wake);
+        self.done = true;
         limiter.metrics.queue_depth.decrement(1.0);
-        let now = Instant::now();
-        let waited = now.saturating_duration_since(self.enqueued);
+        let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
-        let (error, reason) = match self.deadline {
-            Some(deadline) if deadline <= now => (Error::DeadlineExceeded, Reason::Deadline),
-            _ => (Error::QueueTimeout { waited }, Reason::QueueTimeout),
+        let (error, reason) = if self.deadline_bound {
+            (Error::DeadlineExceeded, Reason::Deadline)
+        } else {
+            (Error::QueueTimeout { waited }, Reason::QueueTimeout)
         };
         limiter.metrics.rejected(reason, self.priority).increment(1);
         tracing::debug!(
@@ -324,23 +458,6 @@ impl Waiter {
             "queued request gave up: {error}"
         );
         Poll::Ready(Err(error))
-    }
-
-    /// Whether the entry has been granted; if not, stores `waker` in it.
-    fn check_granted(&self, waker: Option<&Waker>) -> bool {
-        let mut state = self.limiter.state.lock();
-        match state.queue.get_mut(&self.key) {
-            None => true,
-            Some(slot) => {
-                if let Some(waker) = waker {
-                    match slot {
-                        Some(old) if old.will_wake(waker) => {}
-                        _ => *slot = Some(waker.clone()),
-                    }
-                }
-                false
-            }
-        }
     }
 
     fn take_grant(&mut self) -> Permit {
@@ -361,13 +478,15 @@ impl Drop for Waiter {
         if self.done {
             return;
         }
-        let mut state = self.limiter.state.lock();
+        let mut guard = self.limiter.state.lock();
+        let state = &mut *guard;
         if state.queue.remove(&self.key).is_some() {
-            drop(state);
+            state.expiries.remove(&(self.expires, self.key.1));
+            drop(guard);
             self.limiter.metrics.queue_depth.decrement(1.0);
         } else {
             // Granted but never observed: pass the permit on.
-            self.limiter.release_locked(state);
+            self.limiter.release_locked(guard);
         }
     }
 }
@@ -377,7 +496,7 @@ impl fmt::Debug for Waiter {
         f.debug_struct("Waiter")
             .field("priority", &self.priority)
             .field("enqueued", &self.enqueued)
-            .field("deadline", &self.deadline)
+            .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
 }
@@ -488,7 +607,7 @@ impl fmt::Debug for Metrics {
 mod tests {
     use super::*;
 
-    fn limiter(aging: Option<Duration>) -> Limiter {
+    fn limiter(aging: Option<Duration>) -> Arc<Limiter> {
         Limiter::new(
             Config {
                 max_in_flight: 1,

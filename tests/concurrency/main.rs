@@ -482,18 +482,87 @@ async fn queue_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn grant_wins_tie_with_timeout() {
+async fn expired_waiter_is_skipped_by_hand_off() {
+    let (mut svc, mut handle) = limited(1, 2);
+    let mut f1 = call(&mut svc, req(1, Priority::NORMAL));
+    assert_pending!(f1.poll());
+    let mut f2 = call(&mut svc, req(2, Priority::HIGH));
+    assert_pending!(f2.poll());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let mut f3 = call(&mut svc, req(3, Priority::LOW));
+    assert_pending!(f3.poll());
+    tokio::time::advance(WAIT - Duration::from_secs(1)).await;
+    assert!(f2.is_woken(), "f2's time is up");
+    // The permit is freed before the timed-out waiter runs: it goes to the
+    // next live waiter, not to the one that is about to fail.
+    next_request(&mut handle).1.send_response("one".into());
+    assert_ready_ok!(f1.poll());
+    assert!(f3.is_woken());
+    assert_eq!(
+        error_of(assert_ready_err!(f2.poll())),
+        Error::QueueTimeout { waited: WAIT }
+    );
+    assert_pending!(f3.poll());
+    assert_eq!(next_request(&mut handle).0.tokens, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grant_before_timeout_wins() {
     let (mut svc, mut handle) = limited(1, 1);
     let mut f1 = call(&mut svc, req(1, Priority::NORMAL));
     assert_pending!(f1.poll());
     let mut f2 = call(&mut svc, req(2, Priority::NORMAL));
     assert_pending!(f2.poll());
-    tokio::time::advance(WAIT).await;
-    // The permit is freed before the timed-out waiter runs.
+    tokio::time::advance(WAIT - Duration::from_millis(1)).await;
     next_request(&mut handle).1.send_response("one".into());
     assert_ready_ok!(f1.poll());
+    // Granted a moment before its time ran out; it stays granted.
+    tokio::time::advance(Duration::from_millis(1)).await;
     assert_pending!(f2.poll());
     assert_eq!(next_request(&mut handle).0.tokens, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timers_of_many_waiters_fire_in_order() {
+    let (mut svc, _handle) = limited(1, 10);
+    let mut f0 = call(&mut svc, req(0, Priority::NORMAL));
+    assert_pending!(f0.poll());
+    let start = Instant::now();
+    // Deadlines in reverse order of arrival, some later than the queue wait.
+    let mut waiting: Vec<_> = (1..=6u64)
+        .map(|i| {
+            let deadline = start + Duration::from_secs(14 - 2 * i);
+            let mut f = call(&mut svc, req(i, Priority::NORMAL).deadline(deadline));
+            assert_pending!(f.poll());
+            (i, f)
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for _ in 0..14 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        waiting.retain_mut(|(i, f)| match f.poll() {
+            std::task::Poll::Ready(Err(e)) => {
+                failed.push((*i, start.elapsed().as_secs(), error_of(e)));
+                false
+            }
+            std::task::Poll::Ready(Ok(_)) => panic!("no permit was freed"),
+            std::task::Poll::Pending => true,
+        });
+    }
+    let wait = WAIT.as_secs();
+    assert_eq!(
+        failed,
+        [
+            (6, 2, Error::DeadlineExceeded),
+            (5, 4, Error::DeadlineExceeded),
+            (4, 6, Error::DeadlineExceeded),
+            (3, 8, Error::DeadlineExceeded),
+            // both at the queue wait; 2's deadline is exactly then too
+            (1, wait, Error::QueueTimeout { waited: WAIT }),
+            (2, wait, Error::DeadlineExceeded),
+        ]
+    );
+    assert_eq!(svc.stats().queued, 0);
 }
 
 #[tokio::test(start_paused = true)]
