@@ -84,6 +84,8 @@ struct Sim {
     setup: Setup,
     /// Futures not yet resolved, by request id.
     pending: Vec<(u64, Priority, Spawn<<Svc as Service<RequestMeta>>::Future>)>,
+    /// When each request's wait must end at the latest, by id.
+    expires: HashMap<u64, Instant>,
     /// Requests the inner service is working on, by id.
     running: HashMap<u64, mock::SendResponse<Reply>>,
     /// Responses the callers still hold.
@@ -108,6 +110,7 @@ impl Sim {
             setup,
             pending: Vec::new(),
             running: HashMap::new(),
+            expires: HashMap::new(),
             held: Vec::new(),
             next_id: 0,
         }
@@ -123,9 +126,14 @@ impl Sim {
                 self.next_id += 1;
                 let priority = Priority::new(priority);
                 let mut req = RequestMeta::new().tokens(id).priority(priority);
+                let mut expires =
+                    Instant::now() + Duration::from_millis(self.setup.max_queue_wait_ms);
                 if let Some(ms) = deadline_ms {
-                    req = req.deadline(Instant::now() + Duration::from_millis(ms.into()));
+                    let deadline = Instant::now() + Duration::from_millis(ms.into());
+                    req = req.deadline(deadline);
+                    expires = expires.min(deadline);
                 }
+                self.expires.insert(id, expires);
                 let mut ready = task::spawn(());
                 assert!(ready
                     .enter(|cx, _| self.svc.poll_ready(cx))
@@ -251,6 +259,13 @@ impl Sim {
             self.running.len() + self.held.len(),
             "{stats:?}"
         );
+        // No waiter outlives its queue wait or deadline: the timer fired.
+        let now = Instant::now();
+        for (id, _, _) in &self.pending {
+            if !self.running.contains_key(id) {
+                assert!(now < self.expires[id], "request {id} waits past its time");
+            }
+        }
         // Every pending future is either running or queued.
         assert_eq!(
             self.pending.len(),
