@@ -45,6 +45,7 @@ pub(crate) enum Placement {
 }
 
 pub(crate) struct Partitions<V> {
+    #[allow(clippy::type_complexity)]
     shards: Box<[Mutex<HashMap<PartitionKey, Arc<V>>>]>,
     hasher: RandomState,
     per_shard: usize,

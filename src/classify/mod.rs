@@ -28,9 +28,9 @@
 //!
 //! A server's `x-should-retry` header overrides the retry column.
 
+pub mod headers;
 #[cfg(feature = "http")]
 pub mod http;
-pub mod headers;
 mod usage;
 
 pub use usage::{LimitState, RateLimitState, Usage};

@@ -124,7 +124,11 @@ impl Limiter {
         let deadline = request.deadline();
         if let Some(deadline) = deadline {
             if deadline <= Instant::now() {
-                return self.reject(Error::DeadlineExceeded, Reason::Deadline, request.priority());
+                return self.reject(
+                    Error::DeadlineExceeded,
+                    Reason::Deadline,
+                    request.priority(),
+                );
             }
         }
 

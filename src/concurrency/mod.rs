@@ -43,9 +43,10 @@
 //!
 //! # Algorithm
 //!
-//! One [`parking_lot::Mutex`] guards the free-permit count and the queue, a
-//! `BTreeMap` from a static ordering key (plus a sequence number) to the
-//! waiter's waker:
+//! One [`parking_lot::Mutex`] guards the free-permit count, the queue (a
+//! `BTreeMap` from a static ordering key plus a sequence number to the
+//! waiter's waker), an index of when each waiter's time runs out, and the
+//! limiter's one timer:
 //!
 //! - **Fast path.** If nobody waits and a permit is free, `call` takes it
 //!   under one short lock: no queue entry, no timer, no allocation.
@@ -55,7 +56,17 @@
 //! - **Hand-off.** A released permit is never put back while someone waits:
 //!   it goes straight to the head of the queue, whose entry is removed and
 //!   whose waker (and only that one) is woken. No newcomer can barge in
-//!   between, and exactly one waiter is woken per freed permit.
+//!   between, and exactly one waiter is woken per freed permit. A waiter
+//!   whose time has run out (but that has not run yet to see it) is skipped:
+//!   the permit goes to the next one instead of to a request about to fail.
+//! - **One timer per limiter.** Queue waits and deadlines are kept in a
+//!   sorted index, and a single `tokio::time::Sleep` is armed for the
+//!   earliest. When it fires, the waiters that are due are woken (they fail
+//!   with `QueueTimeout` or `DeadlineExceeded`) and the timer is re-armed for
+//!   the next one. Compared with a `Sleep` per waiter this saves an
+//!   allocation and two timer-wheel operations per queued request, and about
+//!   a third of the memory. The `Sleep` is always created from a waiter's
+//!   poll, so it belongs to the runtime that runs the waiters.
 //!
 //! A sorted map (`O(log n)` insert, removal on cancel and pop) was chosen
 //! over a linked list of waiters (tokio's semaphore) because the queue is
@@ -108,9 +119,10 @@
 //! [`deadline`](crate::LlmRequest::deadline)
 //! ([`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded)). A request
 //! already past its deadline at `call` is rejected without queueing, even if
-//! a permit is free. If a permit is handed to a waiter at the moment its time
-//! runs out, the permit wins. One `tokio::time::Sleep` is created per request
-//! that actually has to wait; time is tokio's, so paused-time tests drive it.
+//! a permit is free. A permit handed to a waiter before the timer saw its time
+//! run out is kept; once the timer has seen it, the waiter is skipped. Times
+//! are tokio's (with its timer's millisecond resolution), so paused-time tests
+//! drive them.
 //!
 //! # poll_ready and the tower contract
 //!

@@ -90,7 +90,9 @@ where
             Admission::Permit(permit) => {
                 ResponseFuture::admitted(self.inner.clone(), request, permit)
             }
-            Admission::Queued(waiter) => ResponseFuture::queued(self.inner.clone(), request, waiter),
+            Admission::Queued(waiter) => {
+                ResponseFuture::queued(self.inner.clone(), request, waiter)
+            }
             Admission::Rejected(error) => ResponseFuture::rejected(error),
         }
     }

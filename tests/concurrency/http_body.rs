@@ -39,7 +39,9 @@ async fn streamed_response(
     assert_pending!(f.poll());
     let (tx, rx) = mpsc::channel(4);
     match handle.poll_request() {
-        Poll::Ready(Some((_, send))) => send.send_response(http::Response::new(StreamBody::new(rx))),
+        Poll::Ready(Some((_, send))) => {
+            send.send_response(http::Response::new(StreamBody::new(rx)))
+        }
         _ => panic!("expected a request"),
     }
     let response = assert_ready_ok!(f.poll());
@@ -51,7 +53,11 @@ async fn permit_held_after_headers() {
     let (mut svc, mut handle) = limited();
     let (response, _tx) = streamed_response(&mut svc, &mut handle).await;
     assert!(response.body().is_holding());
-    assert_eq!(svc.stats().in_flight, 1, "headers are not the end of the response");
+    assert_eq!(
+        svc.stats().in_flight,
+        1,
+        "headers are not the end of the response"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -83,7 +89,11 @@ async fn body_read_to_end_releases_capacity() {
     assert_eq!(svc.stats().in_flight, 1);
     assert!(body.frame().await.is_none(), "end of stream");
     assert!(!body.is_holding());
-    assert_eq!(svc.stats().in_flight, 0, "released at the end, body still alive");
+    assert_eq!(
+        svc.stats().in_flight,
+        0,
+        "released at the end, body still alive"
+    );
     drop(body);
     assert_eq!(svc.stats().available, 1);
 }
@@ -95,5 +105,9 @@ async fn body_error_releases_capacity() {
     let mut body = response.into_body();
     tx.send(Err("connection reset".into())).await.unwrap();
     assert!(body.frame().await.unwrap().is_err());
-    assert_eq!(svc.stats().in_flight, 0, "released on the error, body still alive");
+    assert_eq!(
+        svc.stats().in_flight,
+        0,
+        "released on the error, body still alive"
+    );
 }

@@ -106,7 +106,11 @@ async fn service_drop_frees_capacity() {
     let mut f1 = call(&mut svc, req(1, Priority::NORMAL));
     assert_pending!(f1.poll());
     drop(svc);
-    assert_eq!(other.stats().in_flight, 1, "the in-flight request keeps its permit");
+    assert_eq!(
+        other.stats().in_flight,
+        1,
+        "the in-flight request keeps its permit"
+    );
 
     // The request admitted through the dropped service still completes and
     // releases its permit.
@@ -205,7 +209,11 @@ async fn response_error_releases_capacity() {
     assert_pending!(f1.poll());
     next_request(&mut handle).1.send_error("upstream broke");
     let err = assert_ready_err!(f1.poll());
-    assert_eq!(err.to_string(), "upstream broke", "inner errors pass through");
+    assert_eq!(
+        err.to_string(),
+        "upstream broke",
+        "inner errors pass through"
+    );
     assert_eq!(svc.stats().available, 1);
     assert_eq!(svc.stats().in_flight, 0);
 }
@@ -424,12 +432,8 @@ async fn without_aging_low_waits_while_high_keeps_coming() {
         .without_aging()
         .build()
         .unwrap();
-    let admitted = low_under_high_stream(
-        layer,
-        Duration::from_millis(100),
-        Duration::from_secs(60),
-    )
-    .await;
+    let admitted =
+        low_under_high_stream(layer, Duration::from_millis(100), Duration::from_secs(60)).await;
     assert_eq!(admitted, None, "strict priority: LOW waits for a gap");
 }
 
@@ -685,7 +689,10 @@ fn config_errors_name_the_field() {
     let field = |r: Result<ConcurrencyLimitLayer, llm_sluice::ConfigError>| r.unwrap_err().field();
     assert_eq!(field(b().build()), "max_in_flight");
     assert_eq!(field(b().max_in_flight(0).build()), "max_in_flight");
-    assert_eq!(field(b().max_in_flight(1).max_queued(5).build()), "max_queue_wait");
+    assert_eq!(
+        field(b().max_in_flight(1).max_queued(5).build()),
+        "max_queue_wait"
+    );
     assert_eq!(
         field(
             b().max_in_flight(1)

@@ -25,7 +25,12 @@ enum Value {
     Histogram(Vec<f64>),
 }
 
-fn find(snapshot: &Snapshot, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<Value> {
+fn find(
+    snapshot: &Snapshot,
+    kind: MetricKind,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<Value> {
     snapshot.iter().find_map(|(key, _, _, value)| {
         let k = key.key();
         let matches = key.kind() == kind
@@ -36,7 +41,9 @@ fn find(snapshot: &Snapshot, kind: MetricKind, name: &str, labels: &[(&str, &str
         matches.then(|| match value {
             DebugValue::Counter(v) => Value::Counter(*v),
             DebugValue::Gauge(v) => Value::Gauge(v.into_inner()),
-            DebugValue::Histogram(v) => Value::Histogram(v.iter().map(|x| x.into_inner()).collect()),
+            DebugValue::Histogram(v) => {
+                Value::Histogram(v.iter().map(|x| x.into_inner()).collect())
+            }
         })
     })
 }
@@ -68,16 +75,29 @@ fn metrics_count_in_flight_queue_and_rejections() {
         assert_pending!(f2.poll());
         let mut f3 = task::spawn(svc.call(RequestMeta::new().priority(Priority::HIGH)));
         let err: BoxError = assert_ready_err!(f3.poll());
-        assert!(matches!(err.downcast_ref::<Error>(), Some(Error::Overloaded { .. })));
+        assert!(matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Overloaded { .. })
+        ));
 
         let snapshot = snapshotter.snapshot().into_vec();
         let layer_label = [("layer", "concurrency")];
         assert_eq!(
-            find(&snapshot, MetricKind::Gauge, "llm_sluice_in_flight", &layer_label),
+            find(
+                &snapshot,
+                MetricKind::Gauge,
+                "llm_sluice_in_flight",
+                &layer_label
+            ),
             Some(Value::Gauge(1.0))
         );
         assert_eq!(
-            find(&snapshot, MetricKind::Gauge, "llm_sluice_queue_depth", &layer_label),
+            find(
+                &snapshot,
+                MetricKind::Gauge,
+                "llm_sluice_queue_depth",
+                &layer_label
+            ),
             Some(Value::Gauge(1.0))
         );
         let shed = [
@@ -86,18 +106,31 @@ fn metrics_count_in_flight_queue_and_rejections() {
             ("priority", "high"),
         ];
         assert_eq!(
-            find(&snapshot, MetricKind::Counter, "llm_sluice_rejected_total", &shed),
+            find(
+                &snapshot,
+                MetricKind::Counter,
+                "llm_sluice_rejected_total",
+                &shed
+            ),
             Some(Value::Counter(1))
         );
         assert_eq!(
-            find(&snapshot, MetricKind::Histogram, "llm_sluice_queue_wait_seconds", &layer_label),
+            find(
+                &snapshot,
+                MetricKind::Histogram,
+                "llm_sluice_queue_wait_seconds",
+                &layer_label
+            ),
             Some(Value::Histogram(vec![0.0])),
             "the fast path records a zero wait"
         );
 
         tokio::time::advance(Duration::from_secs(1)).await;
         let err: BoxError = assert_ready_err!(f2.poll());
-        assert!(matches!(err.downcast_ref::<Error>(), Some(Error::QueueTimeout { .. })));
+        assert!(matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::QueueTimeout { .. })
+        ));
 
         match handle.poll_request() {
             std::task::Poll::Ready(Some((_, tx))) => tx.send_response("ok".into()),
@@ -112,7 +145,11 @@ fn metrics_count_in_flight_queue_and_rejections() {
             &snapshot,
             MetricKind::Counter,
             "llm_sluice_rejected_total",
-            &[("layer", "concurrency"), ("reason", reason), ("priority", priority)],
+            &[
+                ("layer", "concurrency"),
+                ("reason", reason),
+                ("priority", priority),
+            ],
         )
     };
     // A debugging snapshot drains every value (counters, histograms, and
@@ -123,16 +160,31 @@ fn metrics_count_in_flight_queue_and_rejections() {
     assert_eq!(rejected("deadline", "normal"), Some(Value::Counter(0)));
     let layer_label = [("layer", "concurrency")];
     assert_eq!(
-        find(&snapshot, MetricKind::Gauge, "llm_sluice_in_flight", &layer_label),
+        find(
+            &snapshot,
+            MetricKind::Gauge,
+            "llm_sluice_in_flight",
+            &layer_label
+        ),
         Some(Value::Gauge(-1.0)),
         "the one permit was released: back to 0 in total"
     );
     assert_eq!(
-        find(&snapshot, MetricKind::Gauge, "llm_sluice_queue_depth", &layer_label),
+        find(
+            &snapshot,
+            MetricKind::Gauge,
+            "llm_sluice_queue_depth",
+            &layer_label
+        ),
         Some(Value::Gauge(-1.0)),
         "the one waiter left: back to 0 in total"
     );
-    match find(&snapshot, MetricKind::Histogram, "llm_sluice_queue_wait_seconds", &layer_label) {
+    match find(
+        &snapshot,
+        MetricKind::Histogram,
+        "llm_sluice_queue_wait_seconds",
+        &layer_label,
+    ) {
         Some(Value::Histogram(mut values)) => {
             values.sort_by(f64::total_cmp);
             assert_eq!(values, [1.0], "the timed-out wait");

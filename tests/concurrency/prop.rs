@@ -31,10 +31,14 @@ impl HoldGuard<Permit> for Reply {
 }
 
 type Svc = ConcurrencyLimit<mock::Mock<RequestMeta, Reply>>;
+type Pending = Spawn<<Svc as Service<RequestMeta>>::Future>;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Arrive { priority: u8, deadline_ms: Option<u16> },
+    Arrive {
+        priority: u8,
+        deadline_ms: Option<u16>,
+    },
     /// The inner service answers one of the running requests.
     Respond(usize),
     /// A caller finishes reading one response (drops it, and its permit).
@@ -70,12 +74,14 @@ fn setup() -> impl Strategy<Value = Setup> {
         1u64..2000,
         proptest::option::of(1u64..2000),
     )
-        .prop_map(|(max_in_flight, max_queued, max_queue_wait_ms, aging_ms)| Setup {
-            max_in_flight,
-            max_queued,
-            max_queue_wait_ms,
-            aging_ms,
-        })
+        .prop_map(
+            |(max_in_flight, max_queued, max_queue_wait_ms, aging_ms)| Setup {
+                max_in_flight,
+                max_queued,
+                max_queue_wait_ms,
+                aging_ms,
+            },
+        )
 }
 
 struct Sim {
@@ -83,7 +89,7 @@ struct Sim {
     handle: mock::Handle<RequestMeta, Reply>,
     setup: Setup,
     /// Futures not yet resolved, by request id.
-    pending: Vec<(u64, Priority, Spawn<<Svc as Service<RequestMeta>>::Future>)>,
+    pending: Vec<(u64, Priority, Pending)>,
     /// When each request's wait must end at the latest, by id.
     expires: HashMap<u64, Instant>,
     /// Requests the inner service is working on, by id.
@@ -135,9 +141,7 @@ impl Sim {
                 }
                 self.expires.insert(id, expires);
                 let mut ready = task::spawn(());
-                assert!(ready
-                    .enter(|cx, _| self.svc.poll_ready(cx))
-                    .is_ready());
+                assert!(ready.enter(|cx, _| self.svc.poll_ready(cx)).is_ready());
                 let future = task::spawn(self.svc.call(req));
                 self.pending.push((id, priority, future));
             }
@@ -279,7 +283,10 @@ impl Sim {
         self.running.clear();
         self.held.clear();
         let stats = self.svc.stats();
-        assert_eq!(stats.available, self.setup.max_in_flight, "every permit is back");
+        assert_eq!(
+            stats.available, self.setup.max_in_flight,
+            "every permit is back"
+        );
         assert_eq!(stats.in_flight, 0);
         assert_eq!(stats.queued, 0, "the queue is empty");
     }
