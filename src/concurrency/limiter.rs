@@ -27,12 +27,19 @@ pub(crate) struct Config {
 
 /// A queue position: the static ordering key, then a sequence number that
 /// breaks ties in arrival order and makes every key unique.
-type Key = (i128, u64);
+type Key = (i64, u64);
 
-/// The no-aging key puts the priority above bit 80, the arrival time (in
-/// nanoseconds, clamped to ±2^78, about 9.6 million years) below it.
-const PRIORITY_SHIFT: u32 = 80;
-const TIME_CLAMP: i128 = 1 << 78;
+/// Times in ordering keys are microseconds from the limiter's creation,
+/// clamped to ±(2^53 - 1) µs (about 285 years), and so is `aging`: every key
+/// then fits an `i64` with room to spare (|key| < 2^62).
+const TIME_CLAMP: i64 = (1 << 53) - 1;
+/// The no-aging key puts the priority above bit 54, the arrival time below.
+const PRIORITY_SHIFT: u32 = 54;
+
+/// A duration in whole microseconds, clamped to `TIME_CLAMP`.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).map_or(TIME_CLAMP, |us| us.min(TIME_CLAMP))
+}
 
 struct State {
     /// Permits nobody holds. Invariant: `available > 0` implies no *live*
@@ -44,7 +51,7 @@ struct State {
     queue: BTreeMap<Key, Slot>,
     /// When each waiter's time runs out, by `(instant, seq)`, to its queue
     /// key. A waiter still in `queue` but gone from here has *expired*.
-    expiries: BTreeMap<(Instant, u64), i128>,
+    expiries: BTreeMap<(Instant, u64), i64>,
     /// The one timer of this limiter, armed for the earliest expiry.
     timer: Option<Pin<Box<Sleep>>>,
     /// What `timer` is armed for.
@@ -63,8 +70,8 @@ struct Slot {
 pub(crate) struct Limiter {
     state: Mutex<State>,
     config: Config,
-    /// `aging` in nanoseconds; `None` for strict priority.
-    aging_nanos: Option<i128>,
+    /// `aging` in microseconds (at least 1); `None` for strict priority.
+    aging_micros: Option<i64>,
     /// Instants are turned into signed nanoseconds from here.
     epoch: Instant,
     metrics: Metrics,
@@ -108,9 +115,7 @@ impl Limiter {
                 timer_at: None,
                 next_seq: 0,
             }),
-            aging_nanos: config
-                .aging
-                .map(|a| i128::try_from(a.as_nanos()).unwrap_or(i128::MAX)),
+            aging_micros: config.aging.map(|a| micros(a).max(1)),
             config,
             epoch: Instant::now(),
             metrics,
@@ -210,17 +215,19 @@ impl Limiter {
     /// `p + (t - arrival) * LEVEL / aging`. Comparing two waiters at the same
     /// `t`, the `t` terms cancel, so ordering by `arrival * LEVEL - p * aging`
     /// (ascending) is the same order at every `t`: keys never need updating.
-    fn order_key(&self, priority: Priority, arrival: Instant) -> i128 {
+    ///
+    /// Keys are in microseconds: requests within one microsecond of each
+    /// other are ordered by their sequence number (FIFO).
+    fn order_key(&self, priority: Priority, arrival: Instant) -> i64 {
         let t = if arrival >= self.epoch {
-            i128::try_from((arrival - self.epoch).as_nanos()).unwrap_or(i128::MAX)
+            micros(arrival - self.epoch)
         } else {
-            -i128::try_from((self.epoch - arrival).as_nanos()).unwrap_or(i128::MAX)
-        }
-        .clamp(-TIME_CLAMP, TIME_CLAMP);
-        let p = i128::from(priority.get());
-        match self.aging_nanos {
-            Some(aging) => t * i128::from(Priority::LEVEL) - p.saturating_mul(aging),
-            None => (-p << PRIORITY_SHIFT) + t,
+            -micros(self.epoch - arrival)
+        };
+        let p = i64::from(priority.get());
+        match self.aging_micros {
+            Some(aging) => t * i64::from(Priority::LEVEL) - p * aging,
+            None => -(p << PRIORITY_SHIFT) + t,
         }
     }
 
@@ -234,6 +241,12 @@ impl Limiter {
 
     fn release_locked(&self, mut guard: MutexGuard<'_, State>) {
         let state = &mut *guard;
+        if state.queue.is_empty() {
+            state.available += 1;
+            drop(guard);
+            self.metrics.in_flight.decrement(1.0);
+            return;
+        }
         let expiries = &state.expiries;
         let head = state
             .queue
@@ -644,9 +657,9 @@ mod tests {
         let low = l.order_key(Priority::LOW, t0);
         assert_eq!(low, l.order_key(Priority::HIGH, t0 + 2 * aging));
         // a HIGH arriving a moment earlier is still ahead of the LOW one
-        assert!(l.order_key(Priority::HIGH, t0 + 2 * aging - Duration::from_nanos(1)) < low);
+        assert!(l.order_key(Priority::HIGH, t0 + 2 * aging - Duration::from_micros(1)) < low);
         // and one arriving later is behind it
-        assert!(low < l.order_key(Priority::HIGH, t0 + 2 * aging + Duration::from_nanos(1)));
+        assert!(low < l.order_key(Priority::HIGH, t0 + 2 * aging + Duration::from_micros(1)));
         // CRITICAL (three levels above LOW) catches up after 3 levels' time
         assert_eq!(low, l.order_key(Priority::CRITICAL, t0 + 3 * aging));
     }
