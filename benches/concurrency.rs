@@ -1,1 +1,274 @@
-fn main() {}
+//! The concurrency limiter against tower's `ConcurrencyLimit` and a bare
+//! tokio `Semaphore`, all in one criterion group so the ratios hold on a
+//! noisy machine. A memory measurement (resident set per queued request)
+//! runs after the timed benchmarks and prints its result.
+//!
+//! ```text
+//! cargo bench --bench concurrency -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use llm_sluice::concurrency::ConcurrencyLimitLayer;
+use llm_sluice::request::RequestMeta;
+use tokio::sync::Semaphore;
+use tower::limit::ConcurrencyLimit as TowerLimit;
+use tower::{Layer, Service, ServiceExt};
+
+const TASKS: u64 = 10_000;
+const CONTENDED_LIMIT: usize = 64;
+const SATURATION_REQUESTS: u64 = 5_000;
+const SATURATION_LIMIT: usize = 100;
+
+type Noop = tower::util::ServiceFn<fn(RequestMeta) -> std::future::Ready<Result<(), Infallible>>>;
+
+fn noop() -> Noop {
+    fn respond(_: RequestMeta) -> std::future::Ready<Result<(), Infallible>> {
+        std::future::ready(Ok(()))
+    }
+    tower::service_fn(respond as fn(RequestMeta) -> _)
+}
+
+fn ours(max_in_flight: usize, max_queued: usize) -> ConcurrencyLimitLayer {
+    let mut b = ConcurrencyLimitLayer::builder()
+        .max_in_flight(max_in_flight)
+        .max_queued(max_queued);
+    if max_queued > 0 {
+        b = b.max_queue_wait(Duration::from_secs(3600));
+    }
+    b.build().unwrap()
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Spawns `n` tasks that each call a clone of `svc` once; waits for all.
+async fn fan_out<S>(svc: &S, n: u64)
+where
+    S: Service<RequestMeta> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+    S::Response: Send,
+{
+    let mut handles = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let svc = svc.clone();
+        handles.push(tokio::spawn(async move {
+            svc.oneshot(RequestMeta::new()).await.map(drop)
+        }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("concurrency");
+
+    // --- uncontended: ready + call against a no-op service -------------
+    // Each sample runs its iterations in one `block_on`, the same for all.
+    let rt = current_thread();
+    group.throughput(Throughput::Elements(1));
+    // Baseline first: the first benchmark of a run tends to measure slow.
+    {
+        let sem = Arc::new(Semaphore::new(1000));
+        group.bench_function("uncontended/semaphore", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let permit = sem.acquire().await.unwrap();
+                        black_box(&permit);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+
+    {
+        let mut svc = TowerLimit::new(noop(), 1000);
+        group.bench_function("uncontended/tower", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let svc = svc.ready().await.unwrap();
+                        svc.call(black_box(RequestMeta::new())).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    {
+        let mut svc = ours(1000, 0).layer(noop());
+        group.bench_function("uncontended/llm-sluice", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let svc = svc.ready().await.unwrap();
+                        svc.call(black_box(RequestMeta::new())).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    // --- contended: 10,000 tasks, 2 workers, one shared limiter --------
+    let rt = two_workers();
+    let inner = tower::service_fn(|_: RequestMeta| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(())
+    });
+    group.throughput(Throughput::Elements(TASKS));
+    group.sample_size(20);
+    {
+        let svc = ours(CONTENDED_LIMIT, TASKS as usize).layer(inner);
+        group.bench_function("contended/llm-sluice", |b| {
+            b.to_async(&rt).iter(|| fan_out(&svc, TASKS))
+        });
+    }
+    {
+        let svc = TowerLimit::new(inner, CONTENDED_LIMIT);
+        group.bench_function("contended/tower", |b| {
+            b.to_async(&rt).iter(|| fan_out(&svc, TASKS))
+        });
+    }
+
+    // --- saturation: 1 ms inner latency, limit 100 ----------------------
+    let slow = tower::service_fn(|_: RequestMeta| async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok::<_, Infallible>(())
+    });
+    group.throughput(Throughput::Elements(SATURATION_REQUESTS));
+    group.sample_size(10);
+    {
+        let svc = ours(SATURATION_LIMIT, SATURATION_REQUESTS as usize).layer(slow);
+        group.bench_function("saturation/llm-sluice", |b| {
+            b.to_async(&rt).iter(|| fan_out(&svc, SATURATION_REQUESTS))
+        });
+    }
+    {
+        let svc = TowerLimit::new(slow, SATURATION_LIMIT);
+        group.bench_function("saturation/tower", |b| {
+            b.to_async(&rt).iter(|| fan_out(&svc, SATURATION_REQUESTS))
+        });
+    }
+    // What the timer allows: exactly 100 workers, each serving its share
+    // back to back, no limiter at all.
+    group.bench_function("saturation/ideal-100-workers", |b| {
+        b.to_async(&rt).iter(|| async {
+            let per_worker = SATURATION_REQUESTS / SATURATION_LIMIT as u64;
+            let mut handles = Vec::new();
+            for _ in 0..SATURATION_LIMIT {
+                let mut svc = slow;
+                handles.push(tokio::spawn(async move {
+                    for _ in 0..per_worker {
+                        svc.ready()
+                            .await
+                            .unwrap()
+                            .call(RequestMeta::new())
+                            .await
+                            .unwrap();
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.unwrap();
+            }
+        })
+    });
+    group.finish();
+}
+
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Resident memory per queued request: 100,000 requests wait behind one
+/// in-flight request, each future boxed and polled once (so its timer
+/// exists). Compared with 100,000 queued `Semaphore::acquire_owned` futures.
+fn memory() {
+    const N: usize = 100_000;
+    let rt = current_thread();
+    rt.block_on(async {
+        let noop_waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&noop_waker);
+        let request_size = std::mem::size_of::<RequestMeta>();
+
+        // An inner service that never answers, so the first request keeps
+        // the only permit.
+        let never =
+            tower::service_fn(|_: RequestMeta| std::future::pending::<Result<(), Infallible>>());
+        let mut svc = ours(1, N).layer(never);
+        let mut blocker = Box::pin(svc.call(RequestMeta::new()));
+        let _ = blocker.as_mut().poll(&mut cx);
+        let mut futures = Vec::with_capacity(N);
+        let before = resident_bytes();
+        for _ in 0..N {
+            let mut f = Box::pin(svc.call(RequestMeta::new()));
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+            futures.push(f);
+        }
+        let after = resident_bytes();
+        assert_eq!(svc.stats().queued, N);
+        let per = (after - before) as f64 / N as f64;
+        let future_size = std::mem::size_of_val(&*futures[0]);
+        println!(
+            "memory/llm-sluice: {per:.0} bytes resident per queued request \
+             (the request itself {request_size} bytes, {:.0} beyond it; \
+             future {future_size} bytes incl. the request and the inner service)",
+            per - request_size as f64
+        );
+        drop(futures);
+        drop(blocker);
+
+        let sem = Arc::new(Semaphore::new(1));
+        let _held = sem.clone().try_acquire_owned().unwrap();
+        let mut futures = Vec::with_capacity(N);
+        let before = resident_bytes();
+        for _ in 0..N {
+            let mut f = Box::pin(sem.clone().acquire_owned());
+            assert!(f.as_mut().poll(&mut cx).is_pending());
+            futures.push(f);
+        }
+        let after = resident_bytes();
+        let per = (after - before) as f64 / N as f64;
+        println!("memory/semaphore: {per:.0} bytes resident per queued acquire_owned future");
+    });
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let start = Instant::now();
+    benches(&mut c);
+    c.final_summary();
+    memory();
+    eprintln!("total bench time {:?}", start.elapsed());
+}

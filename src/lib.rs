@@ -47,6 +47,7 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod concurrency;
 mod error;
 pub mod fallback;
 pub mod hold;
@@ -65,6 +66,7 @@ pub use breaker::{CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "http")]
 pub use classify::ErrorBodyLayer;
 pub use classify::{ErrorCode, Usage};
+pub use concurrency::ConcurrencyLimitLayer;
 pub use error::{ConfigError, Error, TimeoutKind};
 pub use fallback::FallbackLayer;
 pub use rate::RateLimitLayer;

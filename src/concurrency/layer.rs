@@ -1,0 +1,221 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::limiter::{Config, Limiter, LimiterStats, Metrics};
+use super::service::ConcurrencyLimit;
+use crate::ConfigError;
+
+/// The default time for a waiting request to rise one named priority level.
+pub const DEFAULT_AGING: Duration = Duration::from_secs(5);
+
+/// Applies a [`ConcurrencyLimit`] with a bounded priority queue to a service.
+///
+/// Built with [`ConcurrencyLimitLayer::builder`]. What clones share:
+///
+/// - a layer from [`build`](ConcurrencyLimitLayerBuilder::build) makes a new
+///   limiter in every [`Layer::layer`] call: two services wrapped by the same
+///   layer (or by clones of it) have separate limits;
+/// - a layer from [`build_shared`](ConcurrencyLimitLayerBuilder::build_shared)
+///   holds one limiter, and every service it wraps, from it or any clone of
+///   it, draws on that one limit (like tower's `GlobalConcurrencyLimitLayer`).
+///
+/// Metric handles are registered once, at build, and shared by every limiter
+/// the layer makes.
+#[derive(Clone)]
+pub struct ConcurrencyLimitLayer {
+    config: Config,
+    metrics: Metrics,
+    shared: Option<Arc<Limiter>>,
+}
+
+impl ConcurrencyLimitLayer {
+    /// A builder; `max_in_flight` is required.
+    pub fn builder() -> ConcurrencyLimitLayerBuilder {
+        ConcurrencyLimitLayerBuilder::default()
+    }
+
+    /// The shared limiter's counts, for a layer made by
+    /// [`build_shared`](ConcurrencyLimitLayerBuilder::build_shared); `None`
+    /// for a layer that gives each service its own limiter (ask the service:
+    /// [`ConcurrencyLimit::stats`]).
+    pub fn stats(&self) -> Option<LimiterStats> {
+        self.shared.as_ref().map(|limiter| limiter.stats())
+    }
+
+    /// Whether every service made by this layer shares one limiter.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The `max_in_flight` setting.
+    pub fn max_in_flight(&self) -> usize {
+        self.config.max_in_flight
+    }
+
+    /// The `max_queued` setting.
+    pub fn max_queued(&self) -> usize {
+        self.config.max_queued
+    }
+
+    /// The `max_queue_wait` setting.
+    pub fn max_queue_wait(&self) -> Duration {
+        self.config.max_queue_wait
+    }
+
+    /// The aging setting: time to rise one named level, `None` for strict
+    /// priority.
+    pub fn aging(&self) -> Option<Duration> {
+        self.config.aging
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let limiter = match &self.shared {
+            Some(limiter) => Arc::clone(limiter),
+            None => Limiter::new(self.config, self.metrics.clone()),
+        };
+        ConcurrencyLimit::from_limiter(inner, limiter)
+    }
+}
+
+impl fmt::Debug for ConcurrencyLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConcurrencyLimitLayer")
+            .field("max_in_flight", &self.config.max_in_flight)
+            .field("max_queued", &self.config.max_queued)
+            .field("max_queue_wait", &self.config.max_queue_wait)
+            .field("aging", &self.config.aging)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+/// Builds a [`ConcurrencyLimitLayer`]; every setting is checked by
+/// [`build`](Self::build).
+#[derive(Debug, Clone)]
+#[must_use = "call `.build()` to get the layer"]
+pub struct ConcurrencyLimitLayerBuilder {
+    max_in_flight: Option<usize>,
+    max_queued: usize,
+    max_queue_wait: Option<Duration>,
+    aging: Option<Duration>,
+}
+
+impl Default for ConcurrencyLimitLayerBuilder {
+    fn default() -> Self {
+        ConcurrencyLimitLayerBuilder {
+            max_in_flight: None,
+            max_queued: 0,
+            max_queue_wait: None,
+            aging: Some(DEFAULT_AGING),
+        }
+    }
+}
+
+impl ConcurrencyLimitLayerBuilder {
+    /// Requests running in the inner service at once (required, at least 1).
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = Some(max);
+        self
+    }
+
+    /// Requests that may wait for a permit; a request that finds the queue
+    /// full fails at once with [`Error::Overloaded`](crate::Error::Overloaded).
+    /// Default 0: no queue, a request that finds no free permit is shed.
+    pub fn max_queued(mut self, max: usize) -> Self {
+        self.max_queued = max;
+        self
+    }
+
+    /// The longest a request waits in the queue before it fails with
+    /// [`Error::QueueTimeout`](crate::Error::QueueTimeout). Required (and more
+    /// than zero) when `max_queued` is more than zero.
+    pub fn max_queue_wait(mut self, wait: Duration) -> Self {
+        self.max_queue_wait = Some(wait);
+        self
+    }
+
+    /// The time a waiting request takes to rise one named priority level
+    /// ([`Priority::LEVEL`](crate::Priority::LEVEL) units); must be more than
+    /// zero. Default [`DEFAULT_AGING`] (5 s). See the [module
+    /// docs](crate::concurrency#fairness-and-aging) for the bound it gives.
+    pub fn aging(mut self, per_level: Duration) -> Self {
+        self.aging = Some(per_level);
+        self
+    }
+
+    /// Strict priority: a waiting request never rises. Lower priorities can
+    /// then wait until `max_queue_wait` while higher ones keep arriving.
+    pub fn without_aging(mut self) -> Self {
+        self.aging = None;
+        self
+    }
+
+    /// A layer that gives every service it wraps its own limiter.
+    pub fn build(self) -> Result<ConcurrencyLimitLayer, ConfigError> {
+        let config = self.config()?;
+        Ok(ConcurrencyLimitLayer {
+            config,
+            metrics: Metrics::new(),
+            shared: None,
+        })
+    }
+
+    /// A layer whose services (and their clones) all share one limiter.
+    pub fn build_shared(self) -> Result<ConcurrencyLimitLayer, ConfigError> {
+        let config = self.config()?;
+        let metrics = Metrics::new();
+        Ok(ConcurrencyLimitLayer {
+            config,
+            shared: Some(Limiter::new(config, metrics.clone())),
+            metrics,
+        })
+    }
+
+    fn config(self) -> Result<Config, ConfigError> {
+        let max_in_flight = match self.max_in_flight {
+            None => return Err(ConfigError::new("max_in_flight", "is required")),
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "max_in_flight",
+                    "must be at least 1 (0 would reject every request)",
+                ))
+            }
+            Some(n) => n,
+        };
+        let max_queue_wait = match self.max_queue_wait {
+            Some(wait) if wait.is_zero() => {
+                return Err(ConfigError::new(
+                    "max_queue_wait",
+                    "must be more than zero (use max_queued(0) for no queue)",
+                ))
+            }
+            Some(wait) => wait,
+            None if self.max_queued > 0 => {
+                return Err(ConfigError::new(
+                    "max_queue_wait",
+                    "is required when max_queued is more than zero",
+                ))
+            }
+            None => Duration::ZERO,
+        };
+        if self.aging.is_some_and(|a| a.is_zero()) {
+            return Err(ConfigError::new(
+                "aging",
+                "must be more than zero (use without_aging() for strict priority)",
+            ));
+        }
+        Ok(Config {
+            max_in_flight,
+            max_queued: self.max_queued,
+            max_queue_wait,
+            aging: self.aging,
+        })
+    }
+}

@@ -1,0 +1,675 @@
+//! The shared limiter state: free permits and the priority queue, under one
+//! lock, plus the RAII values that own a permit or a queue entry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Once, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::time::{Instant, Sleep};
+
+use crate::request::{LlmRequest, Priority};
+use crate::telemetry::{self, Counter, Gauge, Histogram, Kind, Unit};
+use crate::Error;
+
+/// The settings of one limiter, validated by the builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_queued: usize,
+    pub(crate) max_queue_wait: Duration,
+    pub(crate) aging: Option<Duration>,
+}
+
+/// A queue position: the static ordering key, then a sequence number that
+/// breaks ties in arrival order and makes every key unique.
+type Key = (i64, u64);
+
+/// Times in ordering keys are microseconds from the limiter's creation,
+/// clamped to ±(2^53 - 1) µs (about 285 years), and so is `aging`: every key
+/// then fits an `i64` with room to spare (|key| < 2^62).
+const TIME_CLAMP: i64 = (1 << 53) - 1;
+/// The no-aging key puts the priority above bit 54, the arrival time below.
+const PRIORITY_SHIFT: u32 = 54;
+
+/// A duration in whole microseconds, clamped to `TIME_CLAMP`.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).map_or(TIME_CLAMP, |us| us.min(TIME_CLAMP))
+}
+
+struct State {
+    /// Permits nobody holds. Invariant: `available > 0` implies no *live*
+    /// waiter (one whose time has not run out), because a freed permit goes
+    /// to the first live waiter if there is one.
+    available: usize,
+    /// Waiters by position. A waiter removed by someone else has been
+    /// *granted* a permit.
+    queue: BTreeMap<Key, Slot>,
+    /// When each waiter's time runs out, by `(instant, seq)`, to its queue
+    /// key. A waiter still in `queue` but gone from here has *expired*.
+    expiries: BTreeMap<(Instant, u64), i64>,
+    /// The one timer of this limiter, armed for the earliest expiry.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// What `timer` is armed for.
+    timer_at: Option<Instant>,
+    next_seq: u64,
+}
+
+struct Slot {
+    /// Woken on a grant or on expiry.
+    waker: Option<Waker>,
+    expires: Instant,
+}
+
+/// One concurrency limiter. Every clone of a service (and, for a shared
+/// layer, every service the layer made) points to the same one.
+pub(crate) struct Limiter {
+    state: Mutex<State>,
+    config: Config,
+    /// `aging` in microseconds (at least 1); `None` for strict priority.
+    aging_micros: Option<i64>,
+    /// Instants are turned into signed nanoseconds from here.
+    epoch: Instant,
+    metrics: Metrics,
+    /// Registered with `timer`; runs [`Limiter::on_timer`].
+    timer_waker: Waker,
+}
+
+/// Wakes the limiter when its timer fires.
+struct TimerWake(Weak<Limiter>);
+
+impl Wake for TimerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(limiter) = self.0.upgrade() {
+            limiter.on_timer();
+        }
+    }
+}
+
+/// What `call` got from the limiter.
+pub(crate) enum Admission {
+    /// A permit was free and nobody was waiting.
+    Permit(Permit),
+    /// The request joined the queue.
+    Queued(Waiter),
+    /// The request was refused at once.
+    Rejected(Error),
+}
+
+impl Limiter {
+    pub(crate) fn new(config: Config, metrics: Metrics) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Limiter {
+            state: Mutex::new(State {
+                available: config.max_in_flight,
+                queue: BTreeMap::new(),
+                expiries: BTreeMap::new(),
+                timer: None,
+                timer_at: None,
+                next_seq: 0,
+            }),
+            aging_micros: config.aging.map(|a| micros(a).max(1)),
+            config,
+            epoch: Instant::now(),
+            metrics,
+            timer_waker: Waker::from(Arc::new(TimerWake(weak.clone()))),
+        })
+    }
+
+    /// Admits, queues or rejects a request. Never blocks, never allocates on
+    /// the fast path (free permit, empty queue).
+    pub(crate) fn admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Admission {
+        let deadline = request.deadline();
+        if let Some(deadline) = deadline {
+            if deadline <= Instant::now() {
+                return self.reject(
+                    Error::DeadlineExceeded,
+                    Reason::Deadline,
+                    request.priority(),
+                );
+            }
+        }
+
+        let mut state = self.state.lock();
+        // Fast path: one lock, no clock read, no allocation. A free permit
+        // means nobody live is waiting, so taking it barges past no one.
+        if state.available > 0 {
+            state.available -= 1;
+            drop(state);
+            return Admission::Permit(self.fresh_permit());
+        }
+
+        // Slow path, under the same lock (one lock per request, not two;
+        // the request's getters and the clock are cheap).
+        let priority = request.priority();
+        let queued = state.queue.len();
+        if queued >= self.config.max_queued {
+            drop(state);
+            return self.reject(Error::Overloaded { queued }, Reason::QueueFull, priority);
+        }
+        let now = Instant::now();
+        let arrival = request.arrival().unwrap_or(now);
+        let order = self.order_key(priority, arrival);
+        let mut expires = now + self.config.max_queue_wait;
+        let mut deadline_bound = false;
+        if let Some(deadline) = deadline {
+            if deadline <= expires {
+                expires = deadline;
+                deadline_bound = true;
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let key = (order, seq);
+        state.queue.insert(
+            key,
+            Slot {
+                waker: None,
+                expires,
+            },
+        );
+        state.expiries.insert((expires, seq), order);
+        drop(state);
+        self.metrics.queue_depth.increment(1.0);
+
+        Admission::Queued(Waiter {
+            limiter: Arc::clone(self),
+            key,
+            expires,
+            enqueued: now,
+            priority,
+            deadline_bound,
+            done: false,
+        })
+    }
+
+    fn fresh_permit(self: &Arc<Self>) -> Permit {
+        self.metrics.in_flight.increment(1.0);
+        self.metrics.queue_wait.record(0.0);
+        Permit {
+            limiter: Arc::clone(self),
+        }
+    }
+
+    fn reject(&self, error: Error, reason: Reason, priority: Priority) -> Admission {
+        self.metrics.rejected(reason, priority).increment(1);
+        tracing::debug!(
+            layer = "concurrency",
+            reason = reason.as_str(),
+            priority = priority.level_name(),
+            "request rejected: {error}"
+        );
+        Admission::Rejected(error)
+    }
+
+    /// The static ordering key (lower is served first).
+    ///
+    /// With aging, the effective priority at time `t` is
+    /// `p + (t - arrival) * LEVEL / aging`. Comparing two waiters at the same
+    /// `t`, the `t` terms cancel, so ordering by `arrival * LEVEL - p * aging`
+    /// (ascending) is the same order at every `t`: keys never need updating.
+    ///
+    /// Keys are in microseconds: requests within one microsecond of each
+    /// other are ordered by their sequence number (FIFO).
+    fn order_key(&self, priority: Priority, arrival: Instant) -> i64 {
+        let t = if arrival >= self.epoch {
+            micros(arrival - self.epoch)
+        } else {
+            -micros(self.epoch - arrival)
+        };
+        let p = i64::from(priority.get());
+        match self.aging_micros {
+            Some(aging) => t * i64::from(Priority::LEVEL) - p * aging,
+            None => -(p << PRIORITY_SHIFT) + t,
+        }
+    }
+
+    /// Gives a permit back: to the first live waiter if there is one (it is
+    /// woken, and only it), else to the pool. Waiters whose time has run out
+    /// but who have not yet seen it are skipped: they are about to fail.
+    fn release(&self) {
+        let state = self.state.lock();
+        self.release_locked(state);
+    }
+
+    fn release_locked(&self, mut guard: MutexGuard<'_, State>) {
+        let state = &mut *guard;
+        if state.queue.is_empty() {
+            state.available += 1;
+            drop(guard);
+            self.metrics.in_flight.decrement(1.0);
+            return;
+        }
+        let expiries = &state.expiries;
+        let head = state
+            .queue
+            .iter()
+            .find(|((_, seq), slot)| expiries.contains_key(&(slot.expires, *seq)))
+            .map(|(key, _)| *key);
+        match head.and_then(|key| state.queue.remove_entry(&key)) {
+            Some(((_, seq), slot)) => {
+                state.expiries.remove(&(slot.expires, seq));
+                drop(guard);
+                self.metrics.queue_depth.decrement(1.0);
+                if let Some(waker) = slot.waker {
+                    waker.wake();
+                }
+            }
+            None => {
+                state.available += 1;
+                drop(guard);
+                self.metrics.in_flight.decrement(1.0);
+            }
+        }
+    }
+
+    /// Marks every waiter whose time is up to `now` as expired (removes its
+    /// expiry) and collects its waker.
+    fn expire(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
+        while let Some(entry) = state.expiries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, seq), order) = entry.remove_entry();
+            if let Some(waker) = state
+                .queue
+                .get_mut(&(order, seq))
+                .and_then(|slot| slot.waker.take())
+            {
+                wakers.push(waker);
+            }
+        }
+    }
+
+    /// Arms the timer for the earliest expiry, unless it is armed for that
+    /// or earlier. Called from a waiter's `poll`, so a new `Sleep` always
+    /// belongs to the runtime that is running the waiter; an existing one is
+    /// replaced, never reset (it may belong to a runtime that is gone).
+    fn arm(&self, state: &mut State, wakers: &mut Vec<Waker>) {
+        loop {
+            let Some(&(next, _)) = state.expiries.first_key_value().map(|(k, _)| k) else {
+                return;
+            };
+            if state.timer_at.is_some_and(|at| at <= next) {
+                return;
+            }
+            let mut sleep = Box::pin(tokio::time::sleep_until(next));
+            let mut cx = Context::from_waker(&self.timer_waker);
+            // Unconstrained: an exhausted coop budget would wake the timer
+            // waker at once, which takes this (held) lock.
+            let fired = Pin::new(&mut tokio::task::unconstrained(sleep.as_mut()))
+                .poll(&mut cx)
+                .is_ready();
+            if !fired {
+                state.timer = Some(sleep);
+                state.timer_at = Some(next);
+                return;
+            }
+            state.timer = None;
+            state.timer_at = None;
+            Self::expire(state, Instant::now().max(next), wakers);
+        }
+    }
+
+    /// The timer fired: expire the waiters that are due and wake them. To
+    /// arm for the next expiry, wake the waiter it belongs to: it re-arms
+    /// from its own poll, in its own runtime.
+    fn on_timer(&self) {
+        let mut wakers = Vec::new();
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let sleep = state.timer.take();
+        state.timer_at = None;
+        Self::expire(state, Instant::now(), &mut wakers);
+        if let Some((&(_, seq), &order)) = state.expiries.first_key_value() {
+            if let Some(waker) = state
+                .queue
+                .get(&(order, seq))
+                .and_then(|slot| slot.waker.clone())
+            {
+                wakers.push(waker);
+            }
+        }
+        drop(guard);
+        drop(sleep);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> LimiterStats {
+        let state = self.state.lock();
+        LimiterStats {
+            in_flight: self.config.max_in_flight - state.available,
+            queued: state.queue.len(),
+            available: state.available,
+            max_in_flight: self.config.max_in_flight,
+            max_queued: self.config.max_queued,
+        }
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stats = self.stats();
+        f.debug_struct("Limiter")
+            .field("in_flight", &stats.in_flight)
+            .field("queued", &stats.queued)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// A snapshot of a limiter's counts, taken under its lock (so the numbers
+/// agree with each other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimiterStats {
+    /// Permits held: requests running in the inner service (or whose
+    /// response body is still being read), plus waiters granted a permit that
+    /// have not been polled since.
+    pub in_flight: usize,
+    /// Requests waiting in the queue.
+    pub queued: usize,
+    /// Free permits. Never more than zero while `queued` is more than zero.
+    pub available: usize,
+    /// The `max_in_flight` setting.
+    pub max_in_flight: usize,
+    /// The `max_queued` setting.
+    pub max_queued: usize,
+}
+
+/// A concurrency permit: while it lives, it counts against `max_in_flight`.
+///
+/// The limiter moves it into the response with
+/// [`HoldGuard`](crate::hold::HoldGuard), so it is released when the response
+/// is *done*: at once for a complete response, when the body ends, fails or is
+/// dropped for an `http::Response`. Dropping it hands the permit straight to
+/// the first waiter in the queue, if any.
+pub struct Permit {
+    limiter: Arc<Limiter>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.release();
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit").finish_non_exhaustive()
+    }
+}
+
+/// A queue entry, owned by the response future while it waits.
+///
+/// Dropping it removes the entry; if a permit had already been handed to it
+/// (the entry was removed by a releaser), the permit goes on to the next
+/// waiter, so a cancelled waiter never swallows a permit.
+pub(crate) struct Waiter {
+    limiter: Arc<Limiter>,
+    key: Key,
+    /// When the wait ends: `enqueued + max_queue_wait` or the deadline.
+    expires: Instant,
+    enqueued: Instant,
+    priority: Priority,
+    /// `expires` is the request's deadline.
+    deadline_bound: bool,
+    /// The entry is gone and any permit it had was taken.
+    done: bool,
+}
+
+impl Waiter {
+    /// Waits for a permit, the queue wait, or the deadline, whichever first.
+    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Error>> {
+        debug_assert!(!self.done, "polled after the wait ended");
+        let limiter = &self.limiter;
+        let mut wakers = Vec::new();
+        let mut guard = limiter.state.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.queue.get_mut(&self.key) else {
+            drop(guard);
+            return Poll::Ready(Ok(self.take_grant()));
+        };
+        let expiry = (self.expires, self.key.1);
+        if state.expiries.contains_key(&expiry) {
+            match &slot.waker {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => slot.waker = Some(cx.waker().clone()),
+            }
+            limiter.arm(state, &mut wakers);
+            if state.expiries.contains_key(&expiry) {
+                drop(guard);
+                wakers.into_iter().for_each(Waker::wake);
+                return Poll::Pending;
+            }
+        }
+
+        // Time is up.
+        state.queue.remove(&self.key);
+        drop(guard);
+        wakers.into_iter().for_each(Waker::wake);
+        self.done = true;
+        limiter.metrics.queue_depth.decrement(1.0);
+        let waited = Instant::now().saturating_duration_since(self.enqueued);
+        limiter.metrics.queue_wait.record_duration(waited);
+        let (error, reason) = if self.deadline_bound {
+            (Error::DeadlineExceeded, Reason::Deadline)
+        } else {
+            (Error::QueueTimeout { waited }, Reason::QueueTimeout)
+        };
+        limiter.metrics.rejected(reason, self.priority).increment(1);
+        tracing::debug!(
+            layer = "concurrency",
+            reason = reason.as_str(),
+            priority = self.priority.level_name(),
+            ?waited,
+            "queued request gave up: {error}"
+        );
+        Poll::Ready(Err(error))
+    }
+
+    fn take_grant(&mut self) -> Permit {
+        self.done = true;
+        let limiter = &self.limiter;
+        limiter
+            .metrics
+            .queue_wait
+            .record_duration(Instant::now().saturating_duration_since(self.enqueued));
+        Permit {
+            limiter: Arc::clone(limiter),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut guard = self.limiter.state.lock();
+        let state = &mut *guard;
+        if state.queue.remove(&self.key).is_some() {
+            state.expiries.remove(&(self.expires, self.key.1));
+            drop(guard);
+            self.limiter.metrics.queue_depth.decrement(1.0);
+        } else {
+            // Granted but never observed: pass the permit on.
+            self.limiter.release_locked(guard);
+        }
+    }
+}
+
+impl fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiter")
+            .field("priority", &self.priority)
+            .field("enqueued", &self.enqueued)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request was rejected: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    QueueFull = 0,
+    QueueTimeout = 1,
+    Deadline = 2,
+}
+
+impl Reason {
+    const ALL: [Reason; 3] = [Reason::QueueFull, Reason::QueueTimeout, Reason::Deadline];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
+            Reason::Deadline => "deadline",
+        }
+    }
+}
+
+const PRIORITY_LABELS: [&str; 4] = ["low", "normal", "high", "critical"];
+
+/// The named level at or below `priority`, as an index into
+/// `PRIORITY_LABELS` (the same bands as [`Priority::level_name`]).
+fn priority_index(priority: Priority) -> usize {
+    usize::from(priority.get() / Priority::LEVEL)
+}
+
+/// The limiter's metric handles, registered once per layer.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    in_flight: Gauge,
+    queue_depth: Gauge,
+    queue_wait: Histogram,
+    /// By reason, then by priority level.
+    rejected: Arc<[[Counter; 4]; 3]>,
+}
+
+pub(crate) const IN_FLIGHT: &str = "llm_sluice_in_flight";
+pub(crate) const QUEUE_DEPTH: &str = "llm_sluice_queue_depth";
+pub(crate) const QUEUE_WAIT: &str = "llm_sluice_queue_wait_seconds";
+pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        static DESCRIBE: Once = Once::new();
+        DESCRIBE.call_once(|| {
+            telemetry::describe(&[
+                (
+                    Kind::Gauge,
+                    IN_FLIGHT,
+                    Unit::Count,
+                    "Requests holding a concurrency permit (until the response body ends).",
+                ),
+                (
+                    Kind::Gauge,
+                    QUEUE_DEPTH,
+                    Unit::Count,
+                    "Requests waiting in the concurrency limiter's queue.",
+                ),
+                (
+                    Kind::Histogram,
+                    QUEUE_WAIT,
+                    Unit::Seconds,
+                    "Time an admitted or timed-out request spent waiting for a permit (0 when none was needed).",
+                ),
+                (
+                    Kind::Counter,
+                    REJECTED,
+                    Unit::Count,
+                    "Requests a layer refused, by reason.",
+                ),
+            ]);
+        });
+        let layer = ("layer", "concurrency");
+        let rejected = Reason::ALL.map(|reason| {
+            PRIORITY_LABELS.map(|priority| {
+                Counter::new(
+                    REJECTED,
+                    &[layer, ("reason", reason.as_str()), ("priority", priority)],
+                )
+            })
+        });
+        Metrics {
+            in_flight: Gauge::new(IN_FLIGHT, &[layer]),
+            queue_depth: Gauge::new(QUEUE_DEPTH, &[layer]),
+            queue_wait: Histogram::new(QUEUE_WAIT, &[layer]),
+            rejected: Arc::new(rejected),
+        }
+    }
+
+    fn rejected(&self, reason: Reason, priority: Priority) -> &Counter {
+        &self.rejected[reason as usize][priority_index(priority)]
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(aging: Option<Duration>) -> Arc<Limiter> {
+        Limiter::new(
+            Config {
+                max_in_flight: 1,
+                max_queued: 10,
+                max_queue_wait: Duration::from_secs(60),
+                aging,
+            },
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn strict_priority_key_orders_by_priority_then_arrival() {
+        let l = limiter(None);
+        let t0 = l.epoch;
+        let later = t0 + Duration::from_secs(3600);
+        assert!(l.order_key(Priority::HIGH, later) < l.order_key(Priority::NORMAL, t0));
+        assert!(l.order_key(Priority::LOW, t0) < l.order_key(Priority::LOW, later));
+        let before = t0 - Duration::from_millis(1);
+        assert!(l.order_key(Priority::LOW, before) < l.order_key(Priority::LOW, t0));
+    }
+
+    #[test]
+    fn aging_key_matches_effective_priority() {
+        let aging = Duration::from_secs(10);
+        let l = limiter(Some(aging));
+        let t0 = l.epoch;
+        // LOW at t0 vs HIGH arriving 2 levels' time later: equal effective
+        // priority, so equal keys (the sequence number then decides).
+        let low = l.order_key(Priority::LOW, t0);
+        assert_eq!(low, l.order_key(Priority::HIGH, t0 + 2 * aging));
+        // a HIGH arriving a moment earlier is still ahead of the LOW one
+        assert!(l.order_key(Priority::HIGH, t0 + 2 * aging - Duration::from_micros(1)) < low);
+        // and one arriving later is behind it
+        assert!(low < l.order_key(Priority::HIGH, t0 + 2 * aging + Duration::from_micros(1)));
+        // CRITICAL (three levels above LOW) catches up after 3 levels' time
+        assert_eq!(low, l.order_key(Priority::CRITICAL, t0 + 3 * aging));
+    }
+
+    #[test]
+    fn extreme_instants_do_not_overflow() {
+        let l = limiter(Some(Duration::MAX));
+        let far = l.epoch + Duration::from_secs(u32::MAX as u64 * 100);
+        let _ = l.order_key(Priority::CRITICAL, far);
+        let l = limiter(None);
+        assert!(l.order_key(Priority::CRITICAL, far) < l.order_key(Priority::HIGH, l.epoch));
+    }
+}
