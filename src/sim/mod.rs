@@ -26,8 +26,8 @@
 //!   answered with a JSON body with `usage`, or a `text/event-stream` of
 //!   `data:` chunks (a usage chunk when asked) ending in `data: [DONE]`.
 //!
-//! [`serve`] puts the same upstream behind a real HTTP/1.1 server on
-//! loopback.
+//! `serve` (feature `sim-server`) puts the same upstream behind a real
+//! HTTP/1.1 server on loopback.
 //!
 //! ```
 //! use std::time::Duration;
@@ -92,6 +92,7 @@
 mod config;
 mod http;
 mod limits;
+#[cfg(feature = "sim-server")]
 mod server;
 mod typed;
 mod upstream;
@@ -100,6 +101,7 @@ pub use self::config::{
     Dist, Faults, Latency, LimitMode, Limits, TokenCharge, UpstreamBuilder, UpstreamConfig,
 };
 pub use self::http::{SimBody, MODEL};
+#[cfg(feature = "sim-server")]
 pub use self::server::{serve, ServerHandle};
 pub use self::typed::{SimFuture, SimRequest, SimResponse, SimStream};
 pub use self::upstream::{Count, FaultCounts, Peak, Received, SimStats, Upstream};

@@ -782,6 +782,7 @@ async fn http_errors_and_faults() {
 
 // ---------- loopback server ----------
 
+#[cfg(feature = "sim-server")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_server_speaks_the_chat_completions_api() {
     use hyper_util::client::legacy::Client;
