@@ -512,7 +512,8 @@ impl<C, St: RateStore> Shared<C, St> {
         }
         if let Some(server) = &class.rate_limits {
             let limits = self.limits.read().0;
-            self.store.clamp(&mut state.window, server, &limits, now);
+            self.store
+                .clamp(&mut state.window, &part, server, &limits, now);
         }
         if wake {
             state.wake_head();

@@ -74,11 +74,21 @@ pub trait RateStore: Send + Sync + 'static {
     /// Admits nothing in this scope before `until` (the server asked to wait).
     fn cool_down(&self, window: &mut Self::Window, until: Instant);
 
-    /// Takes the server's word on what remains: until each reset, admit at
-    /// most `remaining` more (a missing reset lasts one window).
+    /// Takes the server's word on what remains, as it stood when the server
+    /// admitted the request behind `ticket`.
+    ///
+    /// Where the server says fewer remain than the local window held at that
+    /// reservation's admission, the difference is usage the local window
+    /// cannot see (another client on the same key, a restart): it counts
+    /// against the local limit until the server's reset (a missing reset
+    /// lasts one window). Local entries keep expiring as usual, so a server
+    /// that frees capacity continuously (a sliding window or a bucket) is not
+    /// mistaken for one that frees it all at the reset. Budgets without a
+    /// local limit are not clamped.
     fn clamp(
         &self,
         window: &mut Self::Window,
+        ticket: &Self::Ticket,
         state: &RateLimitState,
         limits: &Limits,
         now: Instant,
@@ -111,17 +121,21 @@ pub struct MemoryWindow {
     clamps: [Option<Clamp>; 4],
 }
 
+/// Usage the server counts and the local window does not, until `until`.
 #[derive(Debug, Clone, Copy)]
 struct Clamp {
     until: Instant,
-    remaining: u64,
+    unseen: u64,
 }
 
-/// [`MemoryStore`]'s reservation: a sequence number in each budget's log.
+/// [`MemoryStore`]'s reservation: a sequence number in each budget's log,
+/// and what each log held right after it (the local view at admission, which
+/// the server's rate-limit headers are compared with).
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryTicket {
     /// `NONE` where the budget was not set.
     seqs: [u64; 6],
+    used: [u64; 6],
 }
 
 const NONE: u64 = u64::MAX;
@@ -154,8 +168,31 @@ impl RateStore for MemoryStore {
                 continue;
             };
             window.spans[budget.index()] = limits.span(budget);
+            let unseen = clamp_of(budget).and_then(|i| match window.clamps[i] {
+                Some(c) if now < c.until => Some((c.unseen, c.until)),
+                Some(_) => {
+                    window.clamps[i] = None;
+                    None
+                }
+                None => None,
+            });
             let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
-            let v = log.check(now, limits.span(budget), demand.amount(budget), limit);
+            let amount = demand.amount(budget);
+            let span = limits.span(budget);
+            let v = match unseen {
+                None => log.check(now, span, amount, limit),
+                Some(_) if amount > limit => Verdict::Never { amount, limit },
+                // Fits under what the server leaves, or waits for local
+                // entries to expire or the unseen usage to reset, whichever
+                // comes first.
+                Some((unseen, until)) => {
+                    match log.check(now, span, amount, limit - unseen.min(limit)) {
+                        Verdict::Fits => Verdict::Fits,
+                        Verdict::NotUntil(at) => Verdict::NotUntil(at.min(until)),
+                        Verdict::Never { .. } => Verdict::NotUntil(until),
+                    }
+                }
+            };
             if let Verdict::Never { .. } = v {
                 return v;
             }
@@ -166,15 +203,6 @@ impl RateStore for MemoryStore {
                 verdict = verdict.and(Verdict::NotUntil(until));
             } else {
                 window.cooldown = None;
-            }
-        }
-        for (i, budget) in CLAMPED.into_iter().enumerate() {
-            if let Some(clamp) = window.clamps[i] {
-                if now >= clamp.until {
-                    window.clamps[i] = None;
-                } else if demand.amount(budget) > clamp.remaining {
-                    verdict = verdict.and(Verdict::NotUntil(clamp.until));
-                }
             }
         }
         verdict
@@ -188,19 +216,16 @@ impl RateStore for MemoryStore {
         now: Instant,
     ) -> MemoryTicket {
         let mut seqs = [NONE; 6];
+        let mut used = [0; 6];
         for budget in Budget::ALL {
             if limits.get(budget).is_none() {
                 continue;
             }
             let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
             seqs[budget.index()] = log.push(now, demand.amount(budget));
+            used[budget.index()] = log.sum();
         }
-        for (i, budget) in CLAMPED.into_iter().enumerate() {
-            if let Some(clamp) = &mut window.clamps[i] {
-                clamp.remaining = clamp.remaining.saturating_sub(demand.amount(budget));
-            }
-        }
-        MemoryTicket { seqs }
+        MemoryTicket { seqs, used }
     }
 
     fn reconcile(
@@ -225,6 +250,7 @@ impl RateStore for MemoryStore {
     fn clamp(
         &self,
         window: &mut MemoryWindow,
+        ticket: &MemoryTicket,
         state: &RateLimitState,
         limits: &Limits,
         now: Instant,
@@ -235,18 +261,30 @@ impl RateStore for MemoryStore {
             &state.input_tokens,
             &state.output_tokens,
         ];
-        for (i, s) in states.into_iter().enumerate() {
-            if let Some(remaining) = s.remaining {
-                let reset = s.reset.unwrap_or(limits.window());
-                if reset > Duration::ZERO {
-                    window.clamps[i] = Some(Clamp {
-                        until: now + reset,
-                        remaining,
-                    });
-                }
+        for ((i, budget), s) in CLAMPED.into_iter().enumerate().zip(states) {
+            let (Some(remaining), Some(limit)) = (s.remaining, limits.get(budget)) else {
+                continue;
+            };
+            if ticket.seqs[budget.index()] == NONE {
+                continue;
             }
+            // What the local window left at admission, less what the server
+            // left: usage only the server saw. A newer answer replaces an
+            // older one's view.
+            let local_left = limit.saturating_sub(ticket.used[budget.index()]);
+            let unseen = local_left.saturating_sub(remaining);
+            let reset = s.reset.unwrap_or(limits.window());
+            window.clamps[i] = (unseen > 0 && reset > Duration::ZERO).then(|| Clamp {
+                until: now + reset,
+                unseen,
+            });
         }
     }
+}
+
+/// Which clamp slot a budget has, if the server reports on it.
+fn clamp_of(budget: Budget) -> Option<usize> {
+    CLAMPED.iter().position(|&b| b == budget)
 }
 
 impl WindowState for MemoryWindow {

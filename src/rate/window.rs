@@ -78,7 +78,6 @@ impl SlidingLog {
     }
 
     /// What is reserved in the window (after [`expire`](Self::expire)).
-    #[cfg(test)]
     pub(crate) fn sum(&self) -> u64 {
         self.sum
     }
