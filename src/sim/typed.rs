@@ -35,6 +35,9 @@ pub struct SimRequest {
     pub priority: Priority,
     /// The request's deadline, for the layers in front.
     pub deadline: Option<Instant>,
+    /// When the request first joined a queue (set by the retry layer so
+    /// retries keep their place in line).
+    pub arrival: Option<Instant>,
 }
 
 impl SimRequest {
@@ -47,6 +50,7 @@ impl SimRequest {
             stream: false,
             priority: Priority::NORMAL,
             deadline: None,
+            arrival: None,
         }
     }
 
@@ -84,6 +88,18 @@ impl LlmRequest for SimRequest {
 
     fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    fn arrival(&self) -> Option<Instant> {
+        self.arrival
+    }
+
+    fn set_arrival(&mut self, at: Instant) {
+        self.arrival = Some(at);
     }
 }
 
