@@ -132,6 +132,19 @@ impl fmt::Display for TimeoutKind {
     }
 }
 
+/// The longest duration any setting takes: 31 days. Longer values would be
+/// "forever" in practice and could overflow the clock when added to it, so
+/// builders refuse them instead of panicking later.
+pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// Refuses a duration setting longer than [`LONGEST_SETTING`].
+pub(crate) fn check_duration(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value > LONGEST_SETTING {
+        return Err(ConfigError::new(field, "must be at most 31 days"));
+    }
+    Ok(())
+}
+
 /// An invalid setting, reported by a builder's `build()`.
 ///
 /// It names the field and says what is wrong with it.

@@ -279,6 +279,21 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     fn config(&self) -> Result<Config, ConfigError> {
+        use crate::error::check_duration;
+        if let Some(d) = self.time_window {
+            check_duration("time_window", d)?;
+        }
+        if let Some((d, _)) = self.slow_call {
+            check_duration("slow_call", d)?;
+        }
+        check_duration("open_duration", self.open_duration)?;
+        if let Some((_, max)) = self.backoff {
+            check_duration("open_duration_backoff", max)?;
+        }
+        if let Some(d) = self.backoff_reset_after {
+            check_duration("backoff_reset_after", d)?;
+        }
+        check_duration("half_open_max_wait", self.half_open_max_wait)?;
         if self.consecutive_failures == Some(0) {
             return Err(ConfigError::new(
                 "consecutive_failures",

@@ -179,6 +179,12 @@ impl ConcurrencyLimitLayerBuilder {
     }
 
     fn config(self) -> Result<Config, ConfigError> {
+        if let Some(wait) = self.max_queue_wait {
+            crate::error::check_duration("max_queue_wait", wait)?;
+        }
+        if let Some(aging) = self.aging {
+            crate::error::check_duration("aging", aging)?;
+        }
         let max_in_flight = match self.max_in_flight {
             None => return Err(ConfigError::new("max_in_flight", "is required")),
             Some(0) => {

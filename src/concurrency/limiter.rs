@@ -328,14 +328,14 @@ impl Limiter {
         let sleep = state.timer.take();
         state.timer_at = None;
         Self::expire(state, Instant::now(), &mut wakers);
-        if let Some((&(_, seq), &order)) = state.expiries.first_key_value() {
-            if let Some(waker) = state
-                .queue
-                .get(&(order, seq))
-                .and_then(|slot| slot.waker.clone())
-            {
-                wakers.push(waker);
-            }
+        // Wake the first waiter that can re-arm (one never polled has no
+        // waker yet; skipping it still arms for the earliest expiry).
+        if let Some(waker) = state
+            .expiries
+            .iter()
+            .find_map(|(&(_, seq), &order)| state.queue.get(&(order, seq))?.waker.clone())
+        {
+            wakers.push(waker);
         }
         drop(guard);
         drop(sleep);

@@ -447,6 +447,11 @@ impl<C, St: RateStore> Shared<C, St> {
             },
         );
         state.expiries.insert((expiry, key));
+        // The head's timer covers the earliest expiry it saw: a newcomer
+        // behind it that expires first must make it re-arm.
+        if !state.is_head(&key) && state.expiries.first().map(|e| e.1) == Some(key) {
+            state.wake_head();
+        }
         drop(state);
         Enter::Wait(WaitGuard {
             shared: self.clone(),
@@ -506,7 +511,10 @@ impl<C, St: RateStore> Shared<C, St> {
             wake = true;
         }
         if let Some(delay) = cooldown {
-            self.store.cool_down(&mut state.window, now + delay);
+            // A server's delay is capped (a header can say anything); past
+            // the cap every waiter times out long before anyway.
+            let until = now + delay.min(crate::error::LONGEST_SETTING);
+            self.store.cool_down(&mut state.window, until);
             self.metrics.cooldowns.increment(1);
             tracing::debug!(?delay, "rate: partition cooling down after a 429");
         }

@@ -273,7 +273,11 @@ impl RateStore for MemoryStore {
             // older one's view.
             let local_left = limit.saturating_sub(ticket.used[budget.index()]);
             let unseen = local_left.saturating_sub(remaining);
-            let reset = s.reset.unwrap_or(limits.window());
+            // Capped: a header can say anything.
+            let reset = s
+                .reset
+                .unwrap_or(limits.window())
+                .min(crate::error::LONGEST_SETTING);
             window.clamps[i] = (unseen > 0 && reset > Duration::ZERO).then(|| Clamp {
                 until: now + reset,
                 unseen,

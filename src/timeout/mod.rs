@@ -92,17 +92,22 @@
 //!
 //! # Where to put it
 //!
-//! `DeadlineLayer` (outermost) → fallback → retry → `TimeoutLayer` → breaker →
-//! concurrency → rate → client. Inside the retry layer, `attempt` is a
+//! `DeadlineLayer` (outermost) → fallback → retry → breaker → concurrency →
+//! rate → `TimeoutLayer` → client. Inside the retry layer, `attempt` is a
 //! per-attempt timeout and its error is retried; a `total` timeout or a
-//! passed deadline is not. Place `TimeoutLayer` outside the concurrency
-//! limiter if queue time should count against `attempt`, inside it if not.
+//! passed deadline is not. Inside the breaker, an attempt that times out
+//! reaches the breaker as a failure: outside it, the timeout would drop the
+//! breaker's future, which records nothing, and a hung upstream would never
+//! trip it. Inside the queue and the window, `attempt` measures the upstream
+//! alone, not time spent waiting for a permit; the request's deadline bounds
+//! the waiting.
 //!
 //! # Cancel safety
 //!
 //! The response futures hold nothing but the inner future and one timer:
-//! dropping them drops both. A timed-out inner future is dropped when the
-//! timeout fires, releasing what it held.
+//! dropping them drops both. After a timeout the inner future is kept until
+//! the response future itself is dropped (callers and the retry layer drop it
+//! at once); a timed-out *body* drops its inner body as the timer fires.
 //!
 //! # Metrics
 //!

@@ -57,7 +57,11 @@ async fn saturate(upstream: &Upstream, key: &'static str) -> (u64, u64) {
 
 #[tokio::test(start_paused = true)]
 async fn server_feedback_with_latency_does_not_starve_a_saturated_client() {
-    for ttft in [Duration::ZERO, Duration::from_secs(2), Duration::from_secs(10)] {
+    for ttft in [
+        Duration::ZERO,
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+    ] {
         let up = upstream(ttft);
         let (received, refused) = saturate(&up, "key").await;
         let capacity = RPM * 10;
