@@ -4,8 +4,8 @@
 //! be minutes after the headers arrive. A limiter that released its permit
 //! when the response future resolved would let far more streams run than its
 //! limit says. So layers that hold something for the length of a call (a
-//! concurrency permit, a simulated upstream's in-flight slot) hand it to the response through
-//! [`HoldGuard`], and the response drops it when it is done:
+//! concurrency permit, a simulated upstream's in-flight slot) hand it to the
+//! response through [`HoldGuard`], and the response drops it when it is done:
 //!
 //! - `http::Response<B>` moves the guard into its body ([`GuardedBody`]), which
 //!   drops it when the body ends, fails, or is dropped;
