@@ -7,6 +7,17 @@
 //! | layer | what it does |
 //! |---|---|
 //! | [`concurrency`] | at most N calls in flight, a bounded priority queue with aging, load shedding |
+//! | [`rate`] | exact sliding-window requests and tokens per minute, per partition and globally |
+//! | [`breaker`] | fails fast while an upstream is failing; careful half-open probes |
+//! | [`timeout`] | attempt, first-chunk, idle and total timeouts; request deadlines |
+//! | [`retry`] | retries that obey the server's delay, with full jitter and a budget |
+//! | [`fallback`] | a second service when the first is open, overloaded or failing |
+//!
+//! Outermost first, the recommended order is fallback → retry → breaker →
+//! concurrency → rate → attempt timeout → the client. The rate window sits
+//! inside the queue so a request is counted when it is sent, not when it
+//! queued; the attempt timeout sits inside the breaker so a hung upstream's
+//! timeouts trip it.
 //!
 //! # What the layers know about a request and a response
 //!
