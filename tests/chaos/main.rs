@@ -14,9 +14,10 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llm_sluice::breaker::CircuitBreakerLayer;
+use llm_sluice::breaker::{CircuitBreakerLayer, StateChange};
 use llm_sluice::concurrency::ConcurrencyLimitLayer;
 use llm_sluice::fallback::{FallbackLayer, RecordServedBy};
 use llm_sluice::rate::RateLimitLayer;
@@ -44,9 +45,14 @@ const MAX_IN_FLIGHT: usize = 48;
 const MAX_QUEUED: usize = 300;
 const RPM: u64 = 500;
 const TPM: u64 = 300_000;
-const GLOBAL_RPM: u64 = 1_800;
+const GLOBAL_RPM: u64 = 1_300;
 const GLOBAL_TPM: u64 = 1_000_000;
 const BREAKER_OPEN: Duration = Duration::from_secs(2);
+/// Longer than any one call through the breaker can take (queue wait 15 s +
+/// window wait 10 s + attempt timeout 8 s), so with traffic on every key a
+/// half-open breaker always settles by its probes' results before it: one
+/// that sits half-open this long has lost probe slots.
+const HALF_OPEN_MAX_WAIT: Duration = Duration::from_secs(60);
 
 // ---------- where a request is: the marker layers ----------
 
@@ -249,6 +255,7 @@ async fn full_stack_survives_chaos() {
         .build()
         .unwrap();
     let rate_handle = rate.handle();
+    let changes = Arc::new(Mutex::new(Vec::<StateChange>::new()));
     let breaker = CircuitBreakerLayer::builder()
         .consecutive_failures(3)
         .failure_rate(0.25)
@@ -256,15 +263,19 @@ async fn full_stack_survives_chaos() {
         .minimum_calls(5)
         .open_duration(BREAKER_OPEN)
         .half_open_probes(2)
-        .half_open_max_wait(Duration::from_secs(10))
+        .half_open_max_wait(HALF_OPEN_MAX_WAIT)
         .per_partition(16)
+        .on_state_change({
+            let changes = changes.clone();
+            move |change: &StateChange| changes.lock().unwrap().push(change.clone())
+        })
         .build()
         .unwrap();
     let breaker_handle = breaker.handle();
     let retry = RetryLayer::builder()
         .max_retries(3)
-        .backoff_base(Duration::from_millis(200))
-        .backoff_cap(Duration::from_secs(4))
+        .backoff_base(Duration::from_millis(500))
+        .backoff_cap(Duration::from_secs(8))
         .total_timeout(Duration::from_secs(30))
         .seed(SEED)
         .build()
@@ -330,7 +341,8 @@ async fn full_stack_survives_chaos() {
         let req = SimRequest::new(key, rng.u64(100..=1_000), rng.u64(50..=600))
             .priority(priorities[rng.usize(..priorities.len())]);
         let give_up = (rng.f64() < DROP_SHARE)
-            .then(|| Duration::from_secs_f64(0.05 + rng.f64() * 25.0));
+            // most give up early (seconds), a few late (up to 25 s)
+            .then(|| Duration::from_secs_f64(0.05 + rng.f64().powi(2) * 25.0));
 
         let svc = stack.clone();
         let caller = STAGE.scope(Cell::new(Stage::Start), async move {
@@ -343,15 +355,25 @@ async fn full_stack_survives_chaos() {
                 },
             }
         });
-        callers.push(tokio::spawn(caller));
+        callers.push((key, tokio::spawn(caller)));
     }
 
     // Every caller ends, none panics, each with exactly one fate.
     let mut fates: BTreeMap<String, u64> = BTreeMap::new();
     let mut dropped: BTreeMap<Stage, u64> = BTreeMap::new();
     let (mut answered, mut errors, mut dropped_total) = (0u64, 0u64, 0u64);
-    for caller in callers {
-        match caller.await.expect("a caller panicked") {
+    let mut per_key: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (key, caller) in callers {
+        let fate = caller.await.expect("a caller panicked");
+        let kind = match &fate {
+            Fate::Response { status: 200, .. } => "ok",
+            Fate::Own("queue_timeout") => "queue_timeout",
+            Fate::Own("rate_limited") => "rate_limited",
+            Fate::Dropped(_) => "dropped",
+            _ => "other",
+        };
+        *per_key.entry((key, kind)).or_default() += 1;
+        match fate {
             Fate::Response { status, secondary } => {
                 answered += 1;
                 let by = if secondary { "secondary" } else { "primary" };
@@ -376,8 +398,9 @@ async fn full_stack_survives_chaos() {
     let backup_stats = backup.stats();
     eprintln!("fates: {fates:#?}");
     eprintln!("dropped at: {dropped:?}");
-    eprintln!("primary: {stats:#?}");
-    eprintln!("secondary: {backup_stats:#?}");
+    eprintln!("per key: {per_key:?}");
+    eprintln!("primary: {stats:?}");
+    eprintln!("secondary: {backup_stats:?}");
 
     assert_eq!(
         answered + errors + dropped_total,
@@ -426,7 +449,12 @@ async fn full_stack_survives_chaos() {
         (0, 0, MAX_IN_FLIGHT),
         "concurrency permits or queue slots not returned"
     );
-    assert_eq!(rate_handle.stats().waiting, 0, "rate waiters left");
+    let rate_stats = rate_handle.stats();
+    assert_eq!(rate_stats.waiting, 0, "rate waiters left");
+    assert_eq!(
+        rate_stats.admitted, stats.received,
+        "every request the window admitted reached the upstream, and no other"
+    );
 
     // The rate limits held at the upstream, per key and over all keys,
     // for what it admitted and for everything it received.
@@ -446,6 +474,37 @@ async fn full_stack_survives_chaos() {
         global_requests <= GLOBAL_RPM && global_tokens <= GLOBAL_TPM,
         "all keys: {global_requests} requests, {global_tokens} tokens in one window"
     );
+
+    // The breakers opened, probed and closed again; no half-open period
+    // ran into the maximum wait (which only lost probe slots can cause here).
+    let changes = changes.lock().unwrap().clone();
+    let count = |from: CircuitState, to: CircuitState| {
+        changes.iter().filter(|c| c.from == from && c.to == to).count()
+    };
+    let opened = count(CircuitState::Closed, CircuitState::Open);
+    let half_opened = count(CircuitState::Open, CircuitState::HalfOpen);
+    let closed = count(CircuitState::HalfOpen, CircuitState::Closed);
+    let reopened = count(CircuitState::HalfOpen, CircuitState::Open);
+    eprintln!(
+        "breaker: {opened} opened, {half_opened} half-opened, {closed} closed by probes, {reopened} re-opened by probes"
+    );
+    assert!(opened > 0 && half_opened > 0 && closed > 0 && reopened > 0);
+    let mut half_open_since = BTreeMap::new();
+    for change in &changes {
+        let key = change.partition.clone();
+        if change.to == CircuitState::HalfOpen {
+            half_open_since.insert(key, change.at);
+        } else if change.from == CircuitState::HalfOpen {
+            let since = half_open_since
+                .remove(&key)
+                .expect("a breaker leaves half-open only after entering it");
+            assert!(
+                change.at - since < HALF_OPEN_MAX_WAIT,
+                "{key:?} stayed half-open from {since:?} to {:?}: probe slots were lost",
+                change.at
+            );
+        }
+    }
 
     // No half-open breaker is left without a free probe slot: with nothing
     // in flight, each must let a call through. Let the open ones reach
