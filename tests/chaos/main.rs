@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llm_sluice::breaker::{CircuitBreakerLayer, StateChange};
+use llm_sluice::breaker::{CircuitBreakerLayer, CircuitHandle, StateChange};
+use llm_sluice::classify::{Classify, DefaultClassifier};
 use llm_sluice::concurrency::ConcurrencyLimitLayer;
 use llm_sluice::fallback::{FallbackLayer, RecordServedBy};
 use llm_sluice::rate::RateLimitLayer;
@@ -39,6 +40,8 @@ const KEY_WEIGHTS: [f64; 4] = [0.40, 0.25, 0.20, 0.15];
 const MEAN_GAP_SECS: f64 = 60.0 / 1_700.0;
 /// Share of callers that give up at a random moment and drop their future.
 const DROP_SHARE: f64 = 0.05;
+/// Share of requests that stream their answer.
+const STREAM_SHARE: f64 = 0.10;
 
 const WINDOW: Duration = Duration::from_secs(60);
 const MAX_IN_FLIGHT: usize = 48;
@@ -48,10 +51,7 @@ const TPM: u64 = 300_000;
 const GLOBAL_RPM: u64 = 1_300;
 const GLOBAL_TPM: u64 = 1_000_000;
 const BREAKER_OPEN: Duration = Duration::from_secs(2);
-/// Longer than any one call through the breaker can take (queue wait 15 s +
-/// window wait 10 s + attempt timeout 8 s), so with traffic on every key a
-/// half-open breaker always settles by its probes' results before it: one
-/// that sits half-open this long has lost probe slots.
+const HALF_OPEN_PROBES: u32 = 2;
 const HALF_OPEN_MAX_WAIT: Duration = Duration::from_secs(60);
 
 // ---------- where a request is: the marker layers ----------
@@ -73,6 +73,8 @@ enum Stage {
     Backoff,
     /// The request went to the fallback's secondary.
     Secondary,
+    /// The caller reads a streamed success.
+    Streaming,
 }
 
 tokio::task_local! {
@@ -111,6 +113,245 @@ impl<F: std::future::Future> std::future::Future for Marked<F> {
 
 fn marked<F>(stage: Stage, future: F) -> Marked<F> {
     Marked { future, stage }
+}
+
+// ---------- breaker probe audit ----------
+
+/// A model of each key's half-open probe slots, kept from outside the
+/// breaker: a call that passes the breaker while it is half-open is a probe;
+/// it holds its slot until it is dropped or its result is one the breaker
+/// ignores (neither success nor failure), and keeps it once counted. The
+/// breaker must refuse a call in half-open only when the model's slots are
+/// all taken, and must never let more probes through than it has slots.
+#[derive(Clone, Default)]
+struct ProbeAudit {
+    inner: Arc<Mutex<AuditState>>,
+}
+
+#[derive(Default)]
+struct AuditState {
+    periods: std::collections::HashMap<String, Period>,
+    probes: u64,
+    rejections: u64,
+    violations: Vec<String>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Period {
+    id: u64,
+    in_flight: u32,
+    counted: u32,
+}
+
+impl ProbeAudit {
+    fn state_changed(&self, change: &StateChange) {
+        if change.to != CircuitState::HalfOpen {
+            return;
+        }
+        let Some(key) = &change.partition else { return };
+        let mut state = self.inner.lock().unwrap();
+        let period = state.periods.entry(key.as_str().to_owned()).or_default();
+        *period = Period {
+            id: period.id + 1,
+            in_flight: 0,
+            counted: 0,
+        };
+    }
+
+    fn probes(&self) -> u64 {
+        self.inner.lock().unwrap().probes
+    }
+
+    fn rejections(&self) -> u64 {
+        self.inner.lock().unwrap().rejections
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().violations.clone()
+    }
+
+    fn probes_layer(&self, handle: CircuitHandle) -> AuditLayer {
+        AuditLayer {
+            audit: self.clone(),
+            handle,
+            inside: true,
+        }
+    }
+
+    fn rejections_layer(&self, handle: CircuitHandle) -> AuditLayer {
+        AuditLayer {
+            audit: self.clone(),
+            handle,
+            inside: false,
+        }
+    }
+
+    /// A call passed the breaker; if it is half-open, the call is a probe.
+    fn passed(&self, handle: &CircuitHandle, key: &PartitionKey) -> Option<ProbeTicket> {
+        if handle.partition_state(key) != Some(CircuitState::HalfOpen) {
+            return None;
+        }
+        let mut state = self.inner.lock().unwrap();
+        state.probes += 1;
+        let period = state.periods.entry(key.as_str().to_owned()).or_default();
+        let taken = period.in_flight + period.counted;
+        let id = period.id;
+        period.in_flight += 1;
+        if taken >= HALF_OPEN_PROBES {
+            state.violations.push(format!(
+                "{key:?}: a probe passed with {taken} of {HALF_OPEN_PROBES} slots taken at {:?}",
+                Instant::now()
+            ));
+        }
+        Some(ProbeTicket {
+            audit: self.clone(),
+            key: key.as_str().to_owned(),
+            id,
+            settled: false,
+        })
+    }
+
+    /// The breaker refused a call.
+    fn refused(&self, handle: &CircuitHandle, key: &PartitionKey) {
+        if handle.partition_state(key) != Some(CircuitState::HalfOpen) {
+            return;
+        }
+        let mut state = self.inner.lock().unwrap();
+        state.rejections += 1;
+        let period = state.periods.get(key.as_str()).copied().unwrap_or_default();
+        let taken = period.in_flight + period.counted;
+        if taken < HALF_OPEN_PROBES {
+            state.violations.push(format!(
+                "{key:?}: refused in half-open with only {taken} of {HALF_OPEN_PROBES} slots taken at {:?}",
+                Instant::now()
+            ));
+        }
+    }
+}
+
+/// One probe's slot in the model.
+struct ProbeTicket {
+    audit: ProbeAudit,
+    key: String,
+    id: u64,
+    settled: bool,
+}
+
+impl ProbeTicket {
+    fn settle(mut self, counted: bool) {
+        self.settled = true;
+        self.release(counted);
+    }
+
+    fn release(&self, counted: bool) {
+        let mut state = self.audit.inner.lock().unwrap();
+        if let Some(period) = state.periods.get_mut(&self.key) {
+            if period.id == self.id {
+                period.in_flight -= 1;
+                period.counted += u32::from(counted);
+            }
+        }
+    }
+}
+
+impl Drop for ProbeTicket {
+    fn drop(&mut self) {
+        if !self.settled {
+            // dropped before its result: the breaker gives the slot back
+            self.release(false);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AuditLayer {
+    audit: ProbeAudit,
+    handle: CircuitHandle,
+    /// Inside the breaker (sees probes) or outside (sees refusals).
+    inside: bool,
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = Audited<S>;
+
+    fn layer(&self, inner: S) -> Audited<S> {
+        Audited {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Audited<S> {
+    inner: S,
+    layer: AuditLayer,
+}
+
+impl<S> tower::Service<SimRequest> for Audited<S>
+where
+    S: tower::Service<SimRequest, Response = SimResponse, Error = BoxError>,
+{
+    type Response = SimResponse;
+    type Error = BoxError;
+    type Future = AuditedFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: SimRequest) -> Self::Future {
+        let key = req.key.clone();
+        let ticket = if self.layer.inside {
+            self.layer.audit.passed(&self.layer.handle, &key)
+        } else {
+            None
+        };
+        AuditedFuture {
+            future: self.inner.call(req),
+            ticket,
+            refusals: (!self.layer.inside).then(|| (self.layer.clone(), key)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct AuditedFuture<F> {
+        #[pin]
+        future: F,
+        ticket: Option<ProbeTicket>,
+        refusals: Option<(AuditLayer, PartitionKey)>,
+    }
+}
+
+impl<F> std::future::Future for AuditedFuture<F>
+where
+    F: std::future::Future<Output = Result<SimResponse, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        let class = DefaultClassifier.classify(result.as_ref().map_err(|e| &**e));
+        if let Some(ticket) = this.ticket.take() {
+            ticket.settle(class.is_success() || class.is_failure());
+        }
+        if let Some((layer, key)) = this.refusals.take() {
+            if let Err(err) = &result {
+                if let Some(Error::CircuitOpen { .. }) = err.downcast_ref::<Error>() {
+                    layer.audit.refused(&layer.handle, &key);
+                }
+            }
+        }
+        std::task::Poll::Ready(result)
+    }
 }
 
 // ---------- what happened to each request ----------
@@ -256,18 +497,23 @@ async fn full_stack_survives_chaos() {
         .unwrap();
     let rate_handle = rate.handle();
     let changes = Arc::new(Mutex::new(Vec::<StateChange>::new()));
+    let audit = ProbeAudit::default();
     let breaker = CircuitBreakerLayer::builder()
         .consecutive_failures(3)
         .failure_rate(0.25)
         .count_window(10)
         .minimum_calls(5)
         .open_duration(BREAKER_OPEN)
-        .half_open_probes(2)
+        .half_open_probes(HALF_OPEN_PROBES)
         .half_open_max_wait(HALF_OPEN_MAX_WAIT)
         .per_partition(16)
         .on_state_change({
             let changes = changes.clone();
-            move |change: &StateChange| changes.lock().unwrap().push(change.clone())
+            let audit = audit.clone();
+            move |change: &StateChange| {
+                audit.state_changed(change);
+                changes.lock().unwrap().push(change.clone());
+            }
         })
         .build()
         .unwrap();
@@ -305,7 +551,9 @@ async fn full_stack_survives_chaos() {
             mark(Stage::Queued);
             req
         })
+        .layer(audit.rejections_layer(breaker_handle.clone()))
         .layer(breaker.clone())
+        .layer(audit.probes_layer(breaker_handle.clone()))
         .layer(concurrency.clone())
         .map_request(|req: SimRequest| {
             mark(Stage::Window);
@@ -339,20 +587,28 @@ async fn full_stack_survives_chaos() {
             })
             .map_or(KEYS[KEYS.len() - 1], |(k, _)| *k);
         let req = SimRequest::new(key, rng.u64(100..=1_000), rng.u64(50..=600))
-            .priority(priorities[rng.usize(..priorities.len())]);
+            .priority(priorities[rng.usize(..priorities.len())])
+            .stream(rng.f64() < STREAM_SHARE);
         let give_up = (rng.f64() < DROP_SHARE)
             // most give up early (seconds), a few late (up to 25 s)
             .then(|| Duration::from_secs_f64(0.05 + rng.f64().powi(2) * 25.0));
 
         let svc = stack.clone();
         let caller = STAGE.scope(Cell::new(Stage::Start), async move {
-            let call = svc.oneshot(req);
+            let call = async move {
+                let mut result = svc.oneshot(req).await;
+                // A streamed success holds its permit until the stream ends.
+                if let Some(stream) = result.as_mut().ok().and_then(SimResponse::take_stream) {
+                    mark(Stage::Streaming);
+                    stream.await;
+                }
+                fate_of(result)
+            };
             match give_up {
-                None => fate_of(call.await),
-                Some(after) => match tokio::time::timeout(after, call).await {
-                    Ok(result) => fate_of(result),
-                    Err(_) => Fate::Dropped(STAGE.with(Cell::get)),
-                },
+                None => call.await,
+                Some(after) => tokio::time::timeout(after, call)
+                    .await
+                    .unwrap_or_else(|_| Fate::Dropped(STAGE.with(Cell::get))),
             }
         });
         callers.push((key, tokio::spawn(caller)));
@@ -415,7 +671,13 @@ async fn full_stack_survives_chaos() {
     );
 
     // Callers gave up at every point a request can be.
-    for stage in [Stage::Queued, Stage::Window, Stage::InFlight, Stage::Backoff] {
+    for stage in [
+        Stage::Queued,
+        Stage::Window,
+        Stage::InFlight,
+        Stage::Backoff,
+        Stage::Streaming,
+    ] {
         assert!(
             dropped.get(&stage).copied().unwrap_or(0) > 0,
             "no caller dropped its future at {stage:?}: {dropped:?}"
@@ -475,8 +737,8 @@ async fn full_stack_survives_chaos() {
         "all keys: {global_requests} requests, {global_tokens} tokens in one window"
     );
 
-    // The breakers opened, probed and closed again; no half-open period
-    // ran into the maximum wait (which only lost probe slots can cause here).
+    // The breakers opened, probed and closed again, and their probe slots
+    // always matched the probes really in flight.
     let changes = changes.lock().unwrap().clone();
     let count = |from: CircuitState, to: CircuitState| {
         changes.iter().filter(|c| c.from == from && c.to == to).count()
@@ -489,22 +751,17 @@ async fn full_stack_survives_chaos() {
         "breaker: {opened} opened, {half_opened} half-opened, {closed} closed by probes, {reopened} re-opened by probes"
     );
     assert!(opened > 0 && half_opened > 0 && closed > 0 && reopened > 0);
-    let mut half_open_since = BTreeMap::new();
-    for change in &changes {
-        let key = change.partition.clone();
-        if change.to == CircuitState::HalfOpen {
-            half_open_since.insert(key, change.at);
-        } else if change.from == CircuitState::HalfOpen {
-            let since = half_open_since
-                .remove(&key)
-                .expect("a breaker leaves half-open only after entering it");
-            assert!(
-                change.at - since < HALF_OPEN_MAX_WAIT,
-                "{key:?} stayed half-open from {since:?} to {:?}: probe slots were lost",
-                change.at
-            );
-        }
-    }
+    let violations = audit.violations();
+    assert!(
+        violations.is_empty(),
+        "probe slots did not match the probes in flight: {violations:#?}"
+    );
+    eprintln!(
+        "probe audit: {} probes, {} half-open rejections checked",
+        audit.probes(),
+        audit.rejections()
+    );
+    assert!(audit.probes() > 0 && audit.rejections() > 0);
 
     // No half-open breaker is left without a free probe slot: with nothing
     // in flight, each must let a call through. Let the open ones reach
