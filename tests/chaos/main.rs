@@ -23,7 +23,9 @@ use llm_sluice::concurrency::ConcurrencyLimitLayer;
 use llm_sluice::fallback::{FallbackLayer, RecordServedBy};
 use llm_sluice::rate::RateLimitLayer;
 use llm_sluice::retry::RetryLayer;
-use llm_sluice::sim::{Count, Dist, Faults, Received, SimRequest, SimResponse, TokenCharge, Upstream};
+use llm_sluice::sim::{
+    Count, Dist, Faults, Received, SimRequest, SimResponse, TokenCharge, Upstream,
+};
 use llm_sluice::timeout::TimeoutLayer;
 use llm_sluice::{CircuitState, Error, PartitionKey, Priority};
 use tokio::time::Instant;
@@ -359,10 +361,7 @@ where
 #[derive(Debug)]
 enum Fate {
     /// A response (the last one, after retries and any fallback).
-    Response {
-        status: u16,
-        secondary: bool,
-    },
+    Response { status: u16, secondary: bool },
     /// A typed error of this crate.
     Own(&'static str),
     /// The upstream's own error (a connection reset).
@@ -570,7 +569,12 @@ async fn full_stack_survives_chaos() {
 
     // The callers: seeded arrivals, keys, sizes, priorities and give-ups.
     let mut rng = fastrand::Rng::with_seed(SEED);
-    let priorities = [Priority::LOW, Priority::NORMAL, Priority::HIGH, Priority::CRITICAL];
+    let priorities = [
+        Priority::LOW,
+        Priority::NORMAL,
+        Priority::HIGH,
+        Priority::CRITICAL,
+    ];
     let mut callers = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let gap = -(1.0 - rng.f64()).ln() * MEAN_GAP_SECS;
@@ -741,7 +745,10 @@ async fn full_stack_survives_chaos() {
     // always matched the probes really in flight.
     let changes = changes.lock().unwrap().clone();
     let count = |from: CircuitState, to: CircuitState| {
-        changes.iter().filter(|c| c.from == from && c.to == to).count()
+        changes
+            .iter()
+            .filter(|c| c.from == from && c.to == to)
+            .count()
     };
     let opened = count(CircuitState::Closed, CircuitState::Open);
     let half_opened = count(CircuitState::Open, CircuitState::HalfOpen);

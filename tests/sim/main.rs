@@ -128,7 +128,10 @@ fn sim_request_stores_the_deadline_and_arrival_layers_set() {
     let at = Instant::now();
     req.set_deadline(at + Duration::from_secs(5));
     req.set_arrival(at);
-    assert_eq!(LlmRequest::deadline(&req), Some(at + Duration::from_secs(5)));
+    assert_eq!(
+        LlmRequest::deadline(&req),
+        Some(at + Duration::from_secs(5))
+    );
     assert_eq!(LlmRequest::arrival(&req), Some(at));
 }
 
