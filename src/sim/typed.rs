@@ -11,7 +11,9 @@ use tower_service::Service;
 
 use super::upstream::{InFlight, PlanKind, Upstream};
 use crate::classify::{Classification, LlmResponse, Outcome, RateLimitState, Usage};
+use crate::fallback::{RecordServedBy, ServedBy};
 use crate::hold::HoldGuard;
+use crate::timeout::{BodyTimeouts, TimeoutResponse};
 use crate::{LlmRequest, PartitionKey, Priority};
 
 /// A chat completion request without the JSON: who sends it and how many
@@ -33,10 +35,12 @@ pub struct SimRequest {
     pub stream: bool,
     /// The request's priority, for the layers in front.
     pub priority: Priority,
-    /// The request's deadline, for the layers in front.
+    /// The request's deadline, for the layers in front (a retry layer's
+    /// `total_timeout` sets it through [`LlmRequest::set_deadline`]).
     pub deadline: Option<Instant>,
-    /// When the request first joined a queue (set by the retry layer so
-    /// retries keep their place in line).
+    /// When the request first joined a queue, recorded by a retry layer in
+    /// front ([`LlmRequest::set_arrival`]) so retried attempts keep their
+    /// place in line.
     pub arrival: Option<Instant>,
 }
 
@@ -133,6 +137,9 @@ pub struct SimResponse {
     pub rate_limits: Option<RateLimitState>,
     /// The rest of a streamed success.
     pub stream: Option<SimStream>,
+    /// Which fallback service answered, when a fallback layer in front
+    /// served it from its secondary ([`RecordServedBy`]).
+    pub served_by: Option<ServedBy>,
 }
 
 impl SimResponse {
@@ -179,6 +186,29 @@ impl<G: Send + Sync + 'static> HoldGuard<G> for SimResponse {
                 stream.held.push(Box::new(guard));
             }
         }
+        self
+    }
+}
+
+impl RecordServedBy for SimResponse {
+    fn served_by(&self) -> Option<ServedBy> {
+        self.served_by
+    }
+
+    fn set_served_by(&mut self, by: ServedBy) {
+        self.served_by = Some(by);
+    }
+}
+
+impl TimeoutResponse for SimResponse {
+    type Output = SimResponse;
+
+    /// A typed response has no body of chunks to time: it is returned as
+    /// it is. A [`SimStream`] is not cut by `first_chunk`, `idle` or
+    /// `total`; time streamed completions through the HTTP path
+    /// ([`SimBody`](super::SimBody) in a `TimeoutBody`), or drop the stream
+    /// to end it.
+    fn with_body_timeouts(self, _timeouts: BodyTimeouts) -> SimResponse {
         self
     }
 }
@@ -322,6 +352,7 @@ impl Upstream {
             quota_exhausted: false,
             rate_limits: plan.views.to_state(),
             stream: None,
+            served_by: None,
         };
         let (at, response, hang, stream_ends) = match plan.kind {
             PlanKind::Success {

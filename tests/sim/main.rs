@@ -117,6 +117,69 @@ fn sim_request_is_an_llm_request() {
     assert_eq!(LlmRequest::deadline(&req), None);
 }
 
+/// Regression: `SimRequest` kept the default no-op `set_deadline` and
+/// `set_arrival`, so a retry layer's `total_timeout` never reached the layers
+/// inside it (the timeout layer could not bound a hang by the deadline, and
+/// the retry layer itself saw no deadline) and retried attempts lost their
+/// place in line.
+#[test]
+fn sim_request_stores_the_deadline_and_arrival_layers_set() {
+    let mut req = SimRequest::new("sk-a", 1, 1);
+    let at = Instant::now();
+    req.set_deadline(at + Duration::from_secs(5));
+    req.set_arrival(at);
+    assert_eq!(
+        LlmRequest::deadline(&req),
+        Some(at + Duration::from_secs(5))
+    );
+    assert_eq!(LlmRequest::arrival(&req), Some(at));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_total_timeout_reaches_the_timeout_layer_through_sim_request() {
+    use llm_sluice::retry::RetryLayer;
+    use llm_sluice::timeout::TimeoutLayer;
+    use llm_sluice::{Error, TimeoutKind};
+
+    let up = Upstream::builder()
+        .faults(Faults {
+            hang: 1.0,
+            ..Faults::NONE
+        })
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .total_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        // a long attempt timeout: only the request's deadline ends the hang
+        // at 5 s (without it the attempt times out at 60 s and is retried)
+        .layer(
+            TimeoutLayer::builder()
+                .attempt(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        )
+        .service(up.clone());
+    let start = Instant::now();
+    let err = svc
+        .oneshot(SimRequest::new("sk-a", 1, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Error>(),
+        Some(&Error::Timeout {
+            kind: TimeoutKind::Total
+        })
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(up.stats().received, 1, "a total timeout is not retried");
+    assert_eq!(up.stats().in_flight, 0);
+}
+
 // ---------- latency ----------
 
 #[tokio::test(start_paused = true)]
