@@ -103,12 +103,18 @@ pub struct MemoryStore;
 /// [`MemoryStore`]'s state of one scope.
 #[derive(Default)]
 pub struct MemoryWindow {
-    logs: [Option<SlidingLog>; 6],
-    /// The span each log was last counted over (for expiry in `is_idle`).
-    spans: [Duration; 6],
+    logs: [Option<Log>; 6],
     cooldown: Option<Instant>,
     /// Server clamps on requests, tokens, input and output tokens.
     clamps: [Option<Clamp>; 4],
+}
+
+/// One budget's log and the span it was last counted over (for expiry in
+/// `is_idle`), kept side by side so an admission touches one place.
+#[derive(Default)]
+struct Log {
+    log: SlidingLog,
+    span: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,9 +159,10 @@ impl RateStore for MemoryStore {
             let Some(limit) = limits.get(budget) else {
                 continue;
             };
-            window.spans[budget.index()] = limits.span(budget);
-            let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
-            let v = log.check(now, limits.span(budget), demand.amount(budget), limit);
+            let span = limits.span(budget);
+            let entry = window.logs[budget.index()].get_or_insert_with(Log::default);
+            entry.span = span;
+            let v = entry.log.check(now, span, demand.amount(budget), limit);
             if let Verdict::Never { .. } = v {
                 return v;
             }
@@ -192,8 +199,8 @@ impl RateStore for MemoryStore {
             if limits.get(budget).is_none() {
                 continue;
             }
-            let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
-            seqs[budget.index()] = log.push(now, demand.amount(budget));
+            let entry = window.logs[budget.index()].get_or_insert_with(Log::default);
+            seqs[budget.index()] = entry.log.push(now, demand.amount(budget));
         }
         for (i, budget) in CLAMPED.into_iter().enumerate() {
             if let Some(clamp) = &mut window.clamps[i] {
@@ -212,8 +219,8 @@ impl RateStore for MemoryStore {
     ) {
         for budget in Budget::ALL {
             let seq = ticket.seqs[budget.index()];
-            if let (true, Some(log)) = (seq != NONE, &mut window.logs[budget.index()]) {
-                log.set(seq, actual.amount(budget));
+            if let (true, Some(entry)) = (seq != NONE, &mut window.logs[budget.index()]) {
+                entry.log.set(seq, actual.amount(budget));
             }
         }
     }
@@ -258,14 +265,10 @@ impl WindowState for MemoryWindow {
             return false;
         }
         // An emptied log is as good as a new one.
-        let spans = self.spans;
-        self.logs
-            .iter_mut()
-            .zip(spans)
-            .all(|(log, span)| match log {
-                Some(log) => log.is_empty_at(now, span),
-                None => true,
-            })
+        self.logs.iter_mut().all(|entry| match entry {
+            Some(entry) => entry.log.is_empty_at(now, entry.span),
+            None => true,
+        })
     }
 }
 
@@ -277,7 +280,7 @@ impl fmt::Debug for MemoryWindow {
                 &self
                     .logs
                     .iter()
-                    .map(|l| l.as_ref().map_or(0, SlidingLog::len))
+                    .map(|l| l.as_ref().map_or(0, |e| e.log.len()))
                     .sum::<usize>(),
             )
             .field("cooldown", &self.cooldown)

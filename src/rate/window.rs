@@ -60,6 +60,7 @@ pub(crate) struct SlidingLog {
 }
 
 impl SlidingLog {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         SlidingLog::default()
     }
