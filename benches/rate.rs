@@ -26,14 +26,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion};
-use futures::FutureExt;
-use governor::{Quota, RateLimiter};
-use llm_sluice::rate::RateLimitLayer;
-use llm_sluice::{LlmRequest, PartitionKey};
 use futures::future::{self, Either, Ready};
+use futures::FutureExt;
 use governor::clock::DefaultClock;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use llm_sluice::rate::RateLimitLayer;
+use llm_sluice::{LlmRequest, PartitionKey};
 use parking_lot::Mutex;
 use tower::{Layer, Service, ServiceExt};
 

@@ -376,10 +376,20 @@ impl<C, St: RateStore> Shared<C, St> {
                         if let Verdict::Never { amount, limit } = verdict {
                             return Attempt::Never { amount, limit };
                         }
-                        return match verdict.and(self.store.check(&mut g.window, demand, global, now)) {
+                        return match verdict.and(self.store.check(
+                            &mut g.window,
+                            demand,
+                            global,
+                            now,
+                        )) {
                             Verdict::Fits => Attempt::Admitted {
                                 part: self.store.reserve(&mut state.window, demand, limits, now),
-                                global: Some(self.store.reserve(&mut g.window, demand, global, now)),
+                                global: Some(self.store.reserve(
+                                    &mut g.window,
+                                    demand,
+                                    global,
+                                    now,
+                                )),
                             },
                             Verdict::NotUntil(at) => Attempt::Wait(at),
                             Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
