@@ -1,6 +1,24 @@
 //! Per-admission cost of the sliding-window limiter, against `governor` and
 //! `tower::limit::RateLimit`, in one group; plus the utilization of a
-//! saturating paced run (printed before the group).
+//! saturating paced run (printed after the group).
+//!
+//! What each contender does per iteration:
+//!
+//! - `*_call` (sluice, tower, and governor wrapped in the same minimal tower
+//!   service): one full `Service::call` of an inner `service_fn`, its future
+//!   polled to completion. This is what a user pays per request.
+//! - `governor_*_check_n`: governor's bare decision, no service around it:
+//!   a lower bound the service numbers are compared against.
+//!
+//! Every `*_call` contender clones its request (and, keyed, its key's
+//! `Arc`) inside the timed part, as a caller building a request would; the
+//! bare `check_n` numbers borrow the key.
+//!
+//! The paced saturation run is done *after* the group on purpose: it uses a
+//! paused clock, and once any runtime has paused tokio's clock, every later
+//! `tokio::time::Instant::now()` in the process (with `test-util`, which
+//! dev-dependencies enable) takes a slow locked path instead of reading the
+//! OS clock. Running it first made every sluice admission pay that.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -8,7 +26,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, Criterion};
+use futures::future::{self, Either, Ready};
 use futures::FutureExt;
+use governor::clock::DefaultClock;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use llm_sluice::rate::RateLimitLayer;
 use llm_sluice::{LlmRequest, PartitionKey};
@@ -32,6 +54,66 @@ impl LlmRequest for Req {
 }
 
 const KEYS: usize = 10_000;
+
+type Rejected = Ready<Result<(), tower::BoxError>>;
+
+/// governor's direct limiter as a minimal tower service: check, then call.
+struct Governed<S> {
+    limiter: Arc<RateLimiter<NotKeyed, InMemoryState, DefaultClock>>,
+    inner: S,
+    n: NonZeroU32,
+}
+
+impl<S: Service<Req, Response = (), Error = tower::BoxError>> Service<Req> for Governed<S> {
+    type Response = ();
+    type Error = tower::BoxError;
+    type Future = Either<S::Future, Rejected>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, r: Req) -> Self::Future {
+        match self.limiter.check_n(self.n) {
+            Ok(Ok(())) => Either::Left(self.inner.call(r)),
+            _ => Either::Right(future::ready(Err("rate limited".into()))),
+        }
+    }
+}
+
+/// governor's keyed limiter as a minimal tower service: check the request's
+/// key, then call.
+struct GovernedKeyed<S> {
+    limiter: Arc<RateLimiter<PartitionKey, DefaultKeyedStateStore<PartitionKey>, DefaultClock>>,
+    inner: S,
+    n: NonZeroU32,
+}
+
+impl<S: Service<Req, Response = (), Error = tower::BoxError>> Service<Req> for GovernedKeyed<S> {
+    type Response = ();
+    type Error = tower::BoxError;
+    type Future = Either<S::Future, Rejected>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, r: Req) -> Self::Future {
+        let Some(key) = r.key.as_ref() else {
+            return Either::Left(self.inner.call(r));
+        };
+        match self.limiter.check_key_n(key, self.n) {
+            Ok(Ok(())) => Either::Left(self.inner.call(r)),
+            _ => Either::Right(future::ready(Err("rate limited".into()))),
+        }
+    }
+}
 
 fn admission(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -60,10 +142,10 @@ fn admission(c: &mut Criterion) {
         tokens: 100,
         key: None,
     };
-    group.bench_function("sluice_unkeyed", |b| {
+    group.bench_function("sluice_unkeyed_call", |b| {
         b.iter(|| {
             let fut = svc.call(black_box(unkeyed.clone()));
-            black_box(fut.now_or_never().unwrap().is_ok());
+            black_box(fut.now_or_never().unwrap().is_ok())
         })
     });
 
@@ -86,11 +168,11 @@ fn admission(c: &mut Criterion) {
         })
         .collect();
     let mut i = 0;
-    group.bench_function("sluice_keyed_10k", |b| {
+    group.bench_function("sluice_keyed_10k_call", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
             let fut = svc.call(black_box(reqs[i].clone()));
-            black_box(fut.now_or_never().unwrap().is_ok());
+            black_box(fut.now_or_never().unwrap().is_ok())
         })
     });
 
@@ -110,20 +192,47 @@ fn admission(c: &mut Criterion) {
         })
     });
 
+    // governor in the same minimal service machinery as the others: check,
+    // then call the inner service.
+    let mut gov_svc = Governed {
+        limiter: Arc::new(RateLimiter::direct(quota)),
+        inner: tower::service_fn(|_r: Req| async { Ok::<_, tower::BoxError>(()) }),
+        n,
+    };
+    group.bench_function("governor_direct_call", |b| {
+        b.iter(|| {
+            let fut = gov_svc.call(black_box(unkeyed.clone()));
+            black_box(fut.now_or_never().unwrap().is_ok())
+        })
+    });
+    let mut gov_keyed_svc = GovernedKeyed {
+        limiter: Arc::new(RateLimiter::keyed(quota)),
+        inner: tower::service_fn(|_r: Req| async { Ok::<_, tower::BoxError>(()) }),
+        n,
+    };
+    let mut i = 0;
+    group.bench_function("governor_keyed_10k_call", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            let fut = gov_keyed_svc.call(black_box(reqs[i].clone()));
+            black_box(fut.now_or_never().unwrap().is_ok())
+        })
+    });
+
     // tower's fixed-window RateLimit, through poll_ready + call.
     let mut tower_svc = tower::limit::RateLimitLayer::new(u64::MAX / 4, Duration::from_secs(3600))
         .layer(tower::service_fn(|_r: Req| async {
             Ok::<_, tower::BoxError>(())
         }));
-    group.bench_function("tower_rate_limit", |b| {
+    group.bench_function("tower_rate_limit_call", |b| {
         b.iter(|| {
             let ready = tower_svc.ready().now_or_never().unwrap().unwrap();
             let fut = ready.call(black_box(unkeyed.clone()));
-            black_box(fut.now_or_never().unwrap().is_ok());
+            black_box(fut.now_or_never().unwrap().is_ok())
         })
     });
-    // References: the clock read every admission pays (tokio's clock is
-    // slower here because dev-dependencies enable its `test-util`).
+    // References: the clock read every sluice admission pays (tokio's, which
+    // is std's plus a check that the clock was never paused).
     group.bench_function("ref_tokio_instant_now", |b| {
         b.iter(|| black_box(tokio::time::Instant::now()))
     });
@@ -192,7 +301,8 @@ fn saturation() {
 criterion_group!(benches, admission);
 
 fn main() {
-    saturation();
     benches();
     Criterion::default().configure_from_args().final_summary();
+    // After the group: it pauses tokio's clock (see the module docs).
+    saturation();
 }

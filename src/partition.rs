@@ -165,6 +165,12 @@ impl<V: Idle> Partitions<V> {
         evicted
     }
 
+    /// The state of requests without a key (what `get(None, ..)` returns,
+    /// borrowed: no reference count is touched).
+    pub(crate) fn unkeyed(&self) -> &Arc<V> {
+        &self.unkeyed
+    }
+
     /// How many keys have their own state now.
     pub(crate) fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)

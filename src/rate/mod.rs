@@ -74,6 +74,11 @@
 //! touches, in its partition and globally, has room; then it reserves in all
 //! of them atomically (under the partition lock, then the global one).
 //!
+//! An admission that fits reads the clock once and takes only those locks:
+//! each partition keeps a copy of the limits, tagged with a generation that
+//! [`RateLimitHandle::set_limit`] bumps, so the limits' own lock is taken
+//! only after a change. Requests without a key touch no reference count.
+//!
 //! Before the call only the estimate is known, so it is charged to every
 //! token budget (it bounds input, output and total alike).
 //!

@@ -45,7 +45,22 @@ pub(crate) struct SlotState<W> {
     pub(crate) window: W,
     queue: BTreeMap<WaitKey, Entry>,
     expiries: BTreeSet<(Instant, WaitKey)>,
+    /// A copy of this scope's limits (for the global slot: the global
+    /// limits) as of limits generation `generation`, so an admission reads
+    /// them under the lock it holds anyway instead of taking the limits lock.
+    cached: CachedLimits,
 }
+
+/// A scope's copy of the limits. `generation == STALE` means never filled.
+#[derive(Clone, Copy)]
+struct CachedLimits {
+    generation: u64,
+    limits: Option<Limits>,
+    /// For a partition slot: whether global limits are set.
+    global: bool,
+}
+
+const STALE: u64 = u64::MAX;
 
 impl<W> Slot<W> {
     fn new(window: W) -> Self {
@@ -54,7 +69,29 @@ impl<W> Slot<W> {
                 window,
                 queue: BTreeMap::new(),
                 expiries: BTreeSet::new(),
+                cached: CachedLimits {
+                    generation: STALE,
+                    limits: None,
+                    global: false,
+                },
             }),
+        }
+    }
+}
+
+/// Which slot a reservation or a waiter belongs to. The unkeyed slot lives
+/// as long as the limiter, so it is named rather than reference-counted: an
+/// unkeyed admission touches no reference count.
+pub(crate) enum SlotRef<W> {
+    Unkeyed,
+    Keyed(Arc<Slot<W>>),
+}
+
+impl<W> Clone for SlotRef<W> {
+    fn clone(&self) -> Self {
+        match self {
+            SlotRef::Unkeyed => SlotRef::Unkeyed,
+            SlotRef::Keyed(slot) => SlotRef::Keyed(slot.clone()),
         }
     }
 }
@@ -205,6 +242,9 @@ pub(crate) struct Shared<C, St: RateStore> {
     pub(crate) classifier: C,
     /// The partition limits and the global ones, read together.
     limits: RwLock<(Limits, Option<Limits>)>,
+    /// Bumped (under the write lock) on every change of `limits`; slots
+    /// keep a copy tagged with the generation it was taken at.
+    generation: AtomicU64,
     partitions: Partitions<Slot<St::Window>>,
     global: Slot<St::Window>,
     max_wait: Duration,
@@ -221,7 +261,7 @@ pub(crate) struct Shared<C, St: RateStore> {
 /// Dropping it keeps what it reserved (the request reached the upstream,
 /// which counts it); [`Shared::finish`] corrects or releases it.
 pub(crate) struct Reservation<St: RateStore> {
-    slot: Arc<Slot<St::Window>>,
+    slot: SlotRef<St::Window>,
     part: St::Ticket,
     global: Option<St::Ticket>,
     estimate: u64,
@@ -254,6 +294,7 @@ impl<C, St: RateStore> Shared<C, St> {
             store,
             classifier,
             limits: RwLock::new((settings.limits, settings.global)),
+            generation: AtomicU64::new(0),
             partitions,
             global,
             max_wait: settings.max_wait,
@@ -266,16 +307,26 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
-    fn slot(&self, key: Option<&PartitionKey>, now: Instant) -> Arc<Slot<St::Window>> {
+    fn slot_ref(&self, key: Option<&PartitionKey>, now: Instant) -> SlotRef<St::Window> {
+        let Some(key) = key else {
+            return SlotRef::Unkeyed;
+        };
         let (slot, _) = self
             .partitions
-            .get(key, now, || Slot::new(self.store.window()));
+            .get(Some(key), now, || Slot::new(self.store.window()));
         let live = self.partitions.len();
         if self.reported_partitions.load(Ordering::Relaxed) != live {
             self.reported_partitions.store(live, Ordering::Relaxed);
             self.metrics.partitions.set(live as f64);
         }
-        slot
+        SlotRef::Keyed(slot)
+    }
+
+    fn resolve<'a>(&'a self, slot: &'a SlotRef<St::Window>) -> &'a Slot<St::Window> {
+        match slot {
+            SlotRef::Unkeyed => self.partitions.unkeyed(),
+            SlotRef::Keyed(slot) => slot,
+        }
     }
 
     /// Where `demand` stands in the partition and the global budget.
@@ -293,7 +344,67 @@ impl<C, St: RateStore> Shared<C, St> {
     }
 
     /// Admits `demand` if both scopes have room, atomically.
+    ///
+    /// Reads the limits from the copies the slots keep when those are
+    /// current (no limits lock taken), else from the limits lock, refreshing
+    /// the copies.
     fn attempt(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if state.cached.generation == generation {
+            if let Some(limits) = &state.cached.limits {
+                if !state.cached.global {
+                    return match self.store.check(&mut state.window, demand, limits, now) {
+                        Verdict::Fits => Attempt::Admitted {
+                            part: self.store.reserve(&mut state.window, demand, limits, now),
+                            global: None,
+                        },
+                        Verdict::NotUntil(at) => Attempt::Wait(at),
+                        Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+                    };
+                }
+                // Lock order: partition, then global.
+                let mut guard = self.global.state.lock();
+                let g = &mut *guard;
+                if g.cached.generation == generation {
+                    if let Some(global) = &g.cached.limits {
+                        let verdict = self.store.check(&mut state.window, demand, limits, now);
+                        if let Verdict::Never { amount, limit } = verdict {
+                            return Attempt::Never { amount, limit };
+                        }
+                        return match verdict.and(self.store.check(
+                            &mut g.window,
+                            demand,
+                            global,
+                            now,
+                        )) {
+                            Verdict::Fits => Attempt::Admitted {
+                                part: self.store.reserve(&mut state.window, demand, limits, now),
+                                global: Some(self.store.reserve(
+                                    &mut g.window,
+                                    demand,
+                                    global,
+                                    now,
+                                )),
+                            },
+                            Verdict::NotUntil(at) => Attempt::Wait(at),
+                            Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+                        };
+                    }
+                }
+            }
+        }
+        self.attempt_locked(state, demand, now)
+    }
+
+    /// [`attempt`](Self::attempt) under the limits lock; refreshes the
+    /// slots' copies of the limits.
+    #[cold]
+    fn attempt_locked(
         &self,
         state: &mut SlotState<St::Window>,
         demand: &Demand,
@@ -301,6 +412,14 @@ impl<C, St: RateStore> Shared<C, St> {
     ) -> Attempt<St::Ticket> {
         // Lock order: partition (held by the caller), limits (read), global.
         let guard = self.limits.read();
+        // Stable while the read lock is held: writers bump it under the
+        // write lock.
+        let generation = self.generation.load(Ordering::Acquire);
+        state.cached = CachedLimits {
+            generation,
+            limits: Some(guard.0),
+            global: guard.1.is_some(),
+        };
         let (limits, global_limits) = &*guard;
         let verdict = self.store.check(&mut state.window, demand, limits, now);
         if let Verdict::Never { amount, limit } = verdict {
@@ -318,6 +437,11 @@ impl<C, St: RateStore> Shared<C, St> {
             Some(global) => {
                 // Lock order: partition, then global.
                 let mut g = self.global.state.lock();
+                g.cached = CachedLimits {
+                    generation,
+                    limits: Some(*global),
+                    global: false,
+                };
                 match verdict.and(self.store.check(&mut g.window, demand, global, now)) {
                     Verdict::Fits => Attempt::Admitted {
                         part: self.store.reserve(&mut state.window, demand, limits, now),
@@ -332,7 +456,7 @@ impl<C, St: RateStore> Shared<C, St> {
 
     fn admitted(
         &self,
-        slot: Arc<Slot<St::Window>>,
+        slot: SlotRef<St::Window>,
         part: St::Ticket,
         global: Option<St::Ticket>,
         demand: &Demand,
@@ -377,7 +501,8 @@ impl<C, St: RateStore> Shared<C, St> {
         deadline: Option<Instant>,
     ) -> Enter<C, St> {
         let now = Instant::now();
-        let slot = self.slot(key, now);
+        let slot_ref = self.slot_ref(key, now);
+        let slot = self.resolve(&slot_ref);
         let mut state = slot.state.lock();
         if deadline.is_some_and(|d| d <= now) {
             self.metrics.deadline.increment(1);
@@ -388,7 +513,7 @@ impl<C, St: RateStore> Shared<C, St> {
                 Attempt::Admitted { part, global } => {
                     drop(state);
                     return Enter::Admitted(self.admitted(
-                        slot,
+                        slot_ref,
                         part,
                         global,
                         demand,
@@ -455,7 +580,7 @@ impl<C, St: RateStore> Shared<C, St> {
         drop(state);
         Enter::Wait(WaitGuard {
             shared: self.clone(),
-            slot,
+            slot: slot_ref,
             key,
             expiry,
             deadline_bound,
@@ -483,7 +608,7 @@ impl<C, St: RateStore> Shared<C, St> {
             global,
             estimate,
         } = reservation;
-        let mut state = slot.state.lock();
+        let mut state = self.resolve(&slot).state.lock();
         let mut wake = false;
         if release {
             // A local layer refused it: it never reached the upstream.
@@ -538,7 +663,7 @@ impl<C, St: RateStore> Shared<C, St> {
 /// the next waiter if this one was at the head); it holds no reservation.
 pub(crate) struct WaitGuard<C, St: RateStore> {
     shared: Arc<Shared<C, St>>,
-    slot: Arc<Slot<St::Window>>,
+    slot: SlotRef<St::Window>,
     key: WaitKey,
     expiry: Instant,
     deadline_bound: bool,
@@ -574,7 +699,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
         let now = Instant::now();
         let shared = self.shared.clone();
         let slot = self.slot.clone();
-        let mut state = slot.state.lock();
+        let mut state = shared.resolve(&slot).state.lock();
         if self.done {
             return WaitPoll::Park(None);
         }
@@ -640,7 +765,7 @@ impl<C, St: RateStore> Drop for WaitGuard<C, St> {
             return;
         }
         // Dropped while waiting: leave the queue. Nothing was reserved.
-        let mut state = self.slot.state.lock();
+        let mut state = self.shared.resolve(&self.slot).state.lock();
         let was_head = state.is_head(&self.key);
         // If it is gone, the head removed it as expired and counted it out.
         if state.remove(&self.key) {
@@ -705,12 +830,14 @@ where
             next.set(budget, value);
             next.validate(true)?;
             current.1 = (!next.is_empty()).then_some(next);
+            self.generation.fetch_add(1, Ordering::Release);
         } else {
             let mut current = self.limits.write();
             let mut next = current.0;
             next.set(budget, value);
             next.validate(false)?;
             current.0 = next;
+            self.generation.fetch_add(1, Ordering::Release);
         }
         tracing::info!(?budget, ?value, global, "rate: limit changed");
         // Raised limits may let waiters in now; lowered ones move their

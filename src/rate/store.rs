@@ -113,12 +113,18 @@ pub struct MemoryStore;
 /// [`MemoryStore`]'s state of one scope.
 #[derive(Default)]
 pub struct MemoryWindow {
-    logs: [Option<SlidingLog>; 6],
-    /// The span each log was last counted over (for expiry in `is_idle`).
-    spans: [Duration; 6],
+    logs: [Option<Log>; 6],
     cooldown: Option<Instant>,
     /// Server clamps on requests, tokens, input and output tokens.
     clamps: [Option<Clamp>; 4],
+}
+
+/// One budget's log and the span it was last counted over (for expiry in
+/// `is_idle`), kept side by side so an admission touches one place.
+#[derive(Default)]
+struct Log {
+    log: SlidingLog,
+    span: Duration,
 }
 
 /// Usage the server counts and the local window does not, until `until`.
@@ -167,7 +173,7 @@ impl RateStore for MemoryStore {
             let Some(limit) = limits.get(budget) else {
                 continue;
             };
-            window.spans[budget.index()] = limits.span(budget);
+            let span = limits.span(budget);
             let unseen = clamp_of(budget).and_then(|i| match window.clamps[i] {
                 Some(c) if now < c.until => Some((c.unseen, c.until)),
                 Some(_) => {
@@ -176,17 +182,20 @@ impl RateStore for MemoryStore {
                 }
                 None => None,
             });
-            let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
+            let entry = window.logs[budget.index()].get_or_insert_with(Log::default);
+            entry.span = span;
             let amount = demand.amount(budget);
-            let span = limits.span(budget);
             let v = match unseen {
-                None => log.check(now, span, amount, limit),
+                None => entry.log.check(now, span, amount, limit),
                 Some(_) if amount > limit => Verdict::Never { amount, limit },
                 // Fits under what the server leaves, or waits for local
                 // entries to expire or the unseen usage to reset, whichever
                 // comes first.
                 Some((unseen, until)) => {
-                    match log.check(now, span, amount, limit - unseen.min(limit)) {
+                    match entry
+                        .log
+                        .check(now, span, amount, limit - unseen.min(limit))
+                    {
                         Verdict::Fits => Verdict::Fits,
                         Verdict::NotUntil(at) => Verdict::NotUntil(at.min(until)),
                         Verdict::Never { .. } => Verdict::NotUntil(until),
@@ -221,9 +230,9 @@ impl RateStore for MemoryStore {
             if limits.get(budget).is_none() {
                 continue;
             }
-            let log = window.logs[budget.index()].get_or_insert_with(SlidingLog::new);
-            seqs[budget.index()] = log.push(now, demand.amount(budget));
-            used[budget.index()] = log.sum();
+            let entry = window.logs[budget.index()].get_or_insert_with(Log::default);
+            seqs[budget.index()] = entry.log.push(now, demand.amount(budget));
+            used[budget.index()] = entry.log.sum();
         }
         MemoryTicket { seqs, used }
     }
@@ -237,8 +246,8 @@ impl RateStore for MemoryStore {
     ) {
         for budget in Budget::ALL {
             let seq = ticket.seqs[budget.index()];
-            if let (true, Some(log)) = (seq != NONE, &mut window.logs[budget.index()]) {
-                log.set(seq, actual.amount(budget));
+            if let (true, Some(entry)) = (seq != NONE, &mut window.logs[budget.index()]) {
+                entry.log.set(seq, actual.amount(budget));
             }
         }
     }
@@ -300,14 +309,10 @@ impl WindowState for MemoryWindow {
             return false;
         }
         // An emptied log is as good as a new one.
-        let spans = self.spans;
-        self.logs
-            .iter_mut()
-            .zip(spans)
-            .all(|(log, span)| match log {
-                Some(log) => log.is_empty_at(now, span),
-                None => true,
-            })
+        self.logs.iter_mut().all(|entry| match entry {
+            Some(entry) => entry.log.is_empty_at(now, entry.span),
+            None => true,
+        })
     }
 }
 
@@ -319,7 +324,7 @@ impl fmt::Debug for MemoryWindow {
                 &self
                     .logs
                     .iter()
-                    .map(|l| l.as_ref().map_or(0, SlidingLog::len))
+                    .map(|l| l.as_ref().map_or(0, |e| e.log.len()))
                     .sum::<usize>(),
             )
             .field("cooldown", &self.cooldown)

@@ -60,6 +60,7 @@ pub(crate) struct SlidingLog {
 }
 
 impl SlidingLog {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         SlidingLog::default()
     }
@@ -67,8 +68,15 @@ impl SlidingLog {
     /// Drops the entries that no longer count at `now`. O(1) amortized: each
     /// entry is pushed once and popped once.
     pub(crate) fn expire(&mut self, now: Instant, window: Duration) {
+        // An entry at `ts` counts while `ts + window > now`, i.e. while
+        // `ts > now - window`: one subtraction instead of one addition per
+        // entry looked at. If `now - window` is before the clock's origin,
+        // no entry (all at or after the origin) can have left the window.
+        let Some(cutoff) = now.checked_sub(window) else {
+            return;
+        };
         while let Some(&(ts, amount)) = self.entries.front() {
-            if ts + window > now {
+            if ts > cutoff {
                 break;
             }
             self.entries.pop_front();

@@ -562,6 +562,52 @@ async fn runtime_limit_changes_apply_to_live_partitions() {
     assert!(handle.set_limit(Budget::RequestBurst, Some(5)).is_err());
 }
 
+/// Slots keep a copy of the limits to admit without the limits lock; every
+/// runtime change must reach copies taken before it, in the unkeyed, keyed
+/// and global scopes alike.
+#[tokio::test(start_paused = true)]
+async fn runtime_limit_changes_reach_copies_taken_before_them() {
+    let layer = RateLimitLayer::builder()
+        .requests_per_minute(10)
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, log) = upstream(ok);
+    let mut svc = layer.layer(inner);
+    let a = || RequestMeta::new().partition("a");
+    let b = || RequestMeta::new().partition("b");
+    let none = RequestMeta::new;
+    // the unkeyed and the keyed slots copy the build-time limits
+    svc.ready().await.unwrap().call(none()).await.unwrap();
+    svc.ready().await.unwrap().call(a()).await.unwrap();
+    // a global budget added at runtime binds partitions whose copy predates it
+    handle.set_global_limit(Budget::Requests, Some(3)).unwrap();
+    svc.ready().await.unwrap().call(a()).await.unwrap();
+    svc.ready().await.unwrap().call(b()).await.unwrap();
+    svc.ready().await.unwrap().call(none()).await.unwrap();
+    let full = svc.ready().await.unwrap().call(a()).await;
+    assert!(matches!(err_of(full), Error::RateLimited { .. }));
+    // raised: the global slot's copy is replaced too
+    handle.set_global_limit(Budget::Requests, Some(4)).unwrap();
+    svc.ready().await.unwrap().call(a()).await.unwrap();
+    let full = svc.ready().await.unwrap().call(b()).await;
+    assert!(matches!(err_of(full), Error::RateLimited { .. }));
+    // removed: only the partition budgets remain
+    handle.set_global_limit(Budget::Requests, None).unwrap();
+    assert_eq!(handle.global_limit(Budget::Requests), None);
+    svc.ready().await.unwrap().call(b()).await.unwrap();
+    // lowered to what `a` holds (3): `a` is full, `b` (2) has one more
+    handle.set_limit(Budget::Requests, Some(3)).unwrap();
+    let full = svc.ready().await.unwrap().call(a()).await;
+    assert!(matches!(err_of(full), Error::RateLimited { .. }));
+    svc.ready().await.unwrap().call(b()).await.unwrap();
+    let full = svc.ready().await.unwrap().call(b()).await;
+    assert!(matches!(err_of(full), Error::RateLimited { .. }));
+    assert_eq!(log.lock().len(), 8);
+    assert_eq!(handle.stats().admitted, 8);
+}
+
 #[tokio::test(start_paused = true)]
 async fn global_budget_holds_across_partitions() {
     let layer = RateLimitLayer::builder()
