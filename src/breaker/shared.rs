@@ -128,6 +128,9 @@ pub(crate) struct Breaker {
     mode: AtomicU64,
     /// Mirrors [`Machine::quiet`]: a plain success need not take the lock.
     quiet: AtomicBool,
+    /// Whether calls are timed (slow calls are configured): read in `call`
+    /// so an untimed breaker never reads the clock on the closed path.
+    timed: bool,
     machine: Mutex<Machine>,
     shared: Arc<Shared>,
     scope: Scope,
@@ -148,6 +151,7 @@ impl Breaker {
         Breaker {
             mode: AtomicU64::new(pack(machine.current(), machine.generation())),
             quiet: AtomicBool::new(machine.quiet()),
+            timed: shared.cfg.slow_call.is_some(),
             machine: Mutex::new(machine),
             shared,
             scope,
@@ -156,6 +160,12 @@ impl Breaker {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Whether calls are timed for slow-call detection.
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        self.timed
     }
 
     /// Admits a call or says how long until one may pass.
@@ -218,6 +228,7 @@ impl Breaker {
         self.record_locked(generation, record, now);
     }
 
+    #[inline(never)]
     fn record_locked(&self, generation: u64, record: Record, now: Option<Instant>) {
         let mut at = now;
         let transition = {
@@ -237,6 +248,8 @@ impl Breaker {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn release_probe(&self, generation: u64) {
         let mut m = self.machine.lock();
         m.release_probe(generation);
@@ -335,7 +348,9 @@ impl Permit {
         &self.breaker
     }
 
-    /// Records the call's outcome and consumes the permit.
+    /// Records the call's outcome and consumes the permit. Inlined into the
+    /// response future, so a quiet success is a counter and a flag read.
+    #[inline]
     pub(crate) fn record(mut self, record: Record, now: Option<Instant>) {
         // The outcome settles the probe slot: `Drop` must not give it back.
         self.probe = false;
@@ -344,6 +359,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         if self.probe {
             self.breaker.release_probe(self.generation);
