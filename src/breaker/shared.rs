@@ -174,11 +174,7 @@ impl Breaker {
         let mode = self.mode.load(Ordering::Acquire);
         let code = mode & STATE_MASK;
         if code == CircuitState::Closed.code() || code == CircuitState::ForcedClosed.code() {
-            return Ok(Permit {
-                breaker: self,
-                generation: mode >> STATE_BITS,
-                probe: false,
-            });
+            return Ok(Permit::new(self, mode >> STATE_BITS, false));
         }
         self.admit_slow()
     }
@@ -194,16 +190,8 @@ impl Breaker {
         };
         self.notify(transition, now);
         match admit {
-            Admit::Closed(generation) => Ok(Permit {
-                breaker: self,
-                generation,
-                probe: false,
-            }),
-            Admit::Probe(generation) => Ok(Permit {
-                breaker: self,
-                generation,
-                probe: true,
-            }),
+            Admit::Closed(generation) => Ok(Permit::new(self, generation, false)),
+            Admit::Probe(generation) => Ok(Permit::new(self, generation, true)),
             Admit::Rejected(retry_after) => {
                 self.shared.metrics.rejected.increment(1);
                 tracing::debug!(
@@ -339,11 +327,28 @@ impl Idle for Breaker {
 /// slot is given back without counting as a success or a failure.
 pub(crate) struct Permit {
     breaker: Arc<Breaker>,
-    generation: u64,
-    probe: bool,
+    /// `generation << 1 | probe`: two words, so the response future stays
+    /// small (generations stay far below 2^61, see `pack`).
+    tagged: u64,
 }
 
 impl Permit {
+    #[inline]
+    fn new(breaker: Arc<Breaker>, generation: u64, probe: bool) -> Self {
+        Permit {
+            breaker,
+            tagged: generation << 1 | u64::from(probe),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.tagged >> 1
+    }
+
+    fn is_probe(&self) -> bool {
+        self.tagged & 1 != 0
+    }
+
     pub(crate) fn breaker(&self) -> &Breaker {
         &self.breaker
     }
@@ -353,16 +358,16 @@ impl Permit {
     #[inline]
     pub(crate) fn record(mut self, record: Record, now: Option<Instant>) {
         // The outcome settles the probe slot: `Drop` must not give it back.
-        self.probe = false;
-        self.breaker.record(self.generation, record, now);
+        self.tagged &= !1;
+        self.breaker.record(self.generation(), record, now);
     }
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if self.probe {
-            self.breaker.release_probe(self.generation);
+        if self.is_probe() {
+            self.breaker.release_probe(self.generation());
         }
     }
 }
@@ -370,8 +375,8 @@ impl Drop for Permit {
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("generation", &self.generation)
-            .field("probe", &self.probe)
+            .field("generation", &self.generation())
+            .field("probe", &self.is_probe())
             .finish()
     }
 }
