@@ -85,13 +85,17 @@ where
                 let result = ready!(future.poll(cx)).map_err(Into::into);
                 if let Some(permit) = permit.take() {
                     let classification = classifier.classify(result.as_ref().map_err(|e| &**e));
-                    let threshold = permit.breaker().shared().cfg.slow_call.map(|(d, _)| d);
-                    let (slow, now) = match (*started, threshold) {
-                        (Some(start), Some(threshold)) => {
-                            let now = Instant::now();
-                            (now.saturating_duration_since(start) > threshold, Some(now))
-                        }
-                        _ => (false, None),
+                    // `started` is set only when slow calls are configured:
+                    // an untimed call reads neither the clock nor the config.
+                    let (slow, now) = match *started {
+                        Some(start) => match permit.breaker().shared().cfg.slow_call {
+                            Some((threshold, _)) => {
+                                let now = Instant::now();
+                                (now.saturating_duration_since(start) > threshold, Some(now))
+                            }
+                            None => (false, None),
+                        },
+                        None => (false, None),
                     };
                     let record = if classification.is_failure() {
                         Record::Counted { failed: true, slow }

@@ -97,12 +97,8 @@ where
         };
         match breaker.admit() {
             Ok(permit) => {
-                let started = permit
-                    .breaker()
-                    .shared()
-                    .cfg
-                    .slow_call
-                    .map(|_| Instant::now());
+                // The clock is read only when slow calls are configured.
+                let started = permit.breaker().timed().then(Instant::now);
                 ResponseFuture::called(
                     self.inner.call(request),
                     permit,

@@ -128,6 +128,9 @@ pub(crate) struct Breaker {
     mode: AtomicU64,
     /// Mirrors [`Machine::quiet`]: a plain success need not take the lock.
     quiet: AtomicBool,
+    /// Whether calls are timed (slow calls are configured): read in `call`
+    /// so an untimed breaker never reads the clock on the closed path.
+    timed: bool,
     machine: Mutex<Machine>,
     shared: Arc<Shared>,
     scope: Scope,
@@ -148,6 +151,7 @@ impl Breaker {
         Breaker {
             mode: AtomicU64::new(pack(machine.current(), machine.generation())),
             quiet: AtomicBool::new(machine.quiet()),
+            timed: shared.cfg.slow_call.is_some(),
             machine: Mutex::new(machine),
             shared,
             scope,
@@ -158,17 +162,19 @@ impl Breaker {
         &self.shared
     }
 
+    /// Whether calls are timed for slow-call detection.
+    #[inline]
+    pub(crate) fn timed(&self) -> bool {
+        self.timed
+    }
+
     /// Admits a call or says how long until one may pass.
     #[inline]
     pub(crate) fn admit(self: Arc<Self>) -> Result<Permit, std::time::Duration> {
         let mode = self.mode.load(Ordering::Acquire);
         let code = mode & STATE_MASK;
         if code == CircuitState::Closed.code() || code == CircuitState::ForcedClosed.code() {
-            return Ok(Permit {
-                breaker: self,
-                generation: mode >> STATE_BITS,
-                probe: false,
-            });
+            return Ok(Permit::new(self, mode >> STATE_BITS, false));
         }
         self.admit_slow()
     }
@@ -184,16 +190,8 @@ impl Breaker {
         };
         self.notify(transition, now);
         match admit {
-            Admit::Closed(generation) => Ok(Permit {
-                breaker: self,
-                generation,
-                probe: false,
-            }),
-            Admit::Probe(generation) => Ok(Permit {
-                breaker: self,
-                generation,
-                probe: true,
-            }),
+            Admit::Closed(generation) => Ok(Permit::new(self, generation, false)),
+            Admit::Probe(generation) => Ok(Permit::new(self, generation, true)),
             Admit::Rejected(retry_after) => {
                 self.shared.metrics.rejected.increment(1);
                 tracing::debug!(
@@ -218,6 +216,7 @@ impl Breaker {
         self.record_locked(generation, record, now);
     }
 
+    #[inline(never)]
     fn record_locked(&self, generation: u64, record: Record, now: Option<Instant>) {
         let mut at = now;
         let transition = {
@@ -237,6 +236,8 @@ impl Breaker {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn release_probe(&self, generation: u64) {
         let mut m = self.machine.lock();
         m.release_probe(generation);
@@ -326,27 +327,47 @@ impl Idle for Breaker {
 /// slot is given back without counting as a success or a failure.
 pub(crate) struct Permit {
     breaker: Arc<Breaker>,
-    generation: u64,
-    probe: bool,
+    /// `generation << 1 | probe`: two words, so the response future stays
+    /// small (generations stay far below 2^61, see `pack`).
+    tagged: u64,
 }
 
 impl Permit {
+    #[inline]
+    fn new(breaker: Arc<Breaker>, generation: u64, probe: bool) -> Self {
+        Permit {
+            breaker,
+            tagged: generation << 1 | u64::from(probe),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.tagged >> 1
+    }
+
+    fn is_probe(&self) -> bool {
+        self.tagged & 1 != 0
+    }
+
     pub(crate) fn breaker(&self) -> &Breaker {
         &self.breaker
     }
 
-    /// Records the call's outcome and consumes the permit.
+    /// Records the call's outcome and consumes the permit. Inlined into the
+    /// response future, so a quiet success is a counter and a flag read.
+    #[inline]
     pub(crate) fn record(mut self, record: Record, now: Option<Instant>) {
         // The outcome settles the probe slot: `Drop` must not give it back.
-        self.probe = false;
-        self.breaker.record(self.generation, record, now);
+        self.tagged &= !1;
+        self.breaker.record(self.generation(), record, now);
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
-        if self.probe {
-            self.breaker.release_probe(self.generation);
+        if self.is_probe() {
+            self.breaker.release_probe(self.generation());
         }
     }
 }
@@ -354,8 +375,8 @@ impl Drop for Permit {
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("generation", &self.generation)
-            .field("probe", &self.probe)
+            .field("generation", &self.generation())
+            .field("probe", &self.is_probe())
             .finish()
     }
 }
