@@ -32,6 +32,9 @@ const TASKS: u64 = 10_000;
 const CONTENDED_LIMIT: usize = 64;
 const SATURATION_REQUESTS: u64 = 5_000;
 const SATURATION_LIMIT: usize = 100;
+/// Client tasks in the saturation benchmarks: twice the limit, so about 100
+/// requests wait in the limiter's queue at all times.
+const SATURATION_CLIENTS: u64 = 200;
 
 type Noop = tower::util::ServiceFn<fn(RequestMeta) -> std::future::Ready<Result<(), Infallible>>>;
 
@@ -167,6 +170,35 @@ fn two_workers() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Spawns `clients` tasks that each send `n / clients` requests, one after
+/// another, through their own clone of `svc`; waits for all.
+async fn clients<S>(svc: &S, clients: u64, n: u64)
+where
+    S: Service<RequestMeta> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+    S::Response: Send,
+{
+    let per_client = n / clients;
+    let mut handles = Vec::with_capacity(clients as usize);
+    for _ in 0..clients {
+        let mut svc = svc.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..per_client {
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(RequestMeta::new())
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}
+
 /// Spawns `n` tasks that each call a clone of `svc` once; waits for all.
 async fn fan_out<S>(svc: &S, n: u64)
 where
@@ -263,30 +295,34 @@ fn benches(c: &mut Criterion) {
     }
 
     // --- saturation: 1 ms inner latency, limit 100 ----------------------
-    // Theoretical: 100 in flight / 1 ms = 100,000 requests/s.
+    // Theoretical: 100 in flight / 1 ms = 100,000 requests/s. 200 clients
+    // send back to back, so the limiter is saturated with a queue of about
+    // 100 the whole time (a task per request would measure spawning).
     let slow = slow();
     group.throughput(Throughput::Elements(SATURATION_REQUESTS));
     group.sample_size(10);
     {
-        let svc = ours(SATURATION_LIMIT, SATURATION_REQUESTS as usize).layer(slow.clone());
+        let svc = ours(SATURATION_LIMIT, SATURATION_REQUESTS as usize).layer(slow);
         group.bench_function("saturation/llm-sluice", |b| {
-            b.to_async(&rt).iter(|| fan_out(&svc, SATURATION_REQUESTS))
+            b.to_async(&rt)
+                .iter(|| clients(&svc, SATURATION_CLIENTS, SATURATION_REQUESTS))
         });
     }
     {
-        let svc = TowerLimit::new(slow.clone(), SATURATION_LIMIT);
+        let svc = TowerLimit::new(slow, SATURATION_LIMIT);
         group.bench_function("saturation/tower", |b| {
-            b.to_async(&rt).iter(|| fan_out(&svc, SATURATION_REQUESTS))
+            b.to_async(&rt)
+                .iter(|| clients(&svc, SATURATION_CLIENTS, SATURATION_REQUESTS))
         });
     }
-    // What the timer allows: exactly 100 workers, each serving its share
-    // back to back, no limiter at all.
+    // The ceiling on this machine: exactly 100 workers, each serving its
+    // share back to back, no limiter at all.
     group.bench_function("saturation/ideal-100-workers", |b| {
         b.to_async(&rt).iter(|| async {
             let per_worker = SATURATION_REQUESTS / SATURATION_LIMIT as u64;
             let mut handles = Vec::new();
             for _ in 0..SATURATION_LIMIT {
-                let mut svc = slow.clone();
+                let mut svc = slow;
                 handles.push(tokio::spawn(async move {
                     for _ in 0..per_worker {
                         svc.ready()

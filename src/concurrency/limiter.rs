@@ -256,12 +256,10 @@ impl Limiter {
             } else {
                 return false;
             };
-            match self.permits.compare_exchange_weak(
-                word,
-                new,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self
+                .permits
+                .compare_exchange_weak(word, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => return acquired,
                 Err(actual) => word = actual,
             }
