@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::limiter::{Config, Limiter, LimiterStats, Metrics};
+use super::limiter::{Config, Limiter, LimiterStats, Metrics, MAX_PERMITS};
 use super::service::ConcurrencyLimit;
 use crate::ConfigError;
 
@@ -191,6 +191,12 @@ impl ConcurrencyLimitLayerBuilder {
                 return Err(ConfigError::new(
                     "max_in_flight",
                     "must be at least 1 (0 would reject every request)",
+                ))
+            }
+            Some(n) if n > MAX_PERMITS => {
+                return Err(ConfigError::new(
+                    "max_in_flight",
+                    "must be at most usize::MAX / 2",
                 ))
             }
             Some(n) => n,

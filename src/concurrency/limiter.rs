@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -41,16 +42,29 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).map_or(TIME_CLAMP, |us| us.min(TIME_CLAMP))
 }
 
+/// The permit word: the free permits times `ONE`, plus `WAITERS` while the
+/// queue may hold entries.
+///
+/// Free permits are taken with one compare-and-swap, without the lock. The
+/// `WAITERS` bit is set and cleared only under the lock, set before an entry
+/// is inserted and cleared once the queue is empty; a release puts a permit
+/// back without the lock only while the bit is clear (one compare-and-swap on
+/// the whole word, so a bit set in between makes it fail and take the lock).
+/// Hence the invariant: free permits (`word >= ONE`) imply no *live* waiter
+/// (one whose time has not run out), because while anyone waits, a freed
+/// permit goes to the first live waiter, under the lock.
+const WAITERS: usize = 1;
+const ONE: usize = 2;
+/// The most permits the word can count.
+pub(crate) const MAX_PERMITS: usize = usize::MAX / ONE;
+
 struct State {
-    /// Permits nobody holds. Invariant: `available > 0` implies no *live*
-    /// waiter (one whose time has not run out), because a freed permit goes
-    /// to the first live waiter if there is one.
-    available: usize,
     /// Waiters by position. A waiter removed by someone else has been
     /// *granted* a permit.
     queue: BTreeMap<Key, Slot>,
     /// When each waiter's time runs out, by `(instant, seq)`, to its queue
-    /// key. A waiter still in `queue` but gone from here has *expired*.
+    /// key. A waiter whose time has run out is gone from here, and its
+    /// slot's `expires` is `None`.
     expiries: BTreeMap<(Instant, u64), i64>,
     /// The one timer of this limiter, armed for the earliest expiry.
     timer: Option<Pin<Box<Sleep>>>,
@@ -62,12 +76,17 @@ struct State {
 struct Slot {
     /// Woken on a grant or on expiry.
     waker: Option<Waker>,
-    expires: Instant,
+    /// When the wait ends; `None` once the timer has seen it end (the
+    /// waiter has *expired*: it is skipped by releases and fails when
+    /// polled).
+    expires: Option<Instant>,
 }
 
 /// One concurrency limiter. Every clone of a service (and, for a shared
 /// layer, every service the layer made) points to the same one.
 pub(crate) struct Limiter {
+    /// Free permits and the `WAITERS` bit, see [`WAITERS`].
+    permits: AtomicUsize,
     state: Mutex<State>,
     config: Config,
     /// `aging` in microseconds (at least 1); `None` for strict priority.
@@ -107,8 +126,8 @@ pub(crate) enum Admission {
 impl Limiter {
     pub(crate) fn new(config: Config, metrics: Metrics) -> Arc<Self> {
         Arc::new_cyclic(|weak| Limiter {
+            permits: AtomicUsize::new(config.max_in_flight.min(MAX_PERMITS) * ONE),
             state: Mutex::new(State {
-                available: config.max_in_flight,
                 queue: BTreeMap::new(),
                 expiries: BTreeMap::new(),
                 timer: None,
@@ -123,8 +142,21 @@ impl Limiter {
         })
     }
 
-    /// Admits, queues or rejects a request. Never blocks, never allocates on
-    /// the fast path (free permit, empty queue).
+    /// The fast path of admission: a permit if one is free and the request
+    /// has no deadline. One compare-and-swap, no lock, no clock read, no
+    /// allocation. A free permit means nobody live is waiting, so taking it
+    /// barges past no one. `None`: go through [`admit`](Self::admit).
+    #[inline]
+    pub(crate) fn try_admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Option<Permit> {
+        if request.deadline().is_none() && self.try_acquire() {
+            Some(self.fresh_permit())
+        } else {
+            None
+        }
+    }
+
+    /// Admits, queues or rejects a request. Never blocks, never allocates
+    /// when a permit is free.
     pub(crate) fn admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Admission {
         let deadline = request.deadline();
         if let Some(deadline) = deadline {
@@ -137,22 +169,26 @@ impl Limiter {
             }
         }
 
-        let mut state = self.state.lock();
-        // Fast path: one lock, no clock read, no allocation. A free permit
-        // means nobody live is waiting, so taking it barges past no one.
-        if state.available > 0 {
-            state.available -= 1;
-            drop(state);
+        if self.try_acquire() {
             return Admission::Permit(self.fresh_permit());
         }
 
-        // Slow path, under the same lock (one lock per request, not two;
-        // the request's getters and the clock are cheap).
+        // Slow path, under the lock: try again (a permit may have been
+        // released since), else join the queue, marking it non-empty first.
+        let mut state = self.state.lock();
         let priority = request.priority();
         let queued = state.queue.len();
         if queued >= self.config.max_queued {
+            if self.try_acquire() {
+                drop(state);
+                return Admission::Permit(self.fresh_permit());
+            }
             drop(state);
             return self.reject(Error::Overloaded { queued }, Reason::QueueFull, priority);
+        }
+        if self.acquire_or_mark_waiters() {
+            drop(state);
+            return Admission::Permit(self.fresh_permit());
         }
         let now = Instant::now();
         let arrival = request.arrival().unwrap_or(now);
@@ -172,7 +208,7 @@ impl Limiter {
             key,
             Slot {
                 waker: None,
-                expires,
+                expires: Some(expires),
             },
         );
         state.expiries.insert((expires, seq), order);
@@ -182,7 +218,6 @@ impl Limiter {
         Admission::Queued(Waiter {
             limiter: Arc::clone(self),
             key,
-            expires,
             enqueued: now,
             priority,
             deadline_bound,
@@ -190,6 +225,55 @@ impl Limiter {
         })
     }
 
+    /// Takes a free permit, if any, without the lock.
+    #[inline]
+    fn try_acquire(&self) -> bool {
+        let mut word = self.permits.load(Ordering::Relaxed);
+        while word >= ONE {
+            match self.permits.compare_exchange_weak(
+                word,
+                word - ONE,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => word = actual,
+            }
+        }
+        false
+    }
+
+    /// Under the lock: takes a free permit if there is one, else sets the
+    /// `WAITERS` bit (so that releases from now on take the lock and see
+    /// the entry about to be inserted).
+    fn acquire_or_mark_waiters(&self) -> bool {
+        let mut word = self.permits.load(Ordering::Relaxed);
+        loop {
+            let (new, acquired) = if word >= ONE {
+                (word - ONE, true)
+            } else if word & WAITERS == 0 {
+                (word | WAITERS, false)
+            } else {
+                return false;
+            };
+            match self
+                .permits
+                .compare_exchange_weak(word, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return acquired,
+                Err(actual) => word = actual,
+            }
+        }
+    }
+
+    /// Under the lock: clears the `WAITERS` bit once the queue is empty.
+    fn unmark_if_empty(&self, state: &State) {
+        if state.queue.is_empty() {
+            self.permits.fetch_and(!WAITERS, Ordering::Release);
+        }
+    }
+
+    #[inline]
     fn fresh_permit(self: &Arc<Self>) -> Permit {
         self.metrics.in_flight.increment(1.0);
         self.metrics.queue_wait.record(0.0);
@@ -234,28 +318,47 @@ impl Limiter {
     /// Gives a permit back: to the first live waiter if there is one (it is
     /// woken, and only it), else to the pool. Waiters whose time has run out
     /// but who have not yet seen it are skipped: they are about to fail.
+    #[inline]
     fn release(&self) {
+        // Nobody waits: put the permit back with one compare-and-swap. The
+        // swap fails if a waiter set `WAITERS` meanwhile.
+        let mut word = self.permits.load(Ordering::Relaxed);
+        while word & WAITERS == 0 {
+            match self.permits.compare_exchange_weak(
+                word,
+                word + ONE,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.metrics.in_flight.decrement(1.0);
+                    return;
+                }
+                Err(actual) => word = actual,
+            }
+        }
+        self.release_to_waiter();
+    }
+
+    #[inline(never)]
+    fn release_to_waiter(&self) {
         let state = self.state.lock();
         self.release_locked(state);
     }
 
     fn release_locked(&self, mut guard: MutexGuard<'_, State>) {
         let state = &mut *guard;
-        if state.queue.is_empty() {
-            state.available += 1;
-            drop(guard);
-            self.metrics.in_flight.decrement(1.0);
-            return;
-        }
-        let expiries = &state.expiries;
         let head = state
             .queue
             .iter()
-            .find(|((_, seq), slot)| expiries.contains_key(&(slot.expires, *seq)))
+            .find(|(_, slot)| slot.expires.is_some())
             .map(|(key, _)| *key);
         match head.and_then(|key| state.queue.remove_entry(&key)) {
             Some(((_, seq), slot)) => {
-                state.expiries.remove(&(slot.expires, seq));
+                if let Some(expires) = slot.expires {
+                    state.expiries.remove(&(expires, seq));
+                }
+                self.unmark_if_empty(state);
                 drop(guard);
                 self.metrics.queue_depth.decrement(1.0);
                 if let Some(waker) = slot.waker {
@@ -263,7 +366,21 @@ impl Limiter {
                 }
             }
             None => {
-                state.available += 1;
+                // No live waiter: back to the pool (and the bit cleared if
+                // the queue is empty), one atomic step under the lock.
+                let clear = if state.queue.is_empty() { WAITERS } else { 0 };
+                let mut current = self.permits.load(Ordering::Relaxed);
+                loop {
+                    match self.permits.compare_exchange_weak(
+                        current,
+                        (current + ONE) & !clear,
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(actual) => current = actual,
+                    }
+                }
                 drop(guard);
                 self.metrics.in_flight.decrement(1.0);
             }
@@ -278,12 +395,11 @@ impl Limiter {
                 break;
             }
             let ((_, seq), order) = entry.remove_entry();
-            if let Some(waker) = state
-                .queue
-                .get_mut(&(order, seq))
-                .and_then(|slot| slot.waker.take())
-            {
-                wakers.push(waker);
+            if let Some(slot) = state.queue.get_mut(&(order, seq)) {
+                slot.expires = None;
+                if let Some(waker) = slot.waker.take() {
+                    wakers.push(waker);
+                }
             }
         }
     }
@@ -292,13 +408,17 @@ impl Limiter {
     /// or earlier. Called from a waiter's `poll`, so a new `Sleep` always
     /// belongs to the runtime that is running the waiter; an existing one is
     /// replaced, never reset (it may belong to a runtime that is gone).
-    fn arm(&self, state: &mut State, wakers: &mut Vec<Waker>) {
+    ///
+    /// Returns whether it expired any waiter (when a new timer was already
+    /// due).
+    fn arm(&self, state: &mut State, wakers: &mut Vec<Waker>) -> bool {
+        let mut expired = false;
         loop {
             let Some(&(next, _)) = state.expiries.first_key_value().map(|(k, _)| k) else {
-                return;
+                return expired;
             };
             if state.timer_at.is_some_and(|at| at <= next) {
-                return;
+                return expired;
             }
             let mut sleep = Box::pin(tokio::time::sleep_until(next));
             let mut cx = Context::from_waker(&self.timer_waker);
@@ -310,11 +430,12 @@ impl Limiter {
             if !fired {
                 state.timer = Some(sleep);
                 state.timer_at = Some(next);
-                return;
+                return expired;
             }
             state.timer = None;
             state.timer_at = None;
             Self::expire(state, Instant::now().max(next), wakers);
+            expired = true;
         }
     }
 
@@ -346,10 +467,11 @@ impl Limiter {
 
     pub(crate) fn stats(&self) -> LimiterStats {
         let state = self.state.lock();
+        let available = self.permits.load(Ordering::Acquire) / ONE;
         LimiterStats {
-            in_flight: self.config.max_in_flight - state.available,
+            in_flight: self.config.max_in_flight - available,
             queued: state.queue.len(),
-            available: state.available,
+            available,
             max_in_flight: self.config.max_in_flight,
             max_queued: self.config.max_queued,
         }
@@ -398,6 +520,7 @@ pub struct Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.limiter.release();
     }
@@ -417,8 +540,6 @@ impl fmt::Debug for Permit {
 pub(crate) struct Waiter {
     limiter: Arc<Limiter>,
     key: Key,
-    /// When the wait ends: `enqueued + max_queue_wait` or the deadline.
-    expires: Instant,
     enqueued: Instant,
     priority: Priority,
     /// `expires` is the request's deadline.
@@ -439,14 +560,18 @@ impl Waiter {
             drop(guard);
             return Poll::Ready(Ok(self.take_grant()));
         };
-        let expiry = (self.expires, self.key.1);
-        if state.expiries.contains_key(&expiry) {
+        if slot.expires.is_some() {
             match &slot.waker {
                 Some(old) if old.will_wake(cx.waker()) => {}
                 _ => slot.waker = Some(cx.waker().clone()),
             }
-            limiter.arm(state, &mut wakers);
-            if state.expiries.contains_key(&expiry) {
+            let expired_some = limiter.arm(state, &mut wakers);
+            if !expired_some
+                || state
+                    .queue
+                    .get(&self.key)
+                    .is_some_and(|slot| slot.expires.is_some())
+            {
                 drop(guard);
                 wakers.into_iter().for_each(Waker::wake);
                 return Poll::Pending;
@@ -455,6 +580,7 @@ impl Waiter {
 
         // Time is up.
         state.queue.remove(&self.key);
+        limiter.unmark_if_empty(state);
         drop(guard);
         wakers.into_iter().for_each(Waker::wake);
         self.done = true;
@@ -497,8 +623,11 @@ impl Drop for Waiter {
         }
         let mut guard = self.limiter.state.lock();
         let state = &mut *guard;
-        if state.queue.remove(&self.key).is_some() {
-            state.expiries.remove(&(self.expires, self.key.1));
+        if let Some(slot) = state.queue.remove(&self.key) {
+            if let Some(expires) = slot.expires {
+                state.expiries.remove(&(expires, self.key.1));
+            }
+            self.limiter.unmark_if_empty(state);
             drop(guard);
             self.limiter.metrics.queue_depth.decrement(1.0);
         } else {
@@ -513,7 +642,6 @@ impl fmt::Debug for Waiter {
         f.debug_struct("Waiter")
             .field("priority", &self.priority)
             .field("enqueued", &self.enqueued)
-            .field("expires", &self.expires)
             .finish_non_exhaustive()
     }
 }

@@ -43,17 +43,21 @@
 //!
 //! # Algorithm
 //!
-//! One [`parking_lot::Mutex`] guards the free-permit count, the queue (a
-//! `BTreeMap` from a static ordering key plus a sequence number to the
-//! waiter's waker), an index of when each waiter's time runs out, and the
-//! limiter's one timer:
+//! One atomic word holds the free-permit count and a "someone may wait"
+//! bit; one [`parking_lot::Mutex`] guards the queue (a `BTreeMap` from a
+//! static ordering key plus a sequence number to the waiter's waker), an
+//! index of when each waiter's time runs out, and the limiter's one timer:
 //!
-//! - **Fast path.** If nobody waits and a permit is free, `call` takes it
-//!   under one short lock: no queue entry, no timer, no allocation.
+//! - **Fast path.** If a permit is free (which implies nobody live waits),
+//!   `call` takes it with one compare-and-swap: no lock, no queue entry, no
+//!   timer, no clock read, no allocation. While nobody waits, a released
+//!   permit goes back with one compare-and-swap too.
 //! - **Queueing.** Otherwise the request gets an entry at once (so its place
 //!   is fixed by when `call` happened), or is shed if the queue is full. The
 //!   entry is owned by the response future.
-//! - **Hand-off.** A released permit is never put back while someone waits:
+//! - **Hand-off.** The bit is set under the lock before a waiter's entry is
+//!   inserted and cleared once the queue is empty; a release that sees it
+//!   takes the lock. A released permit is never put back while someone waits:
 //!   it goes straight to the head of the queue, whose entry is removed and
 //!   whose waker (and only that one) is woken. No newcomer can barge in
 //!   between, and exactly one waiter is woken per freed permit. A waiter

@@ -167,6 +167,46 @@ async fn queued_future_drop_removes_entry() {
     assert_eq!(next_request(&mut handle).0.tokens, 3);
 }
 
+/// The queue emptied by a time-out and by a cancel: a permit freed
+/// afterwards goes back to the pool (not to a waiter that is gone), and the
+/// next request takes it at once; a request queued after that still gets the
+/// hand-off.
+#[tokio::test(start_paused = true)]
+async fn emptied_queue_returns_permits_to_the_pool() {
+    let (mut svc, mut handle) = limited(1, 2);
+    let mut f1 = call(&mut svc, req(1, Priority::NORMAL));
+    assert_pending!(f1.poll());
+    let (_, tx1) = next_request(&mut handle);
+    let mut timed_out = call(&mut svc, req(2, Priority::NORMAL));
+    assert_pending!(timed_out.poll());
+    let cancelled = call(&mut svc, req(3, Priority::NORMAL));
+    drop(cancelled);
+    tokio::time::advance(WAIT + Duration::from_millis(1)).await;
+    assert!(matches!(
+        error_of(assert_ready_err!(timed_out.poll())),
+        Error::QueueTimeout { .. }
+    ));
+    assert_eq!(svc.stats().queued, 0);
+
+    tx1.send_response("one".into());
+    assert_ready_ok!(f1.poll());
+    assert_eq!(svc.stats().available, 1, "back to the pool");
+
+    let mut f4 = call(&mut svc, req(4, Priority::NORMAL));
+    assert_pending!(f4.poll());
+    assert_eq!(next_request(&mut handle).0.tokens, 4, "admitted at once");
+    assert_eq!(svc.stats().available, 0);
+
+    // Waiting again: the next release hands the permit over.
+    let mut f5 = call(&mut svc, req(5, Priority::NORMAL));
+    assert_pending!(f5.poll());
+    drop(f4);
+    assert!(f5.is_woken());
+    assert_eq!(svc.stats().available, 0, "handed over, not put back");
+    assert_pending!(f5.poll());
+    assert_eq!(next_request(&mut handle).0.tokens, 5);
+}
+
 #[tokio::test(start_paused = true)]
 async fn unpolled_queued_future_drop_removes_entry() {
     let (mut svc, _handle) = limited(1, 2);
@@ -689,6 +729,12 @@ fn config_errors_name_the_field() {
     let field = |r: Result<ConcurrencyLimitLayer, llm_sluice::ConfigError>| r.unwrap_err().field();
     assert_eq!(field(b().build()), "max_in_flight");
     assert_eq!(field(b().max_in_flight(0).build()), "max_in_flight");
+    assert_eq!(
+        field(b().max_in_flight(usize::MAX).build()),
+        "max_in_flight"
+    );
+    let largest = b().max_in_flight(usize::MAX / 2).build().unwrap();
+    assert_eq!(largest.max_in_flight(), usize::MAX / 2);
     assert_eq!(
         field(b().max_in_flight(1).max_queued(5).build()),
         "max_queue_wait"
