@@ -79,14 +79,6 @@ pub enum Error {
         /// Which timeout fired.
         kind: TimeoutKind,
     },
-
-    /// A retry budget was spent, so the request was not retried.
-    ///
-    /// Retry layers return the last error or response as it was when they stop;
-    /// this variant exists for callers that need a typed reason where there is
-    /// no such error to return.
-    #[error("retry budget exhausted")]
-    RetryBudgetExhausted,
 }
 
 impl Error {

@@ -10,7 +10,7 @@ pub(crate) const FALLBACKS_TOTAL: &str = "llm_sluice_fallbacks_total";
 static DESCRIBE: Once = Once::new();
 
 pub(crate) struct FallbackMetrics {
-    by_reason: [Counter; 9],
+    by_reason: [Counter; 8],
 }
 
 impl FallbackMetrics {

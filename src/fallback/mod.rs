@@ -3,7 +3,8 @@
 //! [`FallbackLayer`] wraps a primary service. When the primary's result is
 //! one its policy names — by default the primary is unavailable (circuit
 //! open, overloaded) or failed in a way retries could not fix (server error,
-//! timeout, transport error, retry budget spent; see [`DefaultPolicy`]) — the
+//! timeout, transport error, also when a spent retry budget returned that
+//! result as it was; see [`DefaultPolicy`]) — the
 //! same request goes to the secondary service, optionally rewritten first
 //! (for example to another model name). The secondary's result is returned
 //! as it is, whatever it is.

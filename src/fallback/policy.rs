@@ -22,8 +22,6 @@ pub enum FallbackReason {
     Timeout,
     /// The primary could not be reached (connect, reset, EOF).
     Transport,
-    /// The primary's retry budget was spent.
-    RetryBudgetExhausted,
     /// The primary refused for rate (a 429 or a local rate limit or queue
     /// timeout). Off by default.
     RateLimited,
@@ -42,20 +40,18 @@ impl FallbackReason {
             FallbackReason::ServerError => "server_error",
             FallbackReason::Timeout => "timeout",
             FallbackReason::Transport => "transport",
-            FallbackReason::RetryBudgetExhausted => "retry_budget_exhausted",
             FallbackReason::RateLimited => "rate_limited",
             FallbackReason::QuotaExhausted => "quota_exhausted",
             FallbackReason::Other => "other",
         }
     }
 
-    pub(crate) const ALL: [FallbackReason; 9] = [
+    pub(crate) const ALL: [FallbackReason; 8] = [
         FallbackReason::CircuitOpen,
         FallbackReason::Overloaded,
         FallbackReason::ServerError,
         FallbackReason::Timeout,
         FallbackReason::Transport,
-        FallbackReason::RetryBudgetExhausted,
         FallbackReason::RateLimited,
         FallbackReason::QuotaExhausted,
         FallbackReason::Other,
@@ -102,7 +98,6 @@ where
 /// | `Timeout { Attempt / FirstChunk / Idle }`, or classified `Timeout` (408) | yes | `timeout` |
 /// | `Timeout { Total }`, [`Error::DeadlineExceeded`] | no: the caller has stopped waiting | |
 /// | classified `Transport` | yes | `transport` |
-/// | [`Error::RetryBudgetExhausted`] | yes | `retry_budget_exhausted` |
 /// | 429, [`Error::RateLimited`], [`Error::QueueTimeout`] | only with [`on_rate_limited`](Self::on_rate_limited) | `rate_limited` |
 /// | a 429 for an exhausted quota | only with [`on_quota_exhausted`](Self::on_quota_exhausted) | `quota_exhausted` |
 /// | success, client errors, [`Error::RequestTooLarge`] | no | |
@@ -155,7 +150,6 @@ impl<C> DefaultPolicy<C> {
         match err {
             Error::CircuitOpen { .. } => Some(FallbackReason::CircuitOpen),
             Error::Overloaded { .. } => Some(FallbackReason::Overloaded),
-            Error::RetryBudgetExhausted => Some(FallbackReason::RetryBudgetExhausted),
             Error::Timeout {
                 kind: TimeoutKind::Total,
             } => None,
@@ -280,10 +274,6 @@ mod tests {
         assert_eq!(
             on_err(&p, Error::Overloaded { queued: 1 }),
             Some(FallbackReason::Overloaded)
-        );
-        assert_eq!(
-            on_err(&p, Error::RetryBudgetExhausted),
-            Some(FallbackReason::RetryBudgetExhausted)
         );
         for kind in [
             TimeoutKind::Attempt,

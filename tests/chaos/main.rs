@@ -159,7 +159,6 @@ fn own_name(err: &Error) -> &'static str {
             "first_chunk" => "timeout_first_chunk",
             _ => "timeout_idle",
         },
-        Error::RetryBudgetExhausted => "retry_budget_exhausted",
         _ => "other_own_error",
     }
 }
