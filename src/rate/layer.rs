@@ -231,17 +231,12 @@ impl<C, St> Builder<C, St> {
     where
         St: RateStore,
     {
-        const MAX_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
-        if self.window < Duration::from_millis(1) || self.window > MAX_WINDOW {
-            return Err(ConfigError::new(
-                "window",
-                "must be between 1 ms and 31 days",
-            ));
+        if self.window < Duration::from_millis(1) {
+            return Err(ConfigError::new("window", "must be at least 1 ms"));
         }
+        crate::error::check_duration("window", self.window)?;
         let max_wait = self.max_wait.unwrap_or(self.window);
-        if max_wait > MAX_WINDOW {
-            return Err(ConfigError::new("max_wait", "must be at most 31 days"));
-        }
+        crate::error::check_duration("max_wait", max_wait)?;
         if self.max_partitions == 0 {
             return Err(ConfigError::new("max_partitions", "must be at least 1"));
         }
