@@ -69,6 +69,7 @@ pub mod request;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stack;
 #[allow(dead_code)]
 mod telemetry;
 pub mod timeout;
@@ -83,4 +84,5 @@ pub use fallback::FallbackLayer;
 pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use retry::{RetryBudget, RetryLayer};
+pub use stack::{LlmStack, ServiceBuilderExt, StackConfig};
 pub use timeout::{DeadlineLayer, TimeoutLayer};
