@@ -194,5 +194,6 @@ mod limiter;
 mod service;
 
 pub use layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_AGING};
+pub(crate) use limiter::MAX_PERMITS;
 pub use limiter::{LimiterStats, Permit};
 pub use service::ConcurrencyLimit;
