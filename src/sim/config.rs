@@ -313,6 +313,11 @@ pub struct UpstreamConfig {
     pub record_log: bool,
     /// Windows of time when the upstream is down (default none).
     pub outages: Vec<Outage>,
+    /// Whether a request refused with a rate-limit `429` still spends one
+    /// request of the request limit (default false). Some providers work
+    /// this way ("unsuccessful requests contribute to your per-minute
+    /// limit"), so a client that resends at once keeps its own window full.
+    pub count_refused: bool,
     /// Latency spikes (default none). When set, every request makes two
     /// more random draws (so setting it changes later draws of a seed).
     pub latency_spikes: Option<LatencySpikes>,
@@ -329,6 +334,7 @@ impl Default for UpstreamConfig {
             tokens_per_chunk: 1,
             record_log: true,
             outages: Vec::new(),
+            count_refused: false,
             latency_spikes: None,
         }
     }
@@ -546,6 +552,13 @@ impl UpstreamBuilder {
             length,
             status,
         });
+        self
+    }
+
+    /// Whether requests refused with a rate-limit `429` still spend one
+    /// request of the request limit (see [`UpstreamConfig::count_refused`]).
+    pub fn count_refused(mut self, count: bool) -> Self {
+        self.config.count_refused = count;
         self
     }
 

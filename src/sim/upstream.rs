@@ -424,6 +424,9 @@ impl Upstream {
             match verdict {
                 Err(Refusal::NotYet { retry_after }) => {
                     inner.stats.rate_limited += 1;
+                    if cfg.count_refused {
+                        state.limiter.charge_refused(&cfg.limits, now);
+                    }
                     (PlanKind::RateLimited { retry_after }, views, false)
                 }
                 Err(Refusal::TooLarge { limit }) => {

@@ -149,3 +149,27 @@ async fn no_spikes_configured_keeps_the_seed_draws() {
         "rate 0 never spikes"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn counted_refusals_keep_a_resending_client_out() {
+    // 2 requests a minute; a client that resends every 10 s after a 429.
+    async fn successes(count_refused: bool) -> (u64, u64) {
+        let up = Upstream::builder()
+            .latency(Latency::INSTANT)
+            .requests_per_window(2)
+            .count_refused(count_refused)
+            .build()
+            .unwrap();
+        let mut ok = 0;
+        for _ in 0..18 {
+            let res = up.send(SimRequest::new("k", 1, 1)).await.unwrap();
+            ok += u64::from(res.status == 200);
+            tokio::time::sleep(secs(10)).await;
+        }
+        (ok, up.stats().rate_limited)
+    }
+    assert_eq!(successes(false).await, (6, 12), "2 a minute over 3 minutes");
+    let (ok, refused) = successes(true).await;
+    assert_eq!(ok + refused, 18);
+    assert!(ok < 6, "refusals spend the window: {ok} admitted");
+}
