@@ -8,7 +8,12 @@ use clap::Parser;
 /// One workload, run twice in virtual time against the same simulated
 /// provider: a hand-written client and the llm-sluice stack, side by side.
 #[derive(Parser, Debug, Clone, PartialEq)]
-#[command(name = "simulate", version, about, long_about = None)]
+#[command(
+    name = "simulate",
+    version,
+    about = "One workload, run twice in virtual time against the same simulated provider: \
+             a hand-written client and the llm-sluice stack, side by side."
+)]
 pub struct Options {
     /// Virtual time the workload spans (e.g. `60m`, `90s`, `2h`).
     #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
