@@ -73,6 +73,14 @@ pub mod sim;
 mod telemetry;
 pub mod timeout;
 
+/// Every metric the crate can emit, with its type, unit, labels and
+/// meaning: what the naming test checks and the README table lists. Not a
+/// stable API.
+#[doc(hidden)]
+pub mod __metrics {
+    pub use crate::telemetry::{MetricDef, MetricKind, MetricUnit, CATALOG};
+}
+
 pub use breaker::{CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "http")]
 pub use classify::ErrorBodyLayer;

@@ -117,8 +117,8 @@
 //! recent request rate plus a small floor (default: 20% over 10 s, plus 10 a
 //! second). An upstream that fails every call then receives the request rate
 //! times 1.2, not times `1 + max_retries`. When the budget is spent the last
-//! result is returned at once and `llm_sluice_retry_budget_exhausted_total`
-//! counts it.
+//! result is returned at once and
+//! `llm_sluice_retry_gave_up_total{reason="budget"}` counts it.
 //!
 //! # Deadlines
 //!
@@ -175,13 +175,16 @@
 //!
 //! # Metrics
 //!
+//! Registered once per service the layer makes, all labelled
+//! `layer="retry"` (plus `name` with
+//! [`metrics_name`](RetryLayerBuilder::metrics_name)):
+//!
 //! | name | type | labels |
 //! |---|---|---|
 //! | `llm_sluice_retry_attempts_total` | counter | |
 //! | `llm_sluice_retries_total` | counter | `reason` (the outcome retried) |
 //! | `llm_sluice_retry_server_delay_seconds` | histogram | |
-//! | `llm_sluice_retry_budget_exhausted_total` | counter | |
-//! | `llm_sluice_retry_gave_up_total` | counter | `reason`: `max_retries`, `deadline`, `over_cap`, `not_replayable` |
+//! | `llm_sluice_retry_gave_up_total` | counter | `reason`: `max_retries`, `deadline`, `over_cap`, `not_replayable`, `budget` |
 
 mod backoff;
 mod budget;

@@ -93,9 +93,7 @@ impl<C, P> Shared<C, P> {
             }
         };
         if !self.budget.withdraw_at(now) {
-            tracing::debug!(outcome = class.outcome.as_str(), "retry: budget exhausted");
-            self.metrics.budget_exhausted();
-            return Decision::Return;
+            return self.give_up(GaveUp::Budget, class);
         }
         if from_server {
             self.metrics.server_delay(delay);
