@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -132,6 +133,8 @@ pub(crate) const MAX_PARTITION_LABELS: usize = 10_000;
 pub(crate) struct PartitionLabels {
     max: usize,
     seen: Mutex<HashSet<u32>>,
+    /// Whether the cap was reported (once per layer).
+    capped: AtomicBool,
 }
 
 impl PartitionLabels {
@@ -152,6 +155,7 @@ impl PartitionLabels {
         Ok(PartitionLabels {
             max,
             seen: Mutex::new(HashSet::new()),
+            capped: AtomicBool::new(false),
         })
     }
 
@@ -171,6 +175,13 @@ impl PartitionLabels {
         if own {
             (base.with_fingerprint(fingerprint), true)
         } else {
+            if !self.capped.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    layer = base.layer,
+                    max = self.max,
+                    "partition label cap reached: later partitions are labelled \"other\""
+                );
+            }
             (base.with_partition(OTHER), false)
         }
     }

@@ -173,6 +173,21 @@
 //! the result after retries. A per-attempt timeout goes inside the retry
 //! layer.
 //!
+//! # Tracing
+//!
+//! Each attempt runs in a `llm_sluice.attempt` span at debug level, with the
+//! attempt number (`attempt`, 1 for the first) and, once classified, its
+//! `outcome`. The span is entered while the attempt is called and polled, so
+//! events of the layers inside (a queue shedding it, a breaker rejecting it,
+//! a timeout firing) belong to the attempt that caused them. With no
+//! subscriber interested in debug spans, making one is a level check and
+//! entering it a branch. The retry layer is the one place that knows the
+//! attempt number, so it owns this span; a stack without a retry layer
+//! makes one attempt per request, and the caller's own request span (e.g.
+//! from `tower_http::trace`) covers it. Decisions are debug events:
+//! `retrying` (with `outcome`, `retry`, `delay`), and "returning a retryable
+//! result" (with `reason`).
+//!
 //! # Metrics
 //!
 //! Registered once per service the layer makes, all labelled
