@@ -69,7 +69,6 @@ pub mod request;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
-#[allow(dead_code)]
 mod telemetry;
 pub mod timeout;
 

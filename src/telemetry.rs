@@ -53,11 +53,6 @@ impl Scope {
         }
     }
 
-    /// The layer label's value.
-    pub(crate) fn layer(&self) -> &'static str {
-        self.layer
-    }
-
     /// These labels plus `partition="<value>"` for a static value
     /// (`none`, `overflow`, `other`).
     pub(crate) fn with_partition(&self, value: &'static str) -> Self {
@@ -157,11 +152,6 @@ impl PartitionLabels {
             seen: Mutex::new(HashSet::new()),
             capped: AtomicBool::new(false),
         })
-    }
-
-    /// The most distinct fingerprint values.
-    pub(crate) fn max(&self) -> usize {
-        self.max
     }
 
     /// The scope for a new state of `key`, and whether the value is the

@@ -7,6 +7,8 @@
 //! recorder on a current-thread runtime, so tests never share a recorder.
 #![cfg(feature = "metrics")]
 
+mod spans;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
