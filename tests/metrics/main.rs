@@ -152,7 +152,10 @@ fn nonzero(series: &Series) -> Series {
         .collect()
 }
 
-fn expect(items: &[(&str, &[(&str, &str)], V)]) -> Series {
+/// Label pairs of one series.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+fn expect(items: &[(&str, Labels<'_>, V)]) -> Series {
     items
         .iter()
         .map(|(name, labels, v)| (series_key(name, labels), v.clone()))
