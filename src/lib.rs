@@ -72,9 +72,16 @@ pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod stack;
-#[allow(dead_code)]
 mod telemetry;
 pub mod timeout;
+
+/// Every metric the crate can emit, with its type, unit, labels and
+/// meaning: what the naming test checks and the README table lists. Not a
+/// stable API.
+#[doc(hidden)]
+pub mod __metrics {
+    pub use crate::telemetry::{MetricDef, MetricKind, MetricUnit, CATALOG};
+}
 
 pub use breaker::{CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "http")]

@@ -14,7 +14,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::time::{Instant, Sleep};
 
 use crate::request::{LlmRequest, Priority};
-use crate::telemetry::{self, Counter, Gauge, Histogram, Kind, Unit};
+use crate::telemetry::{self, Counter, Gauge, Histogram, Scope};
 use crate::Error;
 
 /// The settings of one limiter, validated by the builder.
@@ -275,6 +275,7 @@ impl Limiter {
 
     #[inline]
     fn fresh_permit(self: &Arc<Self>) -> Permit {
+        self.metrics.admitted.increment(1);
         self.metrics.in_flight.increment(1.0);
         self.metrics.queue_wait.record(0.0);
         Permit {
@@ -606,6 +607,7 @@ impl Waiter {
     fn take_grant(&mut self) -> Permit {
         self.done = true;
         let limiter = &self.limiter;
+        limiter.metrics.admitted.increment(1);
         limiter
             .metrics
             .queue_wait
@@ -677,6 +679,7 @@ fn priority_index(priority: Priority) -> usize {
 /// The limiter's metric handles, registered once per layer.
 #[derive(Clone)]
 pub(crate) struct Metrics {
+    admitted: Counter,
     in_flight: Gauge,
     queue_depth: Gauge,
     queue_wait: Histogram,
@@ -687,52 +690,28 @@ pub(crate) struct Metrics {
 pub(crate) const IN_FLIGHT: &str = "llm_sluice_in_flight";
 pub(crate) const QUEUE_DEPTH: &str = "llm_sluice_queue_depth";
 pub(crate) const QUEUE_WAIT: &str = "llm_sluice_queue_wait_seconds";
-pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// Handles labelled `layer="concurrency"` (and `name`, if given).
+    pub(crate) fn new(name: Option<&'static str>) -> Self {
         static DESCRIBE: Once = Once::new();
-        DESCRIBE.call_once(|| {
-            telemetry::describe(&[
-                (
-                    Kind::Gauge,
-                    IN_FLIGHT,
-                    Unit::Count,
-                    "Requests holding a concurrency permit (until the response body ends).",
-                ),
-                (
-                    Kind::Gauge,
-                    QUEUE_DEPTH,
-                    Unit::Count,
-                    "Requests waiting in the concurrency limiter's queue.",
-                ),
-                (
-                    Kind::Histogram,
-                    QUEUE_WAIT,
-                    Unit::Seconds,
-                    "Time an admitted or timed-out request spent waiting for a permit (0 when none was needed).",
-                ),
-                (
-                    Kind::Counter,
-                    REJECTED,
-                    Unit::Count,
-                    "Requests a layer refused, by reason.",
-                ),
-            ]);
-        });
-        let layer = ("layer", "concurrency");
+        DESCRIBE.call_once(|| telemetry::describe("concurrency"));
+        let scope = Scope::new("concurrency", name);
+        // `priority` is bucketed to the four named levels: a bounded set.
         let rejected = Reason::ALL.map(|reason| {
             PRIORITY_LABELS.map(|priority| {
                 Counter::new(
-                    REJECTED,
-                    &[layer, ("reason", reason.as_str()), ("priority", priority)],
+                    telemetry::REJECTED,
+                    &scope,
+                    &[("reason", reason.as_str()), ("priority", priority)],
                 )
             })
         });
         Metrics {
-            in_flight: Gauge::new(IN_FLIGHT, &[layer]),
-            queue_depth: Gauge::new(QUEUE_DEPTH, &[layer]),
-            queue_wait: Histogram::new(QUEUE_WAIT, &[layer]),
+            admitted: Counter::new(telemetry::ADMITTED, &scope, &[]),
+            in_flight: Gauge::new(IN_FLIGHT, &scope, &[]),
+            queue_depth: Gauge::new(QUEUE_DEPTH, &scope, &[]),
+            queue_wait: Histogram::new(QUEUE_WAIT, &scope, &[]),
             rejected: Arc::new(rejected),
         }
     }
@@ -760,7 +739,7 @@ mod tests {
                 max_queue_wait: Duration::from_secs(60),
                 aging,
             },
-            Metrics::new(),
+            Metrics::new(None),
         )
     }
 

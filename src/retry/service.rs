@@ -93,9 +93,7 @@ impl<C, P> Shared<C, P> {
             }
         };
         if !self.budget.withdraw_at(now) {
-            tracing::debug!(outcome = class.outcome.as_str(), "retry: budget exhausted");
-            self.metrics.budget_exhausted();
-            return Decision::Return;
+            return self.give_up(GaveUp::Budget, class);
         }
         if from_server {
             self.metrics.server_delay(delay);
@@ -226,7 +224,11 @@ where
         // The ready service takes this call; the clone (not yet ready) is
         // kept for retries and polled ready before each.
         let service = self.inner.clone();
-        let future = self.inner.call(request);
-        ResponseFuture::new(future, service, copy, self.shared.clone(), deadline)
+        let span = super::future::attempt_span(1);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture::new(future, service, copy, self.shared.clone(), deadline, span)
     }
 }

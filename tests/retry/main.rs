@@ -1058,7 +1058,7 @@ fn metrics_count_attempts_retries_delays_and_exhaustion() {
         Some(DebugValue::Counter(1))
     ));
     assert!(matches!(
-        find("llm_sluice_retry_budget_exhausted_total", None),
+        find("llm_sluice_retry_gave_up_total", Some(("reason", "budget"))),
         Some(DebugValue::Counter(1))
     ));
     match find("llm_sluice_retry_server_delay_seconds", None) {

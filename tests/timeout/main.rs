@@ -557,7 +557,7 @@ fn timeouts_are_counted_by_kind() {
         let k = key.key();
         let is_attempt = k.name() == "llm_sluice_timeouts_total"
             && k.labels()
-                .any(|l| l.key() == "kind" && l.value() == "attempt")
+                .any(|l| l.key() == "reason" && l.value() == "attempt")
             && k.labels()
                 .any(|l| l.key() == "layer" && l.value() == "timeout");
         match value {
