@@ -11,8 +11,9 @@
 //!
 //! - `noop`: the bare no-op inner service, the floor;
 //! - `llm-sluice`: deadline → retry → breaker → concurrency → rate → attempt
-//!   timeout → no-op, every part on, rate limits far above what the bench
-//!   sends so nothing ever waits;
+//!   timeout → no-op, built with `LlmStack::from_config`, every part on,
+//!   rate limits far above what the bench sends so nothing ever waits;
+//! - `llm-sluice-layers`: the same layers composed by hand;
 //! - `tower`: `ConcurrencyLimit` → `RateLimit` → `Retry` (a simple
 //!   attempts policy) → `Timeout` → no-op, unshared (`RateLimit` is not
 //!   `Clone`, so `Retry` sits inside it);
@@ -46,8 +47,8 @@ use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{Criterion, Throughput};
 use llm_sluice::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, LlmRequest, RateLimitLayer,
-    RetryLayer, TimeoutLayer,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, LlmRequest, LlmStack,
+    RateLimitLayer, RetryLayer, StackConfig, TimeoutLayer,
 };
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -141,13 +142,46 @@ fn noop() -> Noop {
     tower::service_fn(respond as fn(Req) -> _)
 }
 
+/// The same with a boxed error: `LlmStack` wants its inner service's errors
+/// boxed already (its optional parts are `tower::util::Either`s, whose two
+/// sides must agree on the error type).
+type NoopBoxed = tower::util::ServiceFn<fn(Req) -> Ready<Result<(), BoxError>>>;
+
+fn noop_boxed() -> NoopBoxed {
+    fn respond(_: Req) -> Ready<Result<(), BoxError>> {
+        ready(Ok(()))
+    }
+    tower::service_fn(respond as fn(Req) -> _)
+}
+
 // --- the stacks -------------------------------------------------------------
 
 /// Far above anything the bench sends (a few million calls a minute).
 const HUGE: u64 = 1 << 40;
 
-/// deadline → retry → breaker → concurrency → rate → attempt timeout → no-op.
+/// deadline → retry → breaker → concurrency → rate → attempt timeout →
+/// no-op, as a user builds it: [`LlmStack`] from a [`StackConfig`].
 fn sluice(
+) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let mut config = StackConfig::default();
+    config.deadline = Some(Duration::from_secs(120));
+    config.retry.max_retries = 2;
+    config.breaker.consecutive_failures = Some(5);
+    config.breaker.failure_rate = Some(0.5);
+    config.breaker.count_window = Some(100);
+    config.concurrency.max_in_flight = 1024;
+    config.concurrency.max_queued = 16_384;
+    config.concurrency.max_queue_wait = Duration::from_secs(60);
+    config.rate.requests_per_minute = Some(HUGE);
+    config.rate.tokens_per_minute = Some(HUGE);
+    config.timeout.attempt = Some(Duration::from_secs(60));
+    let stack = LlmStack::from_config(&config).unwrap();
+    ServiceBuilder::new().layer(stack).service(noop_boxed())
+}
+
+/// The same layers composed by hand with `ServiceBuilder`: the difference
+/// to [`sluice`] is what `LlmStack`'s optional parts cost.
+fn sluice_layers(
 ) -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static {
     ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(120)))
@@ -386,6 +420,7 @@ fn benches(c: &mut Criterion) {
     // the floor matters least.
     row!("noop", noop());
     row!("llm-sluice", sluice());
+    row!("llm-sluice-layers", sluice_layers());
     row!("tower", tower_stack());
     row!(
         "tower-buffered",
@@ -465,6 +500,7 @@ fn summary() {
     let rows = [
         measure(&rt, "noop", noop()),
         measure(&rt, "llm-sluice", sluice()),
+        measure(&rt, "llm-sluice-layers", sluice_layers()),
         measure(&rt, "tower", tower_stack()),
         measure(&rt, "tower-buffered", buffered),
         measure(&rt, "tower-resilience", resilience()),
