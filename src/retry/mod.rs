@@ -159,7 +159,10 @@
 //! # Cost on the success path
 //!
 //! One clock read (shared by the arrival stamp, the total timeout and the
-//! budget deposit), one atomic add into the budget, a clone of the request
+//! budget deposit), or none when the request already has an arrival (the
+//! [`DeadlineLayer`](crate::DeadlineLayer) outside sets one) and needs no
+//! total timeout: the deposit is then dated at the arrival. Then one
+//! atomic add into the budget, a clone of the request
 //! and of the inner service (as `tower::retry::Retry` does) and of one `Arc`.
 //! The random source and the budget's lock are touched only when a result is
 //! retryable.

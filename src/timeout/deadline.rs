@@ -25,6 +25,11 @@ use crate::request::LlmRequest;
 /// `now + after`: this layer's time is an upper bound. Without `after` the
 /// layer only enforces deadlines the caller set.
 ///
+/// With `after`, a request without an [`Arrival`](crate::request::Arrival)
+/// also gets the call's instant as its arrival: the retry layer and the
+/// queues inside read it instead of the clock (the request arrived when it
+/// entered the stack).
+///
 /// Place it outermost (outside fallback and retry), so one deadline bounds
 /// every attempt. Request types whose [`LlmRequest::set_deadline`] is the
 /// default no-op do not carry the deadline inwards; the enforcement here
@@ -200,7 +205,16 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
-        let ours = self.after.and_then(|d| Instant::now().checked_add(d));
+        let ours = self.after.and_then(|d| {
+            let now = Instant::now();
+            // The layer is outermost and reads the clock anyway: date the
+            // request's arrival too, so the layers inside (retry, queues)
+            // need not read it again.
+            if request.arrival().is_none() {
+                request.set_arrival(now);
+            }
+            now.checked_add(d)
+        });
         let deadline = match (request.deadline(), ours) {
             (Some(theirs), Some(ours)) if ours < theirs => {
                 request.set_deadline(ours);
