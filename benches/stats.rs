@@ -87,11 +87,17 @@ fn single_thread(c: &mut Criterion) {
         })
     });
 
+    // what the layer cannot avoid: a clock read at `call` and at the end
+    group.bench_function("two_clock_reads", |b| {
+        b.iter(|| {
+            let start = tokio::time::Instant::now();
+            black_box(tokio::time::Instant::now().saturating_duration_since(black_box(start)))
+        })
+    });
+
     let stats = Stats::new();
     let mut layered = stats.layer().layer(inner());
-    group.bench_function("stats_layer", |b| {
-        b.iter(|| once(&mut layered, &mut cx))
-    });
+    group.bench_function("stats_layer", |b| b.iter(|| once(&mut layered, &mut cx)));
 
     let mut limited = limit(None).layer(inner());
     group.bench_function("concurrency", |b| b.iter(|| once(&mut limited, &mut cx)));

@@ -4,7 +4,7 @@
 //! percentiles; [`Stats::snapshot`] returns a [`StatsSnapshot`] with plain
 //! fields and a small `Display` table. [`StatsLayer`] (outermost) records
 //! each request's outcome and end-to-end time; a
-//! [`ConcurrencyLimitLayer`](crate::ConcurrencyLimitLayer) built with
+//! [`ConcurrencyLimitLayer`] built with
 //! [`.stats(&stats)`](crate::concurrency::ConcurrencyLimitLayerBuilder::stats)
 //! records queue waits and shows its in-flight and queued counts; circuit
 //! breakers and rate limiters are attached by their handles.
