@@ -11,8 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::BoxError;
 
-use super::recorder::Kind;
-use super::Inner;
+use super::recorder::{Kind, Shard};
 use crate::classify::{Classify, ErrorRef, Outcome};
 use crate::hold::HoldGuard;
 use crate::Error;
@@ -87,15 +86,16 @@ impl<F, C: fmt::Debug> fmt::Debug for ResponseFuture<F, C> {
 /// [`HoldGuard`]): a complete response drops it at once, an
 /// `http::Response` when its body ends, fails or is dropped.
 pub struct Recording {
-    stats: Arc<Inner>,
+    /// The shard of the thread that made the call.
+    shard: Arc<Shard>,
     start: Instant,
     kind: Kind,
 }
 
 impl Recording {
-    pub(crate) fn start(stats: Arc<Inner>, start: Instant) -> Self {
+    pub(crate) fn start(shard: Arc<Shard>, start: Instant) -> Self {
         Recording {
-            stats,
+            shard,
             start,
             kind: Kind::Cancelled,
         }
@@ -108,7 +108,7 @@ impl Drop for Recording {
             Kind::Cancelled => None,
             _ => Some(Instant::now().saturating_duration_since(self.start)),
         };
-        self.stats.recorder().record_end(self.kind, elapsed);
+        self.shard.record_end(self.kind, elapsed);
     }
 }
 

@@ -92,10 +92,12 @@
 //! into shards (one per core, up to 16, each on its own cache lines), and a
 //! thread always records into the same shard. Nothing is allocated per
 //! record; a shard's histograms (about 190 KB each) are made on its first
-//! record. A request through [`StatsLayer`] costs a clock read, a clone of the
-//! handle's `Arc`, and that lock. [`Stats::snapshot`] locks the shards one
-//! after the other and merges them; it allocates and is meant for a
-//! dashboard or a log line every few seconds, not for every request.
+//! record. A request through [`StatsLayer`] costs two clock reads (at `call`
+//! and at the end), a reference count on its thread's shard (not one count
+//! shared by every thread), the classification, and that lock.
+//! [`Stats::snapshot`] locks the shards one after the other and merges them;
+//! it allocates and is meant for a dashboard or a log line every few
+//! seconds, not for every request.
 //!
 //! # Cancel safety
 //!
@@ -135,7 +137,7 @@ pub struct Stats {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+struct Inner {
     recorder: Recorder,
     attached: Mutex<Attached>,
 }
@@ -250,15 +252,9 @@ impl Stats {
         self.inner.recorder.record_queue_wait(waited);
     }
 
-    pub(crate) fn inner(&self) -> &Arc<Inner> {
-        &self.inner
-    }
-}
-
-impl Inner {
     #[inline]
     pub(crate) fn recorder(&self) -> &Recorder {
-        &self.recorder
+        &self.inner.recorder
     }
 }
 

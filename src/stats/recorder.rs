@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -77,14 +78,36 @@ impl ShardData {
 
 /// One shard, alone on its cache lines so that two threads recording into
 /// two shards never write to the same line.
+///
+/// Each shard is its own `Arc`: a request's [`Recording`] holds its
+/// shard, so the reference count a request touches is per shard too, not
+/// one count that every thread bounces.
+///
+/// [`Recording`]: super::future::Recording
 #[repr(align(128))]
 #[derive(Default)]
-pub(crate) struct Shard(pub(crate) Mutex<ShardData>);
+pub(crate) struct Shard(Mutex<ShardData>);
+
+impl Shard {
+    /// Counts one request that ended as `kind`, with its end-to-end time if
+    /// it is to be kept.
+    #[inline]
+    pub(crate) fn record_end(&self, kind: Kind, elapsed: Option<Duration>) {
+        let mut data = self.0.lock();
+        let count = &mut data.counts[kind as usize];
+        *count = count.saturating_add(1);
+        if let Some(elapsed) = elapsed {
+            data.end_to_end
+                .get_or_insert_with(new_histogram)
+                .saturating_record(micros(elapsed));
+        }
+    }
+}
 
 /// Counters and histograms split into shards; a thread always records into
 /// the same shard, so threads rarely meet on a lock.
 pub(crate) struct Recorder {
-    shards: Box<[Shard]>,
+    shards: Box<[Arc<Shard>]>,
     /// `shards.len() - 1` (the length is a power of two).
     mask: usize,
 }
@@ -123,34 +146,28 @@ impl Recorder {
     pub(crate) fn with_shards(shards: usize) -> Self {
         let n = shards.clamp(1, 16).next_power_of_two();
         Recorder {
-            shards: (0..n).map(|_| Shard::default()).collect(),
+            shards: (0..n).map(|_| Arc::new(Shard::default())).collect(),
             mask: n - 1,
         }
     }
 
+    /// This thread's shard.
     #[inline]
-    fn shard(&self) -> &Mutex<ShardData> {
-        &self.shards[thread_index() & self.mask].0
+    pub(crate) fn shard(&self) -> &Arc<Shard> {
+        &self.shards[thread_index() & self.mask]
     }
 
-    /// Counts one request that ended as `kind`, with its end-to-end time if
-    /// it is to be kept.
-    #[inline]
+    /// Counts one request in this thread's shard.
+    #[cfg(test)]
     pub(crate) fn record_end(&self, kind: Kind, elapsed: Option<Duration>) {
-        let mut data = self.shard().lock();
-        let count = &mut data.counts[kind as usize];
-        *count = count.saturating_add(1);
-        if let Some(elapsed) = elapsed {
-            data.end_to_end
-                .get_or_insert_with(new_histogram)
-                .saturating_record(micros(elapsed));
-        }
+        self.shard().record_end(kind, elapsed);
     }
 
     /// Keeps one queue wait.
     #[inline]
     pub(crate) fn record_queue_wait(&self, waited: Duration) {
         self.shard()
+            .0
             .lock()
             .queue_wait
             .get_or_insert_with(new_histogram)

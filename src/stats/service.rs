@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -89,7 +90,8 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let recording = Recording::start(self.stats.inner().clone(), Instant::now());
+        let shard = Arc::clone(self.stats.recorder().shard());
+        let recording = Recording::start(shard, Instant::now());
         ResponseFuture::new(self.inner.call(request), recording, self.classifier.clone())
     }
 }
