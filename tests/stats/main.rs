@@ -484,3 +484,32 @@ async fn display_prints_a_table() {
     );
     assert!(text.contains("queue_wait           0       0µs"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_from_many_threads_add_up() {
+    let stats = Stats::new();
+    let svc = stats.layer().layer(tower::service_fn(|n: u32| async move {
+        tokio::task::yield_now().await;
+        if n % 4 == 0 {
+            Err::<String, BoxError>(Box::new(Error::Overloaded { queued: 0 }))
+        } else {
+            Ok(String::new())
+        }
+    }));
+    let tasks: Vec<_> = (0..400u32)
+        .map(|n| {
+            let mut svc = svc.clone();
+            tokio::spawn(async move {
+                let _ = svc.ready().await.unwrap().call(n).await;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let snap = stats.snapshot();
+    assert_eq!(snap.total, 400);
+    assert_eq!(snap.outcomes.success, 300);
+    assert_eq!(snap.rejected.queue_full, 100);
+    assert_eq!(snap.end_to_end.count, 400);
+}
