@@ -14,11 +14,13 @@
 //! | [`fallback`] | a second service when the first is open, overloaded or failing |
 //! | [`stats`] | outcome counts, live state and latency percentiles, read in code |
 //!
-//! Outermost first, the recommended order is fallback → retry → breaker →
-//! concurrency → rate → attempt timeout → the client. The rate window sits
-//! inside the queue so a request is counted when it is sent, not when it
-//! queued; the attempt timeout sits inside the breaker so a hung upstream's
-//! timeouts trip it.
+//! Outermost first, the recommended order is deadline → fallback → retry →
+//! breaker → concurrency → rate → attempt timeout → the client. The rate
+//! window sits inside the queue so a request is counted when it is sent, not
+//! when it queued; the attempt timeout sits inside the breaker so a hung
+//! upstream's timeouts trip it. [`LlmStack`] builds that order from one
+//! [`StackConfig`] (see [`stack`] for the reasons in full), and
+//! [`ServiceBuilderExt`] adds the layers one at a time.
 //!
 //! # What the layers know about a request and a response
 //!
@@ -70,6 +72,7 @@ pub mod request;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stack;
 pub mod stats;
 #[allow(dead_code)]
 mod telemetry;
@@ -85,5 +88,6 @@ pub use fallback::FallbackLayer;
 pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use retry::{RetryBudget, RetryLayer};
+pub use stack::{LlmStack, ServiceBuilderExt, StackConfig};
 pub use stats::{Stats, StatsLayer};
 pub use timeout::{DeadlineLayer, TimeoutLayer};
