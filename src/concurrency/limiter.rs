@@ -14,6 +14,7 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::time::{Instant, Sleep};
 
 use crate::request::{LlmRequest, Priority};
+use crate::stats::Stats;
 use crate::telemetry::{self, Counter, Gauge, Histogram, Scope};
 use crate::Error;
 
@@ -278,6 +279,7 @@ impl Limiter {
         self.metrics.admitted.increment(1);
         self.metrics.in_flight.increment(1.0);
         self.metrics.queue_wait.record(0.0);
+        self.metrics.stats_queue_wait(Duration::ZERO);
         Permit {
             limiter: Arc::clone(self),
         }
@@ -588,6 +590,7 @@ impl Waiter {
         limiter.metrics.queue_depth.decrement(1.0);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
+        limiter.metrics.stats_queue_wait(waited);
         let (error, reason) = if self.deadline_bound {
             (Error::DeadlineExceeded, Reason::Deadline)
         } else {
@@ -608,10 +611,9 @@ impl Waiter {
         self.done = true;
         let limiter = &self.limiter;
         limiter.metrics.admitted.increment(1);
-        limiter
-            .metrics
-            .queue_wait
-            .record_duration(Instant::now().saturating_duration_since(self.enqueued));
+        let waited = Instant::now().saturating_duration_since(self.enqueued);
+        limiter.metrics.queue_wait.record_duration(waited);
+        limiter.metrics.stats_queue_wait(waited);
         Permit {
             limiter: Arc::clone(limiter),
         }
@@ -685,6 +687,8 @@ pub(crate) struct Metrics {
     queue_wait: Histogram,
     /// By reason, then by priority level.
     rejected: Arc<[[Counter; 4]; 3]>,
+    /// Also records queue waits, when the builder was given one.
+    pub(crate) stats: Option<Stats>,
 }
 
 pub(crate) const IN_FLIGHT: &str = "llm_sluice_in_flight";
@@ -713,6 +717,15 @@ impl Metrics {
             queue_depth: Gauge::new(QUEUE_DEPTH, &scope, &[]),
             queue_wait: Histogram::new(QUEUE_WAIT, &scope, &[]),
             rejected: Arc::new(rejected),
+            stats: None,
+        }
+    }
+
+    /// Records a queue wait into the [`Stats`], if any.
+    #[inline]
+    fn stats_queue_wait(&self, waited: Duration) {
+        if let Some(stats) = &self.stats {
+            stats.record_queue_wait(waited);
         }
     }
 

@@ -194,7 +194,7 @@
 
 pub mod future;
 mod layer;
-mod limiter;
+pub(crate) mod limiter;
 mod service;
 
 pub use layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_AGING};
