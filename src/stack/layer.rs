@@ -44,6 +44,40 @@ pub struct LlmStack<C = DefaultClassifier, P = CloneRequest, F = Identity> {
     pub(super) concurrency: Option<ConcurrencyLimitLayer>,
     pub(super) rate: Option<RateLimitLayer<C>>,
     pub(super) timeout: Option<TimeoutLayer>,
+    /// The parts that change the response type, as they are wrapped: the
+    /// configured layers, or pass-through ones when those are off.
+    pub(super) always: Always,
+}
+
+/// The timeout and concurrency layers the stack always wraps a service in.
+#[derive(Clone, Debug)]
+pub(super) struct Always {
+    timeout: TimeoutLayer,
+    concurrency: ConcurrencyLimitLayer,
+}
+
+impl Always {
+    fn new(
+        timeout: Option<&TimeoutLayer>,
+        concurrency: Option<&ConcurrencyLimitLayer>,
+    ) -> Result<Always, ConfigError> {
+        let timeout = match timeout {
+            Some(layer) => layer.clone(),
+            // no limits: the response passes through with its body wrapped
+            None => TimeoutLayer::builder().build()?,
+        };
+        let concurrency = match concurrency {
+            Some(layer) => layer.clone(),
+            // more permits than calls can ever be in flight, no queue
+            None => ConcurrencyLimitLayer::builder()
+                .max_in_flight(usize::MAX / 2)
+                .build_shared()?,
+        };
+        Ok(Always {
+            timeout,
+            concurrency,
+        })
+    }
 }
 
 impl LlmStack {
@@ -119,9 +153,9 @@ where
                 None => Either::Right(inner),
             }
         }
-        let s = part(&self.timeout, inner);
+        let s = self.always.timeout.layer(inner);
         let s = part(&self.rate, s);
-        let s = part(&self.concurrency, s);
+        let s = self.always.concurrency.layer(s);
         let s = part(&self.breaker, s);
         let s = part(&self.retry, s);
         let s = self.fallback.layer(s);
@@ -140,6 +174,7 @@ impl<C: Clone, P: Clone, F: Clone> Clone for LlmStack<C, P, F> {
             concurrency: self.concurrency.clone(),
             rate: self.rate.clone(),
             timeout: self.timeout.clone(),
+            always: self.always.clone(),
         }
     }
 }
@@ -226,6 +261,8 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
         C: Clone,
     {
         let c = &self.config;
+        let concurrency = c.concurrency.layer()?;
+        let timeout = c.timeout.layer()?;
         Ok(LlmStack {
             deadline: c.deadline_layer()?,
             fallback: self.fallback,
@@ -233,9 +270,10 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
             breaker: c
                 .breaker
                 .layer(self.classifier.clone(), self.on_breaker_change.as_ref())?,
-            concurrency: c.concurrency.layer()?,
+            always: Always::new(timeout.as_ref(), concurrency.as_ref())?,
+            concurrency,
             rate: c.rate.layer(self.classifier)?,
-            timeout: c.timeout.layer()?,
+            timeout,
         })
     }
 }

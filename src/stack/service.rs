@@ -16,11 +16,16 @@ use crate::timeout::{SetDeadline, Timeout};
 /// Each optional part is an `Either`: the layer's service, or the service
 /// below it as it is. A branch per part per call is all that an absent part
 /// costs.
+///
+/// `Either` needs both arms to answer with the same type, so the two layers
+/// that change the response type (the attempt timeout wraps a body in a
+/// `TimeoutBody`, the concurrency limit moves its permit into the response)
+/// are never absent: when turned off they are there without limits.
 type Part<L, S> = Either<L, S>;
 
-pub(super) type AttemptPart<S> = Part<Timeout<S>, S>;
+pub(super) type AttemptPart<S> = Timeout<S>;
 pub(super) type RatePart<S, C> = Part<RateLimit<AttemptPart<S>, C>, AttemptPart<S>>;
-pub(super) type QueuePart<S, C> = Part<ConcurrencyLimit<RatePart<S, C>>, RatePart<S, C>>;
+pub(super) type QueuePart<S, C> = ConcurrencyLimit<RatePart<S, C>>;
 pub(super) type BreakerPart<S, C> = Part<CircuitBreaker<QueuePart<S, C>, C>, QueuePart<S, C>>;
 /// The stack up to the retry layer: what the fallback part wraps.
 pub type RetryPart<S, C, P> = Part<Retry<BreakerPart<S, C>, C, P>, BreakerPart<S, C>>;
