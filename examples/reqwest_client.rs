@@ -32,8 +32,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use llm_sluice::sim::{Dist, Upstream};
 use llm_sluice::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey,
-    RateLimitLayer, RetryLayer, TimeoutLayer, TokenEstimate,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey, RateLimitLayer,
+    RetryLayer, TimeoutLayer, TokenEstimate,
 };
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
@@ -55,7 +55,9 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let (addr, server) = llm_sluice::sim::serve(upstream.clone(), "127.0.0.1:0".parse()?).await?;
     let url = format!("http://{addr}/v1/chat/completions");
-    println!("provider on {addr}: {PROVIDER_RPM} requests and {PROVIDER_TPM} tokens a minute per key");
+    println!(
+        "provider on {addr}: {PROVIDER_RPM} requests and {PROVIDER_TPM} tokens a minute per key"
+    );
 
     // The client as a tower service. `no_proxy`: the example talks to
     // loopback, whatever proxy the environment names.
@@ -73,7 +75,11 @@ async fn main() -> Result<(), BoxError> {
     let mut svc = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(30)))
         .layer(RetryLayer::builder().max_retries(2).build()?)
-        .layer(CircuitBreakerLayer::builder().consecutive_failures(5).build()?)
+        .layer(
+            CircuitBreakerLayer::builder()
+                .consecutive_failures(5)
+                .build()?,
+        )
         .layer(concurrency.clone())
         .layer(
             RateLimitLayer::builder()
@@ -102,7 +108,8 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let status = res.status();
     let remaining = header(&res, "x-ratelimit-remaining-requests");
-    let json: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
     let total_tokens = json["usage"]["total_tokens"].as_u64().unwrap_or(0);
     println!(
         "non-streaming: status {status}, {total_tokens} tokens used, provider says {remaining} requests remain"
@@ -121,7 +128,9 @@ async fn main() -> Result<(), BoxError> {
     let mut body = std::pin::pin!(res.into_body());
     let (mut chunks, mut during, mut done) = (0, None, false);
     while let Some(frame) = body.as_mut().frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         for line in String::from_utf8_lossy(&data).lines() {
             match line.strip_prefix("data: ") {
                 Some("[DONE]") => done = true,
@@ -205,7 +214,10 @@ async fn main() -> Result<(), BoxError> {
         Some(Error::RateLimited { retry_after }) => *retry_after,
         _ => None,
     };
-    checks.expect(sent == PROVIDER_RPM, "the client sends exactly the provider's RPM");
+    checks.expect(
+        sent == PROVIDER_RPM,
+        "the client sends exactly the provider's RPM",
+    );
     checks.expect(
         retry_after.is_some_and(|d| d > Duration::from_secs(50) && d <= Duration::from_secs(60)),
         "the refusal says when the window has room again",
@@ -216,8 +228,14 @@ async fn main() -> Result<(), BoxError> {
         "provider: received {}, admitted {}, answered 429 {} times",
         stats.received, stats.admitted, stats.rate_limited
     );
-    checks.expect(stats.received == PROVIDER_RPM, "the provider saw only what fit");
-    checks.expect(stats.rate_limited == 0, "the provider never had to answer 429");
+    checks.expect(
+        stats.received == PROVIDER_RPM,
+        "the provider saw only what fit",
+    );
+    checks.expect(
+        stats.rate_limited == 0,
+        "the provider never had to answer 429",
+    );
 
     server.shutdown().await;
     checks.finish("reqwest_client")
@@ -256,11 +274,8 @@ fn chat(url: &str, prompt: &str, max_tokens: u64, stream: bool) -> http::Request
 /// through boxed; the default classifier reads them as transport errors.
 fn reqwest_service(
     client: reqwest::Client,
-) -> impl Service<
-    http::Request<Bytes>,
-    Response = http::Response<reqwest::Body>,
-    Error = BoxError,
-> + Clone {
+) -> impl Service<http::Request<Bytes>, Response = http::Response<reqwest::Body>, Error = BoxError> + Clone
+{
     tower::service_fn(move |req: http::Request<Bytes>| {
         let client = client.clone();
         async move {

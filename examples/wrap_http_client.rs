@@ -31,8 +31,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_sluice::sim::{Dist, Upstream};
 use llm_sluice::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey,
-    RateLimitLayer, RetryLayer, TimeoutLayer, TokenEstimate,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey, RateLimitLayer,
+    RetryLayer, TimeoutLayer, TokenEstimate,
 };
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
@@ -54,7 +54,9 @@ async fn main() -> Result<(), BoxError> {
         .build()?;
     let (addr, server) = llm_sluice::sim::serve(upstream.clone(), "127.0.0.1:0".parse()?).await?;
     let url = format!("http://{addr}/v1/chat/completions");
-    println!("provider on {addr}: {PROVIDER_RPM} requests and {PROVIDER_TPM} tokens a minute per key");
+    println!(
+        "provider on {addr}: {PROVIDER_RPM} requests and {PROVIDER_TPM} tokens a minute per key"
+    );
 
     // The client, and the stack around it. Outermost first: deadline, retry,
     // breaker, concurrency, rate, attempt timeout, the client. The
@@ -69,7 +71,11 @@ async fn main() -> Result<(), BoxError> {
     let mut svc = ServiceBuilder::new()
         .layer(DeadlineLayer::new(Duration::from_secs(30)))
         .layer(RetryLayer::builder().max_retries(2).build()?)
-        .layer(CircuitBreakerLayer::builder().consecutive_failures(5).build()?)
+        .layer(
+            CircuitBreakerLayer::builder()
+                .consecutive_failures(5)
+                .build()?,
+        )
         .layer(concurrency.clone())
         .layer(
             RateLimitLayer::builder()
@@ -98,7 +104,8 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let status = res.status();
     let remaining = header(&res, "x-ratelimit-remaining-requests");
-    let json: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
     let total_tokens = json["usage"]["total_tokens"].as_u64().unwrap_or(0);
     println!(
         "non-streaming: status {status}, {total_tokens} tokens used, provider says {remaining} requests remain"
@@ -117,7 +124,9 @@ async fn main() -> Result<(), BoxError> {
     let mut body = std::pin::pin!(res.into_body());
     let (mut chunks, mut during, mut done) = (0, None, false);
     while let Some(frame) = body.as_mut().frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         for line in String::from_utf8_lossy(&data).lines() {
             match line.strip_prefix("data: ") {
                 Some("[DONE]") => done = true,
@@ -201,7 +210,10 @@ async fn main() -> Result<(), BoxError> {
         Some(Error::RateLimited { retry_after }) => *retry_after,
         _ => None,
     };
-    checks.expect(sent == PROVIDER_RPM, "the client sends exactly the provider's RPM");
+    checks.expect(
+        sent == PROVIDER_RPM,
+        "the client sends exactly the provider's RPM",
+    );
     checks.expect(
         retry_after.is_some_and(|d| d > Duration::from_secs(50) && d <= Duration::from_secs(60)),
         "the refusal says when the window has room again",
@@ -212,8 +224,14 @@ async fn main() -> Result<(), BoxError> {
         "provider: received {}, admitted {}, answered 429 {} times",
         stats.received, stats.admitted, stats.rate_limited
     );
-    checks.expect(stats.received == PROVIDER_RPM, "the provider saw only what fit");
-    checks.expect(stats.rate_limited == 0, "the provider never had to answer 429");
+    checks.expect(
+        stats.received == PROVIDER_RPM,
+        "the provider saw only what fit",
+    );
+    checks.expect(
+        stats.rate_limited == 0,
+        "the provider never had to answer 429",
+    );
 
     server.shutdown().await;
     checks.finish("wrap_http_client")
