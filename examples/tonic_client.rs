@@ -65,7 +65,7 @@ use tower::{BoxError, ServiceBuilder};
 /// The service whose health is checked.
 const SERVICE: &str = "llm.Generate";
 /// How long the breaker stays open before letting a probe through.
-const OPEN_FOR: Duration = Duration::from_millis(300);
+const OPEN_FOR: Duration = Duration::from_millis(500);
 /// The pushback the server asks for when it answers RESOURCE_EXHAUSTED.
 const PUSHBACK: Duration = Duration::from_millis(150);
 
