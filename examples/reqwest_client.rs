@@ -32,8 +32,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use llm_sluice::sim::{Dist, Upstream};
 use llm_sluice::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey, RateLimitLayer,
-    RetryLayer, TimeoutLayer, TokenEstimate,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, Error, PartitionKey, RateLimitLayer, RetryLayer,
+    ServiceBuilderExt, TimeoutLayer, TokenEstimate,
 };
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
@@ -63,25 +63,25 @@ async fn main() -> Result<(), BoxError> {
     // loopback, whatever proxy the environment names.
     let client = reqwest_service(reqwest::Client::builder().no_proxy().build()?);
 
-    // The stack around it. Outermost first: deadline, retry, breaker,
-    // concurrency, rate, attempt timeout, the client. The concurrency layer
-    // is built shared so its counts can be read from the layer while
-    // requests run.
+    // The stack around it, in the recommended order (outermost first:
+    // deadline, retry, breaker, concurrency, rate window, attempt timeout,
+    // the client). The concurrency layer is built shared so its counts can
+    // be read from the layer while requests run.
     let concurrency = ConcurrencyLimitLayer::builder()
         .max_in_flight(4)
         .max_queued(32)
         .max_queue_wait(Duration::from_secs(10))
         .build_shared()?;
     let mut svc = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(Duration::from_secs(30)))
-        .layer(RetryLayer::builder().max_retries(2).build()?)
-        .layer(
+        .llm_deadline(Duration::from_secs(30))
+        .llm_retry(RetryLayer::builder().max_retries(2).build()?)
+        .llm_circuit_breaker(
             CircuitBreakerLayer::builder()
                 .consecutive_failures(5)
                 .build()?,
         )
-        .layer(concurrency.clone())
-        .layer(
+        .llm_concurrency_limit(concurrency.clone())
+        .llm_rate_limit(
             RateLimitLayer::builder()
                 .requests_per_minute(PROVIDER_RPM)
                 .tokens_per_minute(PROVIDER_TPM)
@@ -89,7 +89,7 @@ async fn main() -> Result<(), BoxError> {
                 .max_wait(Duration::ZERO)
                 .build()?,
         )
-        .layer(
+        .llm_timeout(
             TimeoutLayer::builder()
                 .attempt(Duration::from_secs(10))
                 .first_chunk(Duration::from_secs(10))

@@ -48,7 +48,7 @@ use llm_sluice::classify::{
     classify_error, Classification, Classify, DefaultClassifier, ErrorRef, Outcome,
 };
 use llm_sluice::retry::{ReplayBodies, ReplayBody, RetryLayer};
-use llm_sluice::{ConcurrencyLimitLayer, DeadlineLayer, Error, TimeoutLayer};
+use llm_sluice::{ConcurrencyLimitLayer, Error, ServiceBuilderExt, TimeoutLayer};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Server};
@@ -118,9 +118,9 @@ async fn main() -> Result<(), BoxError> {
         .max_in_flight(8)
         .build_shared()?;
     let stack = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(Duration::from_secs(10)))
+        .llm_deadline(Duration::from_secs(10))
         .layer(AsyncFilterLayer::new(buffer_body))
-        .layer(
+        .llm_retry(
             RetryLayer::builder()
                 .max_retries(2)
                 .backoff_base(Duration::from_millis(20))
@@ -129,9 +129,9 @@ async fn main() -> Result<(), BoxError> {
                 .replay(ReplayBodies)
                 .build()?,
         )
-        .layer(breaker)
-        .layer(concurrency.clone())
-        .layer(
+        .llm_circuit_breaker(breaker)
+        .llm_concurrency_limit(concurrency.clone())
+        .llm_timeout(
             TimeoutLayer::builder()
                 .attempt(Duration::from_secs(2))
                 .build()?,

@@ -31,8 +31,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_sluice::sim::{Dist, Upstream};
 use llm_sluice::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey, RateLimitLayer,
-    RetryLayer, TimeoutLayer, TokenEstimate,
+    CircuitBreakerLayer, ConcurrencyLimitLayer, Error, PartitionKey, RateLimitLayer, RetryLayer,
+    ServiceBuilderExt, TimeoutLayer, TokenEstimate,
 };
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
@@ -58,10 +58,10 @@ async fn main() -> Result<(), BoxError> {
         "provider on {addr}: {PROVIDER_RPM} requests and {PROVIDER_TPM} tokens a minute per key"
     );
 
-    // The client, and the stack around it. Outermost first: deadline, retry,
-    // breaker, concurrency, rate, attempt timeout, the client. The
-    // concurrency layer is built shared so its counts can be read from the
-    // layer while requests run.
+    // The client, and the stack around it, in the recommended order
+    // (outermost first: deadline, retry, breaker, concurrency, rate window,
+    // attempt timeout, the client). The concurrency layer is built shared
+    // so its counts can be read from the layer while requests run.
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let concurrency = ConcurrencyLimitLayer::builder()
         .max_in_flight(4)
@@ -69,15 +69,15 @@ async fn main() -> Result<(), BoxError> {
         .max_queue_wait(Duration::from_secs(10))
         .build_shared()?;
     let mut svc = ServiceBuilder::new()
-        .layer(DeadlineLayer::new(Duration::from_secs(30)))
-        .layer(RetryLayer::builder().max_retries(2).build()?)
-        .layer(
+        .llm_deadline(Duration::from_secs(30))
+        .llm_retry(RetryLayer::builder().max_retries(2).build()?)
+        .llm_circuit_breaker(
             CircuitBreakerLayer::builder()
                 .consecutive_failures(5)
                 .build()?,
         )
-        .layer(concurrency.clone())
-        .layer(
+        .llm_concurrency_limit(concurrency.clone())
+        .llm_rate_limit(
             RateLimitLayer::builder()
                 .requests_per_minute(PROVIDER_RPM)
                 .tokens_per_minute(PROVIDER_TPM)
@@ -85,7 +85,7 @@ async fn main() -> Result<(), BoxError> {
                 .max_wait(Duration::ZERO)
                 .build()?,
         )
-        .layer(
+        .llm_timeout(
             TimeoutLayer::builder()
                 .attempt(Duration::from_secs(10))
                 .first_chunk(Duration::from_secs(10))
