@@ -31,10 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use llm_sluice::sim::{Dist, Upstream};
-use llm_sluice::{
-    CircuitBreakerLayer, ConcurrencyLimitLayer, Error, PartitionKey, RateLimitLayer, RetryLayer,
-    ServiceBuilderExt, TimeoutLayer, TokenEstimate,
-};
+use llm_sluice::{Error, LlmStack, PartitionKey, StackConfig, TokenEstimate};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
 /// The provider's limits per API key, and so the client's windows.
@@ -63,40 +60,21 @@ async fn main() -> Result<(), BoxError> {
     // loopback, whatever proxy the environment names.
     let client = reqwest_service(reqwest::Client::builder().no_proxy().build()?);
 
-    // The stack around it, in the recommended order (outermost first:
-    // deadline, retry, breaker, concurrency, rate window, attempt timeout,
-    // the client). The concurrency layer is built shared so its counts can
-    // be read from the layer while requests run.
-    let concurrency = ConcurrencyLimitLayer::builder()
-        .max_in_flight(4)
-        .max_queued(32)
-        .max_queue_wait(Duration::from_secs(10))
-        .build_shared()?;
-    let mut svc = ServiceBuilder::new()
-        .llm_deadline(Duration::from_secs(30))
-        .llm_retry(RetryLayer::builder().max_retries(2).build()?)
-        .llm_circuit_breaker(
-            CircuitBreakerLayer::builder()
-                .consecutive_failures(5)
-                .build()?,
-        )
-        .llm_concurrency_limit(concurrency.clone())
-        .llm_rate_limit(
-            RateLimitLayer::builder()
-                .requests_per_minute(PROVIDER_RPM)
-                .tokens_per_minute(PROVIDER_TPM)
-                // fail at once rather than wait for the window to turn over
-                .max_wait(Duration::ZERO)
-                .build()?,
-        )
-        .llm_timeout(
-            TimeoutLayer::builder()
-                .attempt(Duration::from_secs(10))
-                .first_chunk(Duration::from_secs(10))
-                .idle(Duration::from_secs(5))
-                .build()?,
-        )
-        .service(client);
+    // The stack around it: the provider's limits as the rate window, four
+    // requests in flight, the defaults for the rest (retries, breaker,
+    // timeouts). The stack's concurrency limit is shared by everything it
+    // wraps, so its counts can be read while requests run.
+    let mut config = StackConfig::default();
+    config.deadline = Some(Duration::from_secs(30));
+    config.concurrency.max_in_flight = 4;
+    config.concurrency.max_queued = 32;
+    config.rate.requests_per_minute = Some(PROVIDER_RPM);
+    config.rate.tokens_per_minute = Some(PROVIDER_TPM);
+    // fail at once rather than wait for the window to turn over
+    config.rate.max_wait = Some(Duration::ZERO);
+    let stack = LlmStack::from_config(&config)?;
+    let mut svc = ServiceBuilder::new().layer(stack.clone()).service(client);
+    let concurrency = stack.concurrency().ok_or("the concurrency limit is on")?;
     let in_flight = || concurrency.stats().map_or(usize::MAX, |s| s.in_flight);
     let mut checks = Checks::default();
 

@@ -43,12 +43,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llm_sluice::breaker::{CircuitBreakerLayer, CircuitState};
+use llm_sluice::breaker::CircuitState;
 use llm_sluice::classify::{
     classify_error, Classification, Classify, DefaultClassifier, ErrorRef, Outcome,
 };
-use llm_sluice::retry::{ReplayBodies, ReplayBody, RetryLayer};
-use llm_sluice::{ConcurrencyLimitLayer, Error, ServiceBuilderExt, TimeoutLayer};
+use llm_sluice::retry::{ReplayBodies, ReplayBody};
+use llm_sluice::{Error, LlmStack, StackConfig};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Server};
@@ -100,42 +100,35 @@ async fn main() -> Result<(), BoxError> {
     );
     println!("gRPC health server on {addr}");
 
-    // The client: a channel wrapped in the layers, each classifying with
-    // the gRPC status. Outermost first: deadline, body buffering (so
-    // attempts can be replayed), retry, breaker, concurrency, attempt
-    // timeout, the channel.
+    // The client: a channel wrapped in the stack, every layer classifying
+    // with the gRPC status and the retry layer replaying buffered bodies.
+    // In front of it, the body buffering that makes attempts replayable;
+    // behind it, the conversion back to tonic's body type.
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    let breaker = CircuitBreakerLayer::builder()
-        .consecutive_failures(3)
-        .open_duration(OPEN_FOR)
-        .half_open_probes(1)
+    let mut config = StackConfig::default();
+    config.deadline = Some(Duration::from_secs(10));
+    config.retry.max_retries = 2;
+    config.retry.backoff_base = Duration::from_millis(20);
+    config.retry.backoff_cap = Duration::from_millis(100);
+    config.breaker.consecutive_failures = Some(3);
+    config.breaker.open_duration = OPEN_FOR;
+    config.breaker.half_open_probes = 1;
+    config.concurrency.max_in_flight = 8;
+    config.timeout.attempt = Some(Duration::from_secs(2));
+    let layers = LlmStack::builder(config)
         .classifier(GrpcClassifier)
+        .replay(ReplayBodies)
         .build()?;
-    let breaker_state = breaker.handle();
-    let concurrency = ConcurrencyLimitLayer::builder()
-        .max_in_flight(8)
-        .build_shared()?;
+    let breaker_state = layers.breaker_handle().ok_or("the breaker is on")?;
+    let concurrency = layers
+        .concurrency()
+        .ok_or("the concurrency limit is on")?
+        .clone();
     let stack = ServiceBuilder::new()
-        .llm_deadline(Duration::from_secs(10))
         .layer(AsyncFilterLayer::new(buffer_body))
-        .llm_retry(
-            RetryLayer::builder()
-                .max_retries(2)
-                .backoff_base(Duration::from_millis(20))
-                .backoff_cap(Duration::from_millis(100))
-                .classifier(GrpcClassifier)
-                .replay(ReplayBodies)
-                .build()?,
-        )
-        .llm_circuit_breaker(breaker)
-        .llm_concurrency_limit(concurrency.clone())
-        .llm_timeout(
-            TimeoutLayer::builder()
-                .attempt(Duration::from_secs(2))
-                .build()?,
-        )
+        .layer(layers)
         .map_request(|req: http::Request<ReplayBody<tonic::body::Body>>| {
             req.map(tonic::body::Body::new)
         })
