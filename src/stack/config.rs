@@ -103,10 +103,17 @@ impl ConcurrencyConfig {
     /// The layer, and whether it limits anything. The part cannot simply be
     /// left out: it changes the response type (an `http::Response` body then
     /// holds its permit), so when disabled it is a limiter without a limit.
-    pub(crate) fn layer(&self) -> Result<(ConcurrencyLimitLayer, bool), ConfigError> {
+    pub(crate) fn layer(
+        &self,
+        stats: Option<&crate::stats::Stats>,
+    ) -> Result<(ConcurrencyLimitLayer, bool), ConfigError> {
         if !self.enabled {
-            let unlimited = ConcurrencyLimitLayer::builder()
-                .max_in_flight(crate::concurrency::MAX_PERMITS)
+            let mut unlimited =
+                ConcurrencyLimitLayer::builder().max_in_flight(crate::concurrency::MAX_PERMITS);
+            if let Some(stats) = stats {
+                unlimited = unlimited.stats(stats);
+            }
+            let unlimited = unlimited
                 .build_shared()
                 .map_err(|e| e.in_section("concurrency"))?;
             return Ok((unlimited, false));
@@ -119,6 +126,9 @@ impl ConcurrencyConfig {
             Some(aging) => builder.aging(aging),
             None => builder.without_aging(),
         };
+        if let Some(stats) = stats {
+            builder = builder.stats(stats);
+        }
         builder
             .build_shared()
             .map(|layer| (layer, true))

@@ -17,6 +17,7 @@ use crate::error::ConfigError;
 use crate::fallback::FallbackLayer;
 use crate::rate::{RateLimitHandle, RateLimitLayer};
 use crate::retry::{CloneRequest, RetryLayer};
+use crate::stats::Stats;
 use crate::timeout::{DeadlineLayer, TimeoutLayer};
 
 /// A breaker state-change callback, shared by the breaker and the stack.
@@ -50,6 +51,7 @@ pub struct LlmStack<C = DefaultClassifier, P = CloneRequest, F = Identity> {
     /// timeouts of its own.
     pub(super) timeout: TimeoutLayer,
     pub(super) timeout_on: bool,
+    pub(super) stats: Option<Stats>,
 }
 
 impl LlmStack {
@@ -78,6 +80,7 @@ impl LlmStack {
             replay: CloneRequest,
             fallback: Identity::new(),
             on_breaker_change: None,
+            stats: None,
         }
     }
 }
@@ -101,6 +104,13 @@ impl<C, P, F> LlmStack<C, P, F> {
     /// give in-flight and queued now). `None` when it is off.
     pub fn concurrency(&self) -> Option<&ConcurrencyLimitLayer> {
         self.concurrency_on.then_some(&self.concurrency)
+    }
+
+    /// The [`Stats`] given to [`LlmStackBuilder::stats`], which this stack's
+    /// parts feed: queue waits, in flight and queued now, breaker states,
+    /// rate waiters.
+    pub fn stats(&self) -> Option<&Stats> {
+        self.stats.as_ref()
     }
 
     /// The attempt timeout layer. `None` when it is off.
@@ -153,6 +163,7 @@ impl<C: Clone, P: Clone, F: Clone> Clone for LlmStack<C, P, F> {
             rate: self.rate.clone(),
             timeout: self.timeout.clone(),
             timeout_on: self.timeout_on,
+            stats: self.stats.clone(),
         }
     }
 }
@@ -181,6 +192,7 @@ pub struct LlmStackBuilder<C = DefaultClassifier, P = CloneRequest, F = Identity
     replay: P,
     fallback: F,
     on_breaker_change: Option<OnChange>,
+    stats: Option<Stats>,
 }
 
 impl<C, P, F> LlmStackBuilder<C, P, F> {
@@ -192,6 +204,7 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
             replay: self.replay,
             fallback: self.fallback,
             on_breaker_change: self.on_breaker_change,
+            stats: self.stats,
         }
     }
 
@@ -203,6 +216,7 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
             replay,
             fallback: self.fallback,
             on_breaker_change: self.on_breaker_change,
+            stats: self.stats,
         }
     }
 
@@ -221,7 +235,41 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
             replay: self.replay,
             fallback,
             on_breaker_change: self.on_breaker_change,
+            stats: self.stats,
         }
+    }
+
+    /// Feeds `stats` from the stack's parts: queue waits (from the
+    /// concurrency limit), in flight and queued now, breaker states and rate
+    /// waiters. Outcomes and end-to-end latency come from `stats.layer()`,
+    /// which you put outside the stack (it changes the response type, and
+    /// leaving it out costs nothing):
+    ///
+    /// ```
+    /// use llm_sluice::request::RequestMeta;
+    /// use llm_sluice::stack::{LlmStack, StackConfig};
+    /// use llm_sluice::stats::Stats;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    ///
+    /// let stats = Stats::new();
+    /// let stack = LlmStack::builder(StackConfig::default()).stats(&stats).build()?;
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(stats.layer())
+    ///     .layer(stack.clone())
+    ///     .service_fn(|r: RequestMeta| async move { Ok::<_, tower::BoxError>(r.tokens) });
+    /// svc.oneshot(RequestMeta::new().tokens(3)).await?;
+    /// let snapshot = stats.snapshot();
+    /// assert_eq!((snapshot.total, snapshot.outcomes.success), (1, 1));
+    /// assert_eq!(snapshot.queue_wait.count, 1);
+    /// assert_eq!(snapshot.in_flight, Some(0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(mut self, stats: &Stats) -> Self {
+        self.stats = Some(stats.clone());
+        self
     }
 
     /// Runs `callback` on every state change of the breaker(s).
@@ -236,12 +284,12 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
     /// Checks every section and builds the stack.
     pub fn build(self) -> Result<LlmStack<C, P, F>, ConfigError>
     where
-        C: Clone,
+        C: Clone + Send + Sync + 'static,
     {
         let c = &self.config;
-        let (concurrency, concurrency_on) = c.concurrency.layer()?;
+        let (concurrency, concurrency_on) = c.concurrency.layer(self.stats.as_ref())?;
         let (timeout, timeout_on) = c.timeout.layer()?;
-        Ok(LlmStack {
+        let stack = LlmStack {
             deadline: c.deadline_layer()?,
             fallback: self.fallback,
             retry: c.retry.layer(self.classifier.clone(), self.replay)?,
@@ -253,7 +301,17 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
             rate: c.rate.layer(self.classifier)?,
             timeout,
             timeout_on,
-        })
+            stats: self.stats,
+        };
+        if let Some(stats) = &stack.stats {
+            if let Some(breaker) = stack.breaker_handle() {
+                stats.attach_breaker(breaker);
+            }
+            if let Some(rate) = stack.rate.as_ref() {
+                stats.attach_rate(rate.handle());
+            }
+        }
+        Ok(stack)
     }
 }
 

@@ -337,3 +337,51 @@ async fn service_builder_ext_adds_the_layers_in_the_order_written() {
         "{err:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_given_to_the_stack_see_queue_waits_breakers_and_outcomes() {
+    let stats = llm_sluice::stats::Stats::new();
+    let stack = LlmStack::builder(small()).stats(&stats).build().unwrap();
+    let (inner, mut upstream) = mock::pair::<RequestMeta, &'static str>();
+    let svc = ServiceBuilder::new()
+        .layer(stats.layer())
+        .layer(stack.clone())
+        .service(inner);
+
+    let first = tokio::spawn(svc.clone().oneshot(req()));
+    let (_, first_reply) = upstream.next_request().await.unwrap();
+    let second = tokio::spawn(svc.clone().oneshot(req()));
+    tokio::task::yield_now().await;
+    advance(Duration::from_secs(2)).await;
+    let now = stats.snapshot();
+    assert_eq!((now.in_flight, now.queued), (Some(1), Some(1)));
+
+    first_reply.send_response("one");
+    assert_eq!(first.await.unwrap().unwrap(), "one");
+    let (_, second_reply) = upstream.next_request().await.unwrap();
+    second_reply.send_error("connection reset");
+    assert!(second.await.unwrap().is_err());
+
+    let end = stats.snapshot();
+    assert_eq!(
+        (end.total, end.outcomes.success, end.outcomes.transport),
+        (2, 1, 1),
+        "{end}"
+    );
+    assert_eq!(
+        end.queue_wait.count, 2,
+        "the immediate admission counts too"
+    );
+    assert!(
+        end.queue_wait.max >= Duration::from_secs(2),
+        "{:?}",
+        end.queue_wait
+    );
+    assert_eq!(end.breakers.len(), 1);
+    assert_eq!(
+        end.breakers[0].state,
+        CircuitState::Open,
+        "one failure opens it here"
+    );
+    assert_eq!((end.in_flight, end.queued), (Some(0), Some(0)));
+}
