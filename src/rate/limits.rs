@@ -120,6 +120,18 @@ impl Demand {
         }
     }
 
+    /// The amount this demand puts on each budget, by index.
+    pub(crate) const fn amounts(&self) -> [u64; 6] {
+        [
+            self.requests,
+            self.tokens,
+            self.input_tokens,
+            self.output_tokens,
+            self.requests,
+            self.tokens,
+        ]
+    }
+
     /// The amount this demand puts on `budget`.
     pub const fn amount(&self, budget: Budget) -> u64 {
         match budget {
@@ -139,14 +151,24 @@ pub struct Limits {
     /// The sliding interval of each budget (the window, or the burst
     /// interval `window * burst / limit`, rounded up).
     spans: [Duration; 6],
+    /// Derived from `values` and `spans` for the admission path: bit `i` set
+    /// when budget `i` is, each limit (0 where unset) and each span in
+    /// nanoseconds.
+    mask: u8,
+    raw: [u64; 6],
+    span_nanos: [u64; 6],
 }
 
 impl Limits {
     pub(crate) fn new(window: Duration) -> Self {
+        let nanos = duration_nanos(window);
         Limits {
             window,
             values: [None; 6],
             spans: [window; 6],
+            mask: 0,
+            raw: [0; 6],
+            span_nanos: [nanos; 6],
         }
     }
 
@@ -192,6 +214,30 @@ impl Limits {
             };
             self.spans[budget.index()] = span;
         }
+        self.mask = 0;
+        for budget in Budget::ALL {
+            let i = budget.index();
+            self.raw[i] = self.values[i].unwrap_or(0);
+            self.span_nanos[i] = duration_nanos(self.spans[i]);
+            if self.values[i].is_some() {
+                self.mask |= 1 << i;
+            }
+        }
+    }
+
+    /// Bit `budget.index()` is set when `budget` is.
+    pub(crate) fn mask(&self) -> u8 {
+        self.mask
+    }
+
+    /// The limit of the budget with index `i` (0 when unset).
+    pub(crate) fn raw(&self, i: usize) -> u64 {
+        self.raw[i]
+    }
+
+    /// The span of the budget with index `i`, in nanoseconds.
+    pub(crate) fn span_nanos(&self, i: usize) -> u64 {
+        self.span_nanos[i]
     }
 
     /// Checks every setting; `global` picks the field names.
@@ -224,6 +270,12 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// A duration in whole nanoseconds, saturating (settings are capped far
+/// below the 584 years a `u64` holds).
+pub(crate) fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for Limits {

@@ -39,6 +39,9 @@ struct Entry {
 /// One scope: its window in the store and its queue of waiters.
 pub(crate) struct Slot<W> {
     pub(crate) state: Mutex<SlotState<W>>,
+    /// Where this slot's admission count goes when it is dropped (evicted),
+    /// so the limiter's total survives eviction.
+    retired: Arc<AtomicU64>,
 }
 
 pub(crate) struct SlotState<W> {
@@ -49,6 +52,9 @@ pub(crate) struct SlotState<W> {
     /// limits) as of limits generation `generation`, so an admission reads
     /// them under the lock it holds anyway instead of taking the limits lock.
     cached: CachedLimits,
+    /// Requests admitted here, counted under the lock held anyway rather
+    /// than in one atomic all admissions contend on.
+    admitted: u64,
 }
 
 /// A scope's copy of the limits. `generation == STALE` means never filled.
@@ -63,8 +69,9 @@ struct CachedLimits {
 const STALE: u64 = u64::MAX;
 
 impl<W> Slot<W> {
-    fn new(window: W) -> Self {
+    fn new(window: W, retired: &Arc<AtomicU64>) -> Self {
         Slot {
+            retired: retired.clone(),
             state: Mutex::new(SlotState {
                 window,
                 queue: BTreeMap::new(),
@@ -74,8 +81,16 @@ impl<W> Slot<W> {
                     limits: None,
                     global: false,
                 },
+                admitted: 0,
             }),
         }
+    }
+}
+
+impl<W> Drop for Slot<W> {
+    fn drop(&mut self) {
+        let admitted = self.state.get_mut().admitted;
+        self.retired.fetch_add(admitted, Ordering::Relaxed);
     }
 }
 
@@ -250,7 +265,8 @@ pub(crate) struct Shared<C, St: RateStore> {
     max_wait: Duration,
     max_waiters: usize,
     waiting: AtomicUsize,
-    admitted: AtomicU64,
+    /// Admissions counted by slots that have been dropped.
+    retired: Arc<AtomicU64>,
     next_id: AtomicU64,
     reported_partitions: AtomicUsize,
     metrics: Metrics,
@@ -273,6 +289,17 @@ pub(crate) enum Attempt<T> {
     Never { amount: u64, limit: u64 },
 }
 
+impl<T> Attempt<T> {
+    /// A refusal: `Fits` cannot be one, but would mean "look again now".
+    fn refused(verdict: Verdict, now: Instant) -> Self {
+        match verdict {
+            Verdict::Fits => Attempt::Wait(now),
+            Verdict::NotUntil(at) => Attempt::Wait(at),
+            Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+        }
+    }
+}
+
 pub(crate) enum Enter<C, St: RateStore> {
     Admitted(Reservation<St>),
     Failed(BoxError),
@@ -288,8 +315,11 @@ pub(crate) enum WaitPoll<St: RateStore> {
 
 impl<C, St: RateStore> Shared<C, St> {
     pub(crate) fn new(store: St, classifier: C, settings: Settings) -> Self {
-        let partitions = Partitions::new(settings.max_partitions, || Slot::new(store.window()));
-        let global = Slot::new(store.window());
+        let retired = Arc::new(AtomicU64::new(0));
+        let partitions = Partitions::new(settings.max_partitions, || {
+            Slot::new(store.window(), &retired)
+        });
+        let global = Slot::new(store.window(), &retired);
         Shared {
             store,
             classifier,
@@ -300,7 +330,7 @@ impl<C, St: RateStore> Shared<C, St> {
             max_wait: settings.max_wait,
             max_waiters: settings.max_waiters,
             waiting: AtomicUsize::new(0),
-            admitted: AtomicU64::new(0),
+            retired,
             next_id: AtomicU64::new(0),
             reported_partitions: AtomicUsize::new(0),
             metrics: Metrics::new(),
@@ -311,9 +341,9 @@ impl<C, St: RateStore> Shared<C, St> {
         let Some(key) = key else {
             return SlotRef::Unkeyed;
         };
-        let (slot, _) = self
-            .partitions
-            .get(Some(key), now, || Slot::new(self.store.window()));
+        let (slot, _) = self.partitions.get(Some(key), now, || {
+            Slot::new(self.store.window(), &self.retired)
+        });
         let live = self.partitions.len();
         if self.reported_partitions.load(Ordering::Relaxed) != live {
             self.reported_partitions.store(live, Ordering::Relaxed);
@@ -358,13 +388,12 @@ impl<C, St: RateStore> Shared<C, St> {
         if state.cached.generation == generation {
             if let Some(limits) = &state.cached.limits {
                 if !state.cached.global {
-                    return match self.store.check(&mut state.window, demand, limits, now) {
-                        Verdict::Fits => Attempt::Admitted {
-                            part: self.store.reserve(&mut state.window, demand, limits, now),
-                            global: None,
-                        },
-                        Verdict::NotUntil(at) => Attempt::Wait(at),
-                        Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+                    return match self
+                        .store
+                        .try_reserve(&mut state.window, demand, limits, now)
+                    {
+                        Ok(part) => Attempt::Admitted { part, global: None },
+                        Err(verdict) => Attempt::refused(verdict, now),
                     };
                 }
                 // Lock order: partition, then global.
@@ -462,7 +491,6 @@ impl<C, St: RateStore> Shared<C, St> {
         demand: &Demand,
         waited: Duration,
     ) -> Reservation<St> {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
         self.metrics.admitted.increment(1);
         self.metrics.reserved.increment(demand.tokens);
         self.metrics.wait.record_duration(waited);
@@ -511,6 +539,7 @@ impl<C, St: RateStore> Shared<C, St> {
         let verdict = if state.queue.is_empty() {
             match self.attempt(&mut state, demand, now) {
                 Attempt::Admitted { part, global } => {
+                    state.admitted += 1;
                     drop(state);
                     return Enter::Admitted(self.admitted(
                         slot_ref,
@@ -653,6 +682,16 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
+    /// Requests admitted so far: the live slots' counts plus those of
+    /// evicted ones. (A slot evicted while this runs may be missed or
+    /// counted twice.)
+    fn admitted_total(&self) -> u64 {
+        let mut admitted = self.retired.load(Ordering::Relaxed);
+        self.partitions
+            .for_each(|_, slot| admitted += slot.state.lock().admitted);
+        admitted
+    }
+
     fn wake_all_heads(&self) {
         self.partitions
             .for_each(|_, slot| slot.state.lock().wake_head());
@@ -735,6 +774,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
         }
         match attempt {
             Attempt::Admitted { part, global } => {
+                state.admitted += 1;
                 state.remove(&self.key);
                 shared.waiting.fetch_sub(1, Ordering::AcqRel);
                 self.done = true;
@@ -848,7 +888,7 @@ where
 
     fn stats(&self) -> RateStats {
         RateStats {
-            admitted: self.admitted.load(Ordering::Relaxed),
+            admitted: self.admitted_total(),
             waiting: self.waiting.load(Ordering::Relaxed),
             partitions: self.partitions.len(),
         }
