@@ -44,26 +44,28 @@ pub(crate) struct Slot<W> {
     retired: Arc<AtomicU64>,
 }
 
+#[repr(C)] // what an admission touches first, side by side
 pub(crate) struct SlotState<W> {
-    pub(crate) window: W,
     queue: BTreeMap<WaitKey, Entry>,
-    expiries: BTreeSet<(Instant, WaitKey)>,
+    /// Requests admitted here, counted under the lock held anyway rather
+    /// than in one atomic all admissions contend on.
+    admitted: u64,
     /// A copy of this scope's limits (for the global slot: the global
     /// limits) as of limits generation `generation`, so an admission reads
     /// them under the lock it holds anyway instead of taking the limits lock.
     cached: CachedLimits,
-    /// Requests admitted here, counted under the lock held anyway rather
-    /// than in one atomic all admissions contend on.
-    admitted: u64,
+    pub(crate) window: W,
+    expiries: BTreeSet<(Instant, WaitKey)>,
 }
 
 /// A scope's copy of the limits. `generation == STALE` means never filled.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct CachedLimits {
     generation: u64,
-    limits: Option<Limits>,
     /// For a partition slot: whether global limits are set.
     global: bool,
+    limits: Option<Limits>,
 }
 
 const STALE: u64 = u64::MAX;
@@ -78,8 +80,8 @@ impl<W> Slot<W> {
                 expiries: BTreeSet::new(),
                 cached: CachedLimits {
                     generation: STALE,
-                    limits: None,
                     global: false,
+                    limits: None,
                 },
                 admitted: 0,
             }),

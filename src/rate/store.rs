@@ -134,19 +134,23 @@ pub struct MemoryStore;
 /// `len` of the `pushed` reservations and one sequence number identifies a
 /// reservation in all of them.
 #[derive(Default)]
+#[repr(C)] // what an admission touches first, side by side
 pub struct MemoryWindow {
-    origin: Option<Instant>,
-    logs: [SlidingLog; 6],
-    /// The span each log was last counted over (for expiry in `is_idle`).
-    spans: [u64; 6],
     /// Which logs are live: the budgets set in the limits last used. A log
     /// is emptied when its budget is unset.
     active: u8,
-    /// Reservations ever made here: the next sequence number.
-    pushed: u64,
     /// Whether a cooldown or a clamp may be in force (then admission takes
     /// the path that looks at them).
     feedback: bool,
+    /// Reservations ever made here: the next sequence number.
+    pushed: u64,
+    origin: Option<Instant>,
+    logs: [SlidingLog; 6],
+    /// The window length in nanoseconds: the longest span of any log, which
+    /// `is_idle` expires them all with (entries of one reservation share a
+    /// timestamp, so a log is empty at its own span once every log is empty
+    /// at the longest).
+    span: u64,
     cooldown: Option<Instant>,
     /// Server clamps on requests, tokens, input and output tokens.
     clamps: [Option<Clamp>; 4],
@@ -213,12 +217,14 @@ impl MemoryWindow {
     /// longer set (a new log starts empty, so all live logs keep holding the
     /// newest of the `pushed` reservations).
     #[inline]
-    fn sync(&mut self, mask: u8) {
+    fn sync(&mut self, limits: &Limits) {
+        let mask = limits.mask();
         if self.active != mask {
             for i in bits(self.active & !mask) {
                 self.logs[i].clear();
             }
             self.active = mask;
+            self.span = duration_nanos(limits.window());
         }
     }
 
@@ -259,7 +265,7 @@ impl RateStore for MemoryStore {
         now: Instant,
     ) -> Verdict {
         let t = window.time(now);
-        window.sync(limits.mask());
+        window.sync(limits);
         let amounts = demand.amounts();
         for clamp in &mut window.clamps {
             if clamp.is_some_and(|c| now >= c.until) {
@@ -272,15 +278,13 @@ impl RateStore for MemoryStore {
         window.feedback = window.cooldown.is_some() || window.clamps.iter().any(Option::is_some);
         let mut verdict = Verdict::Fits;
         for i in bits(limits.mask()) {
-            let limit = limits.raw(i);
-            let span = limits.span_nanos(i);
+            let (limit, span) = limits.budget(i);
             let unseen = window
                 .clamps
                 .get(i)
                 .copied()
                 .flatten()
                 .map(|c| (c.unseen, c.until));
-            window.spans[i] = span;
             let log = &mut window.logs[i];
             log.expire(t, span);
             let amount = amounts[i];
@@ -317,7 +321,7 @@ impl RateStore for MemoryStore {
         now: Instant,
     ) -> MemoryTicket {
         let t = window.time(now);
-        window.sync(limits.mask());
+        window.sync(limits);
         window.push(t, &demand.amounts())
     }
 
@@ -340,14 +344,13 @@ impl RateStore for MemoryStore {
         }
         let t = window.time(now);
         let mask = limits.mask();
-        window.sync(mask);
+        window.sync(limits);
         let amounts = demand.amounts();
         for i in bits(mask) {
-            let span = limits.span_nanos(i);
-            window.spans[i] = span;
+            let (limit, span) = limits.budget(i);
             let log = &mut window.logs[i];
             log.expire(t, span);
-            if log.sum().saturating_add(amounts[i]) > limits.raw(i) {
+            if log.sum().saturating_add(amounts[i]) > limit {
                 return match self.check(window, demand, limits, now) {
                     Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
                     verdict => Err(verdict),
@@ -429,10 +432,8 @@ impl WindowState for MemoryWindow {
         }
         // An emptied log is as good as a new one.
         let t = self.time(now);
-        bits(self.active).all(|i| {
-            let span = self.spans[i];
-            self.logs[i].is_empty_at(t, span)
-        })
+        let span = self.span;
+        bits(self.active).all(|i| self.logs[i].is_empty_at(t, span))
     }
 }
 
