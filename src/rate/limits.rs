@@ -120,6 +120,18 @@ impl Demand {
         }
     }
 
+    /// The amount this demand puts on each budget, by index.
+    pub(crate) const fn amounts(&self) -> [u64; 6] {
+        [
+            self.requests,
+            self.tokens,
+            self.input_tokens,
+            self.output_tokens,
+            self.requests,
+            self.tokens,
+        ]
+    }
+
     /// The amount this demand puts on `budget`.
     pub const fn amount(&self, budget: Budget) -> u64 {
         match budget {
@@ -133,20 +145,25 @@ impl Demand {
 
 /// The limits of one scope: a window length and up to six budgets.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C)] // the mask and the first budgets in one cache line
 pub struct Limits {
+    /// Bit `budget.index()` set when `budget` is.
+    mask: u8,
     window: Duration,
-    values: [Option<u64>; 6],
-    /// The sliding interval of each budget (the window, or the burst
-    /// interval `window * burst / limit`, rounded up).
-    spans: [Duration; 6],
+    /// Per budget: its limit (0 where unset) and the sliding interval it is
+    /// counted over in nanoseconds (the window, or the burst interval
+    /// `window * burst / limit`, rounded up). Side by side, so an admission
+    /// reads one place per budget; the whole value is small enough that
+    /// every partition keeps a copy.
+    budgets: [(u64, u64); 6],
 }
 
 impl Limits {
     pub(crate) fn new(window: Duration) -> Self {
         Limits {
             window,
-            values: [None; 6],
-            spans: [window; 6],
+            mask: 0,
+            budgets: [(0, duration_nanos(window)); 6],
         }
     }
 
@@ -157,41 +174,71 @@ impl Limits {
 
     /// The limit of `budget`, if set.
     pub fn get(&self, budget: Budget) -> Option<u64> {
-        self.values[budget.index()]
+        let i = budget.index();
+        (self.mask & (1 << i) != 0).then_some(self.budgets[i].0)
     }
 
     /// The sliding interval `budget` is counted over: the window, or for a
     /// burst bound `window * burst / limit` (rounded up to the nanosecond, so
     /// pacing is never faster than a bucket refilled at `limit / window`).
     pub fn span(&self, budget: Budget) -> Duration {
-        self.spans[budget.index()]
+        let nanos = self.budgets[budget.index()].1;
+        if nanos == duration_nanos(self.window) {
+            self.window
+        } else {
+            Duration::from_nanos(nanos)
+        }
     }
 
     /// Whether any budget is set.
     pub fn is_empty(&self) -> bool {
-        self.values.iter().all(Option::is_none)
+        self.mask == 0
     }
 
     pub(crate) fn set(&mut self, budget: Budget, value: Option<u64>) {
-        self.values[budget.index()] = value;
+        let i = budget.index();
+        match value {
+            Some(v) => {
+                self.mask |= 1 << i;
+                self.budgets[i].0 = v;
+            }
+            None => {
+                self.mask &= !(1 << i);
+                self.budgets[i].0 = 0;
+            }
+        }
         self.recompute_spans();
     }
 
     fn recompute_spans(&mut self) {
+        let window = duration_nanos(self.window);
         for budget in Budget::ALL {
             let span = match (budget.paced(), self.get(budget)) {
                 (Some(paced), Some(burst)) => match self.get(paced) {
                     Some(limit) if limit > 0 => {
-                        let nanos = self.window.as_nanos() * u128::from(burst);
+                        let nanos = u128::from(window) * u128::from(burst);
                         let nanos = nanos.div_ceil(u128::from(limit));
-                        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+                        u64::try_from(nanos).unwrap_or(u64::MAX)
                     }
-                    _ => self.window,
+                    _ => window,
                 },
-                _ => self.window,
+                _ => window,
             };
-            self.spans[budget.index()] = span;
+            self.budgets[budget.index()].1 = span;
         }
+    }
+
+    /// Bit `budget.index()` is set when `budget` is.
+    #[inline]
+    pub(crate) fn mask(&self) -> u8 {
+        self.mask
+    }
+
+    /// The limit (0 when unset) and the span in nanoseconds of the budget
+    /// with index `i`.
+    #[inline]
+    pub(crate) fn budget(&self, i: usize) -> (u64, u64) {
+        self.budgets[i]
     }
 
     /// Checks every setting; `global` picks the field names.
@@ -224,6 +271,12 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// A duration in whole nanoseconds, saturating (settings are capped far
+/// below the 584 years a `u64` holds).
+pub(crate) fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for Limits {

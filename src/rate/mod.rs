@@ -56,11 +56,16 @@
 //!   but approximate: depending on where in the bucket the requests fell,
 //!   they over- or under-count, and over-admit by up to a bucket's worth.
 //!
-//! The log costs one entry per admission inside the window (bounded by the
-//! request limit when one is set). It also gives what the others cannot:
-//! each reservation has an identity (a sequence number: the log's base offset
-//! plus its index) so it can be **corrected at its original timestamp** in
-//! O(1) when the actual usage is known.
+//! The log costs one 16-byte entry per admission inside the window (bounded
+//! by the request limit when one is set). It also gives what the others
+//! cannot: each reservation has an identity (a sequence number: every live
+//! log of a partition gets an entry per reservation, so the newest entry is
+//! the latest reservation and the others count back from it) so it can be
+//! **corrected at its original timestamp** in O(1) when the actual usage is
+//! known.
+//!
+//! An admission that fits is one pass: each budget that is set expires its
+//! old entries and compares its sum, then every log gets the new entry.
 //!
 //! The window state is pure (`now` is an argument) and lives behind the
 //! [`RateStore`] seam; [`MemoryStore`] is the default.

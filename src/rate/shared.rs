@@ -42,44 +42,61 @@ pub(crate) struct Slot<W> {
     /// The slot's own metric handles, with a `partition` label (only with
     /// `partition_label`; otherwise the limiter's are used).
     metrics: Option<Box<Metrics>>,
+    /// Where this slot's admission count goes when it is dropped (evicted),
+    /// so the limiter's total survives eviction.
+    retired: Arc<AtomicU64>,
 }
 
+#[repr(C)] // what an admission touches first, side by side
 pub(crate) struct SlotState<W> {
-    pub(crate) window: W,
     queue: BTreeMap<WaitKey, Entry>,
-    expiries: BTreeSet<(Instant, WaitKey)>,
+    /// Requests admitted here, counted under the lock held anyway rather
+    /// than in one atomic all admissions contend on.
+    admitted: u64,
     /// A copy of this scope's limits (for the global slot: the global
     /// limits) as of limits generation `generation`, so an admission reads
     /// them under the lock it holds anyway instead of taking the limits lock.
     cached: CachedLimits,
+    pub(crate) window: W,
+    expiries: BTreeSet<(Instant, WaitKey)>,
 }
 
 /// A scope's copy of the limits. `generation == STALE` means never filled.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct CachedLimits {
     generation: u64,
-    limits: Option<Limits>,
     /// For a partition slot: whether global limits are set.
     global: bool,
+    limits: Option<Limits>,
 }
 
 const STALE: u64 = u64::MAX;
 
 impl<W> Slot<W> {
-    fn new(window: W, metrics: Option<Box<Metrics>>) -> Self {
+    fn new(window: W, metrics: Option<Box<Metrics>>, retired: &Arc<AtomicU64>) -> Self {
         Slot {
             metrics,
+            retired: retired.clone(),
             state: Mutex::new(SlotState {
                 window,
                 queue: BTreeMap::new(),
                 expiries: BTreeSet::new(),
                 cached: CachedLimits {
                     generation: STALE,
-                    limits: None,
                     global: false,
+                    limits: None,
                 },
+                admitted: 0,
             }),
         }
+    }
+}
+
+impl<W> Drop for Slot<W> {
+    fn drop(&mut self) {
+        let admitted = self.state.get_mut().admitted;
+        self.retired.fetch_add(admitted, Ordering::Relaxed);
     }
 }
 
@@ -250,7 +267,8 @@ pub(crate) struct Shared<C, St: RateStore> {
     max_wait: Duration,
     max_waiters: usize,
     waiting: AtomicUsize,
-    admitted: AtomicU64,
+    /// Admissions counted by slots that have been dropped.
+    retired: Arc<AtomicU64>,
     next_id: AtomicU64,
     reported_partitions: AtomicUsize,
     metrics: Metrics,
@@ -274,6 +292,17 @@ pub(crate) enum Attempt<T> {
     Never { amount: u64, limit: u64 },
 }
 
+impl<T> Attempt<T> {
+    /// A refusal: `Fits` cannot be one, but would mean "look again now".
+    fn refused(verdict: Verdict, now: Instant) -> Self {
+        match verdict {
+            Verdict::Fits => Attempt::Wait(now),
+            Verdict::NotUntil(at) => Attempt::Wait(at),
+            Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+        }
+    }
+}
+
 pub(crate) enum Enter<C, St: RateStore> {
     Admitted(Reservation<St>),
     Failed(BoxError),
@@ -294,6 +323,7 @@ impl<C, St: RateStore> Shared<C, St> {
         settings: Settings,
         metric_settings: MetricSettings,
     ) -> Self {
+        let retired = Arc::new(AtomicU64::new(0));
         // `Partitions::new` makes the unkeyed slot first, then the overflow one.
         let mut made = 0;
         let partitions = Partitions::new(settings.max_partitions, || {
@@ -303,9 +333,9 @@ impl<C, St: RateStore> Shared<C, St> {
             } else {
                 SlotLabel::Overflow
             };
-            Slot::new(store.window(), metric_settings.slot(label))
+            Slot::new(store.window(), metric_settings.slot(label), &retired)
         });
-        let global = Slot::new(store.window(), None);
+        let global = Slot::new(store.window(), None, &retired);
         let metrics = Metrics::new(&metric_settings.scope, &metric_settings.scope);
         Shared {
             store,
@@ -317,7 +347,7 @@ impl<C, St: RateStore> Shared<C, St> {
             max_wait: settings.max_wait,
             max_waiters: settings.max_waiters,
             waiting: AtomicUsize::new(0),
-            admitted: AtomicU64::new(0),
+            retired,
             next_id: AtomicU64::new(0),
             reported_partitions: AtomicUsize::new(0),
             metrics,
@@ -333,6 +363,7 @@ impl<C, St: RateStore> Shared<C, St> {
             Slot::new(
                 self.store.window(),
                 self.metric_settings.slot(SlotLabel::Key(key)),
+                &self.retired,
             )
         });
         let live = self.partitions.len();
@@ -386,13 +417,12 @@ impl<C, St: RateStore> Shared<C, St> {
         if state.cached.generation == generation {
             if let Some(limits) = &state.cached.limits {
                 if !state.cached.global {
-                    return match self.store.check(&mut state.window, demand, limits, now) {
-                        Verdict::Fits => Attempt::Admitted {
-                            part: self.store.reserve(&mut state.window, demand, limits, now),
-                            global: None,
-                        },
-                        Verdict::NotUntil(at) => Attempt::Wait(at),
-                        Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+                    return match self
+                        .store
+                        .try_reserve(&mut state.window, demand, limits, now)
+                    {
+                        Ok(part) => Attempt::Admitted { part, global: None },
+                        Err(verdict) => Attempt::refused(verdict, now),
                     };
                 }
                 // Lock order: partition, then global.
@@ -490,7 +520,6 @@ impl<C, St: RateStore> Shared<C, St> {
         demand: &Demand,
         waited: Duration,
     ) -> Reservation<St> {
-        self.admitted.fetch_add(1, Ordering::Relaxed);
         let metrics = self.metrics(self.resolve(&slot));
         metrics.admitted.increment(1);
         metrics.reserved.increment(demand.tokens);
@@ -541,6 +570,7 @@ impl<C, St: RateStore> Shared<C, St> {
         let verdict = if state.queue.is_empty() {
             match self.attempt(&mut state, demand, now) {
                 Attempt::Admitted { part, global } => {
+                    state.admitted += 1;
                     drop(state);
                     return Enter::Admitted(self.admitted(
                         slot_ref,
@@ -685,6 +715,16 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
+    /// Requests admitted so far: the live slots' counts plus those of
+    /// evicted ones. (A slot evicted while this runs may be missed or
+    /// counted twice.)
+    fn admitted_total(&self) -> u64 {
+        let mut admitted = self.retired.load(Ordering::Relaxed);
+        self.partitions
+            .for_each(|_, slot| admitted += slot.state.lock().admitted);
+        admitted
+    }
+
     fn wake_all_heads(&self) {
         self.partitions
             .for_each(|_, slot| slot.state.lock().wake_head());
@@ -768,6 +808,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
         }
         match attempt {
             Attempt::Admitted { part, global } => {
+                state.admitted += 1;
                 state.remove(&self.key);
                 shared.waiting.fetch_sub(1, Ordering::AcqRel);
                 self.done = true;
@@ -885,7 +926,7 @@ where
 
     fn stats(&self) -> RateStats {
         RateStats {
-            admitted: self.admitted.load(Ordering::Relaxed),
+            admitted: self.admitted_total(),
             waiting: self.waiting.load(Ordering::Relaxed),
             partitions: self.partitions.len(),
         }

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::limits::{Budget, Demand, Limits};
-use super::window::{SlidingLog, Verdict};
+use super::limits::{duration_nanos, Budget, Demand, Limits};
+use super::window::{LogVerdict, SlidingLog, Verdict};
 use crate::classify::{LimitState, RateLimitState};
 
 /// Where the budgets of each partition are kept. See the [module docs](self).
@@ -54,6 +54,22 @@ pub trait RateStore: Send + Sync + 'static {
         limits: &Limits,
         now: Instant,
     ) -> Self::Ticket;
+
+    /// [`check`](Self::check), then [`reserve`](Self::reserve) if it fits:
+    /// the reservation, or the verdict that refused it. A store may do both
+    /// in one pass (the in-memory one does); the default calls the two.
+    fn try_reserve(
+        &self,
+        window: &mut Self::Window,
+        demand: &Demand,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<Self::Ticket, Verdict> {
+        match self.check(window, demand, limits, now) {
+            Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
+            verdict => Err(verdict),
+        }
+    }
 
     /// Replaces a reservation's amounts with `actual`, at the reservation's
     /// original timestamp. A part that has already left the window is not
@@ -104,27 +120,40 @@ pub trait WindowState: Send + 'static {
 
 /// The default store: sliding logs in process memory.
 ///
-/// Memory per partition is one entry per reservation inside its window, in
-/// each budget that is set (so at most `requests_per_minute` entries a budget
-/// when a request budget is set).
+/// Memory per partition is one 16-byte entry per reservation inside its
+/// window, in each budget that is set (so at most `requests_per_minute`
+/// entries a budget when a request budget is set).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MemoryStore;
 
 /// [`MemoryStore`]'s state of one scope.
+///
+/// Time inside is nanoseconds since `origin` (the first instant the scope
+/// was asked about), so log entries are two integers. Every budget that is
+/// set gets an entry per reservation, so all live logs hold the newest
+/// `len` of the `pushed` reservations and one sequence number identifies a
+/// reservation in all of them.
 #[derive(Default)]
+#[repr(C)] // what an admission touches first, side by side
 pub struct MemoryWindow {
-    logs: [Option<Log>; 6],
+    /// Which logs are live: the budgets set in the limits last used. A log
+    /// is emptied when its budget is unset.
+    active: u8,
+    /// Whether a cooldown or a clamp may be in force (then admission takes
+    /// the path that looks at them).
+    feedback: bool,
+    /// Reservations ever made here: the next sequence number.
+    pushed: u64,
+    origin: Option<Instant>,
+    logs: [SlidingLog; 6],
+    /// The window length in nanoseconds: the longest span of any log, which
+    /// `is_idle` expires them all with (entries of one reservation share a
+    /// timestamp, so a log is empty at its own span once every log is empty
+    /// at the longest).
+    span: u64,
     cooldown: Option<Instant>,
     /// Server clamps on requests, tokens, input and output tokens.
     clamps: [Option<Clamp>; 4],
-}
-
-/// One budget's log and the span it was last counted over (for expiry in
-/// `is_idle`), kept side by side so an admission touches one place.
-#[derive(Default)]
-struct Log {
-    log: SlidingLog,
-    span: Duration,
 }
 
 /// Usage the server counts and the local window does not, until `until`.
@@ -134,17 +163,16 @@ struct Clamp {
     unseen: u64,
 }
 
-/// [`MemoryStore`]'s reservation: a sequence number in each budget's log,
-/// and what each log held right after it (the local view at admission, which
-/// the server's rate-limit headers are compared with).
+/// [`MemoryStore`]'s reservation: its sequence number in the scope's logs,
+/// which logs it went into, and what the request, token, input and output
+/// logs held right after it (the local view at admission, which the
+/// server's rate-limit headers are compared with).
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryTicket {
-    /// `NONE` where the budget was not set.
-    seqs: [u64; 6],
-    used: [u64; 6],
+    seq: u64,
+    mask: u8,
+    used: [u64; 4],
 }
-
-const NONE: u64 = u64::MAX;
 
 const CLAMPED: [Budget; 4] = [
     Budget::Requests,
@@ -152,6 +180,74 @@ const CLAMPED: [Budget; 4] = [
     Budget::InputTokens,
     Budget::OutputTokens,
 ];
+
+/// The indices of the bits set in `mask`, lowest first.
+#[inline]
+fn bits(mut mask: u8) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(i)
+    })
+}
+
+impl MemoryWindow {
+    /// `now` in the window's time: nanoseconds since its origin, which the
+    /// first call sets. An instant before the origin counts as the origin:
+    /// every entry is at or after it, so no entry expires either way, and
+    /// an entry recorded there only expires later than it would have.
+    #[inline]
+    fn time(&mut self, now: Instant) -> u64 {
+        let origin = *self.origin.get_or_insert(now);
+        duration_nanos(now.saturating_duration_since(origin))
+    }
+
+    /// The instant of window time `t` (after [`time`](Self::time)).
+    fn instant(&self, t: u64, now: Instant) -> Instant {
+        let origin = self.origin.unwrap_or(now);
+        origin
+            .checked_add(Duration::from_nanos(t))
+            .unwrap_or(now + crate::error::LONGEST_SETTING)
+    }
+
+    /// Makes the live logs those of `mask`, emptying the logs of budgets no
+    /// longer set (a new log starts empty, so all live logs keep holding the
+    /// newest of the `pushed` reservations).
+    #[inline]
+    fn sync(&mut self, limits: &Limits) {
+        let mask = limits.mask();
+        if self.active != mask {
+            for i in bits(self.active & !mask) {
+                self.logs[i].clear();
+            }
+            self.active = mask;
+            self.span = duration_nanos(limits.window());
+        }
+    }
+
+    /// Records `amounts` in every live log at window time `t`.
+    #[inline]
+    fn push(&mut self, t: u64, amounts: &[u64; 6]) -> MemoryTicket {
+        for i in bits(self.active) {
+            self.logs[i].push(t, amounts[i]);
+        }
+        let seq = self.pushed;
+        self.pushed += 1;
+        MemoryTicket {
+            seq,
+            mask: self.active,
+            used: [
+                self.logs[0].sum(),
+                self.logs[1].sum(),
+                self.logs[2].sum(),
+                self.logs[3].sum(),
+            ],
+        }
+    }
+}
 
 impl RateStore for MemoryStore {
     type Window = MemoryWindow;
@@ -168,51 +264,51 @@ impl RateStore for MemoryStore {
         limits: &Limits,
         now: Instant,
     ) -> Verdict {
-        let mut verdict = Verdict::Fits;
-        for budget in Budget::ALL {
-            let Some(limit) = limits.get(budget) else {
-                continue;
-            };
-            let span = limits.span(budget);
-            let unseen = clamp_of(budget).and_then(|i| match window.clamps[i] {
-                Some(c) if now < c.until => Some((c.unseen, c.until)),
-                Some(_) => {
-                    window.clamps[i] = None;
-                    None
-                }
-                None => None,
-            });
-            let entry = window.logs[budget.index()].get_or_insert_with(Log::default);
-            entry.span = span;
-            let amount = demand.amount(budget);
-            let v = match unseen {
-                None => entry.log.check(now, span, amount, limit),
-                Some(_) if amount > limit => Verdict::Never { amount, limit },
-                // Fits under what the server leaves, or waits for local
-                // entries to expire or the unseen usage to reset, whichever
-                // comes first.
-                Some((unseen, until)) => {
-                    match entry
-                        .log
-                        .check(now, span, amount, limit - unseen.min(limit))
-                    {
-                        Verdict::Fits => Verdict::Fits,
-                        Verdict::NotUntil(at) => Verdict::NotUntil(at.min(until)),
-                        Verdict::Never { .. } => Verdict::NotUntil(until),
-                    }
-                }
-            };
-            if let Verdict::Never { .. } = v {
-                return v;
+        let t = window.time(now);
+        window.sync(limits);
+        let amounts = demand.amounts();
+        for clamp in &mut window.clamps {
+            if clamp.is_some_and(|c| now >= c.until) {
+                *clamp = None;
             }
+        }
+        if window.cooldown.is_some_and(|until| now >= until) {
+            window.cooldown = None;
+        }
+        window.feedback = window.cooldown.is_some() || window.clamps.iter().any(Option::is_some);
+        let mut verdict = Verdict::Fits;
+        for i in bits(limits.mask()) {
+            let (limit, span) = limits.budget(i);
+            let unseen = window
+                .clamps
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|c| (c.unseen, c.until));
+            let log = &mut window.logs[i];
+            log.expire(t, span);
+            let amount = amounts[i];
+            // Fits under what the server leaves (when it clamps), or waits
+            // for local entries to expire or the unseen usage to reset,
+            // whichever comes first.
+            let (cap, until) = match unseen {
+                None => (limit, None),
+                Some(_) if amount > limit => return Verdict::Never { amount, limit },
+                Some((unseen, until)) => (limit - unseen.min(limit), Some(until)),
+            };
+            let v = match (log.verdict(t, span, amount, cap), until) {
+                (LogVerdict::Fits, _) => Verdict::Fits,
+                (LogVerdict::NotUntil(at), None) => Verdict::NotUntil(window.instant(at, now)),
+                (LogVerdict::NotUntil(at), Some(until)) => {
+                    Verdict::NotUntil(window.instant(at, now).min(until))
+                }
+                (LogVerdict::Never, None) => return Verdict::Never { amount, limit },
+                (LogVerdict::Never, Some(until)) => Verdict::NotUntil(until),
+            };
             verdict = verdict.and(v);
         }
         if let Some(until) = window.cooldown {
-            if now < until {
-                verdict = verdict.and(Verdict::NotUntil(until));
-            } else {
-                window.cooldown = None;
-            }
+            verdict = verdict.and(Verdict::NotUntil(until));
         }
         verdict
     }
@@ -224,17 +320,44 @@ impl RateStore for MemoryStore {
         limits: &Limits,
         now: Instant,
     ) -> MemoryTicket {
-        let mut seqs = [NONE; 6];
-        let mut used = [0; 6];
-        for budget in Budget::ALL {
-            if limits.get(budget).is_none() {
-                continue;
-            }
-            let entry = window.logs[budget.index()].get_or_insert_with(Log::default);
-            seqs[budget.index()] = entry.log.push(now, demand.amount(budget));
-            used[budget.index()] = entry.log.sum();
+        let t = window.time(now);
+        window.sync(limits);
+        window.push(t, &demand.amounts())
+    }
+
+    /// One pass: expires and checks each budget that is set, then pushes
+    /// into all of them. Anything unusual (a cooldown or clamp, a budget
+    /// without room) goes through [`check`](Self::check) for the verdict.
+    #[inline]
+    fn try_reserve(
+        &self,
+        window: &mut MemoryWindow,
+        demand: &Demand,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<MemoryTicket, Verdict> {
+        if window.feedback {
+            return match self.check(window, demand, limits, now) {
+                Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
+                verdict => Err(verdict),
+            };
         }
-        MemoryTicket { seqs, used }
+        let t = window.time(now);
+        let mask = limits.mask();
+        window.sync(limits);
+        let amounts = demand.amounts();
+        for i in bits(mask) {
+            let (limit, span) = limits.budget(i);
+            let log = &mut window.logs[i];
+            log.expire(t, span);
+            if log.sum().saturating_add(amounts[i]) > limit {
+                return match self.check(window, demand, limits, now) {
+                    Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
+                    verdict => Err(verdict),
+                };
+            }
+        }
+        Ok(window.push(t, &amounts))
     }
 
     fn reconcile(
@@ -244,16 +367,19 @@ impl RateStore for MemoryStore {
         actual: &Demand,
         _now: Instant,
     ) {
-        for budget in Budget::ALL {
-            let seq = ticket.seqs[budget.index()];
-            if let (true, Some(entry)) = (seq != NONE, &mut window.logs[budget.index()]) {
-                entry.log.set(seq, actual.amount(budget));
-            }
+        // Entries are counted back from the newest; a log that went live
+        // after the reservation (or was emptied since) does not reach back
+        // that far.
+        let back = window.pushed - 1 - ticket.seq;
+        let amounts = actual.amounts();
+        for i in bits(window.active & ticket.mask) {
+            window.logs[i].set(back, amounts[i]);
         }
     }
 
     fn cool_down(&self, window: &mut MemoryWindow, until: Instant) {
         window.cooldown = Some(window.cooldown.map_or(until, |c| c.max(until)));
+        window.feedback = true;
     }
 
     fn clamp(
@@ -274,13 +400,13 @@ impl RateStore for MemoryStore {
             let (Some(remaining), Some(limit)) = (s.remaining, limits.get(budget)) else {
                 continue;
             };
-            if ticket.seqs[budget.index()] == NONE {
+            if ticket.mask & (1 << budget.index()) == 0 {
                 continue;
             }
             // What the local window left at admission, less what the server
             // left: usage only the server saw. A newer answer replaces an
             // older one's view.
-            let local_left = limit.saturating_sub(ticket.used[budget.index()]);
+            let local_left = limit.saturating_sub(ticket.used[i]);
             let unseen = local_left.saturating_sub(remaining);
             // Capped: a header can say anything.
             let reset = s
@@ -291,13 +417,9 @@ impl RateStore for MemoryStore {
                 until: now + reset,
                 unseen,
             });
+            window.feedback |= window.clamps[i].is_some();
         }
     }
-}
-
-/// Which clamp slot a budget has, if the server reports on it.
-fn clamp_of(budget: Budget) -> Option<usize> {
-    CLAMPED.iter().position(|&b| b == budget)
 }
 
 impl WindowState for MemoryWindow {
@@ -309,10 +431,9 @@ impl WindowState for MemoryWindow {
             return false;
         }
         // An emptied log is as good as a new one.
-        self.logs.iter_mut().all(|entry| match entry {
-            Some(entry) => entry.log.is_empty_at(now, entry.span),
-            None => true,
-        })
+        let t = self.time(now);
+        let span = self.span;
+        bits(self.active).all(|i| self.logs[i].is_empty_at(t, span))
     }
 }
 
@@ -321,11 +442,7 @@ impl fmt::Debug for MemoryWindow {
         f.debug_struct("MemoryWindow")
             .field(
                 "entries",
-                &self
-                    .logs
-                    .iter()
-                    .map(|l| l.as_ref().map_or(0, |e| e.log.len()))
-                    .sum::<usize>(),
+                &self.logs.iter().map(SlidingLog::len).sum::<usize>(),
             )
             .field("cooldown", &self.cooldown)
             .finish_non_exhaustive()

@@ -3,8 +3,6 @@
 //! Every function takes `now`; unit tests drive it with made-up instants.
 
 use std::collections::VecDeque;
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 /// Whether an amount fits a budget now, later, or never.
@@ -41,38 +39,45 @@ impl Verdict {
 /// An exact sliding log: one entry per reservation still inside the window,
 /// with a running sum.
 ///
-/// An entry made at `ts` counts at every `t` with `ts <= t < ts + window`, i.e.
-/// at `t` the log holds the entries of `(t - window, t]`. Admission at `t`
-/// requires `sum + amount <= limit`, so every interval of length `window`
+/// Time is in nanoseconds since an origin the owner picks (no entry or
+/// `now` before it): 16-byte entries, and one integer comparison per entry
+/// looked at.
+///
+/// An entry made at `ts` counts at every `t` with `ts <= t < ts + span`,
+/// i.e. at `t` the log holds the entries of `(t - span, t]`. Admission at
+/// `t` requires `sum + amount <= limit`, so every interval of length `span`
 /// that ends at an admission holds at most `limit`; since any interval's
 /// content is bounded by the interval ending at its last admission, *every*
-/// interval of length `window` does.
+/// interval of length `span` does.
 ///
-/// Entries are identified by a sequence number (`base` + index), so a
-/// reservation can be corrected in O(1) at its original timestamp.
+/// Entries are identified by a sequence number; the owner keeps the count
+/// of entries ever pushed (`pushed`), so `entries[i]` is number
+/// `pushed - len + i` and a reservation can be corrected in O(1) at its
+/// original timestamp.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SlidingLog {
-    entries: VecDeque<(Instant, u64)>,
-    /// Sequence number of `entries[0]`.
-    base: u64,
+    entries: VecDeque<(u64, u64)>,
     /// Sum of the amounts in `entries`.
     sum: u64,
 }
 
-impl SlidingLog {
-    #[cfg(test)]
-    pub(crate) fn new() -> Self {
-        SlidingLog::default()
-    }
+/// [`Verdict`] in the log's own time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogVerdict {
+    Fits,
+    NotUntil(u64),
+    Never,
+}
 
+impl SlidingLog {
     /// Drops the entries that no longer count at `now`. O(1) amortized: each
     /// entry is pushed once and popped once.
-    pub(crate) fn expire(&mut self, now: Instant, window: Duration) {
-        // An entry at `ts` counts while `ts + window > now`, i.e. while
-        // `ts > now - window`: one subtraction instead of one addition per
-        // entry looked at. If `now - window` is before the clock's origin,
-        // no entry (all at or after the origin) can have left the window.
-        let Some(cutoff) = now.checked_sub(window) else {
+    #[inline]
+    pub(crate) fn expire(&mut self, now: u64, span: u64) {
+        // An entry at `ts` counts while `ts + span > now`, i.e. while
+        // `ts > now - span`. If `now - span` is before the origin, no entry
+        // (all at or after it) can have left the window.
+        let Some(cutoff) = now.checked_sub(span) else {
             return;
         };
         while let Some(&(ts, amount)) = self.entries.front() {
@@ -81,70 +86,84 @@ impl SlidingLog {
             }
             self.entries.pop_front();
             self.sum -= amount;
-            self.base += 1;
         }
     }
 
     /// What is reserved in the window (after [`expire`](Self::expire)).
+    #[inline]
     pub(crate) fn sum(&self) -> u64 {
         self.sum
     }
 
     /// How many entries are held.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Whether `amount` fits under `limit` at `now`, and if not, from when.
+    /// Forgets every entry.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.sum = 0;
+    }
+
+    /// Whether `amount` fits under `limit` at `now` (already expired with
+    /// [`expire`](Self::expire)), and if not, from when.
     ///
     /// The wait is found by walking from the oldest entry until enough would
-    /// have expired: the instant is that entry's timestamp plus the window.
-    pub(crate) fn check(
-        &mut self,
-        now: Instant,
-        window: Duration,
-        amount: u64,
-        limit: u64,
-    ) -> Verdict {
+    /// have expired: the instant is that entry's timestamp plus the span.
+    pub(crate) fn verdict(&self, now: u64, span: u64, amount: u64, limit: u64) -> LogVerdict {
         if amount > limit {
-            return Verdict::Never { amount, limit };
+            return LogVerdict::Never;
         }
-        self.expire(now, window);
         let total = self.sum.saturating_add(amount);
         if total <= limit {
-            return Verdict::Fits;
+            return LogVerdict::Fits;
         }
         let need = total - limit;
         let mut freed = 0u64;
         for &(ts, entry) in &self.entries {
             freed = freed.saturating_add(entry);
             if freed >= need {
-                return Verdict::NotUntil(ts + window);
+                return LogVerdict::NotUntil(ts.saturating_add(span));
             }
         }
         // Unreachable while `amount <= limit` (everything expiring frees
         // `sum >= need`); be safe anyway.
-        Verdict::NotUntil(self.entries.back().map_or(now, |&(ts, _)| ts + window))
+        LogVerdict::NotUntil(
+            self.entries
+                .back()
+                .map_or(now, |&(ts, _)| ts.saturating_add(span)),
+        )
     }
 
-    /// Records `amount` at `now` and returns its sequence number. Timestamps
-    /// never go backwards: an entry is recorded at the latest of `now` and the
-    /// newest entry, which can only make it expire later.
-    pub(crate) fn push(&mut self, now: Instant, amount: u64) -> u64 {
+    /// [`expire`](Self::expire), then [`verdict`](Self::verdict).
+    #[cfg(test)]
+    pub(crate) fn check(&mut self, now: u64, span: u64, amount: u64, limit: u64) -> LogVerdict {
+        self.expire(now, span);
+        self.verdict(now, span, amount, limit)
+    }
+
+    /// Records `amount` at `now`. Timestamps never go backwards: an entry is
+    /// recorded at the latest of `now` and the newest entry, which can only
+    /// make it expire later.
+    #[inline]
+    pub(crate) fn push(&mut self, now: u64, amount: u64) {
         let at = match self.entries.back() {
             Some(&(last, _)) if last > now => last,
             _ => now,
         };
         self.entries.push_back((at, amount));
         self.sum = self.sum.saturating_add(amount);
-        self.base + self.entries.len() as u64 - 1
     }
 
-    /// Replaces the amount of entry `seq`, at its original timestamp. Returns
-    /// the old amount, or `None` if the entry has already expired (then the
+    /// Replaces the amount of the entry `back` places before the newest
+    /// (`0` is the newest), at its original timestamp. Returns the old
+    /// amount, or `None` if the entry has already expired (then the
     /// correction can change nothing: the window no longer counts it).
-    pub(crate) fn set(&mut self, seq: u64, amount: u64) -> Option<u64> {
-        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+    pub(crate) fn set(&mut self, back: u64, amount: u64) -> Option<u64> {
+        let back = usize::try_from(back).ok()?;
+        let index = self.entries.len().checked_sub(back)?.checked_sub(1)?;
         let entry = self.entries.get_mut(index)?;
         let old = entry.1;
         entry.1 = amount;
@@ -153,8 +172,8 @@ impl SlidingLog {
     }
 
     /// Whether nothing counts at `now`.
-    pub(crate) fn is_empty_at(&mut self, now: Instant, window: Duration) -> bool {
-        self.expire(now, window);
+    pub(crate) fn is_empty_at(&mut self, now: u64, span: u64) -> bool {
+        self.expire(now, span);
         self.entries.is_empty()
     }
 }
@@ -163,76 +182,62 @@ impl SlidingLog {
 mod tests {
     use super::*;
 
-    const W: Duration = Duration::from_secs(60);
+    const W: u64 = 60_000_000_000;
 
-    fn secs(t0: Instant, s: u64) -> Instant {
-        t0 + Duration::from_secs(s)
+    fn secs(s: u64) -> u64 {
+        s * 1_000_000_000
     }
 
     #[test]
     fn admits_up_to_the_limit_then_waits_for_the_oldest_entry() {
-        let t0 = Instant::now();
-        let mut log = SlidingLog::new();
+        let mut log = SlidingLog::default();
         for i in 0..3 {
-            assert_eq!(log.check(secs(t0, i), W, 1, 3), Verdict::Fits);
-            log.push(secs(t0, i), 1);
+            assert_eq!(log.check(secs(i), W, 1, 3), LogVerdict::Fits);
+            log.push(secs(i), 1);
         }
-        assert_eq!(
-            log.check(secs(t0, 10), W, 1, 3),
-            Verdict::NotUntil(secs(t0, 60))
-        );
+        assert_eq!(log.check(secs(10), W, 1, 3), LogVerdict::NotUntil(secs(60)));
         // two more need the first two entries gone
-        assert_eq!(
-            log.check(secs(t0, 10), W, 2, 3),
-            Verdict::NotUntil(secs(t0, 61))
-        );
+        assert_eq!(log.check(secs(10), W, 2, 3), LogVerdict::NotUntil(secs(61)));
         // at exactly ts + W the entry no longer counts
-        assert_eq!(log.check(secs(t0, 60), W, 1, 3), Verdict::Fits);
+        assert_eq!(log.check(secs(60), W, 1, 3), LogVerdict::Fits);
         assert_eq!(log.sum(), 2);
     }
 
     #[test]
     fn never_when_the_amount_exceeds_the_limit() {
-        let mut log = SlidingLog::new();
-        assert_eq!(
-            log.check(Instant::now(), W, 11, 10),
-            Verdict::Never {
-                amount: 11,
-                limit: 10
-            }
-        );
+        let mut log = SlidingLog::default();
+        assert_eq!(log.check(0, W, 11, 10), LogVerdict::Never);
     }
 
     #[test]
     fn set_rewrites_at_the_original_timestamp() {
-        let t0 = Instant::now();
-        let mut log = SlidingLog::new();
-        let a = log.push(t0, 100);
-        let b = log.push(secs(t0, 30), 100);
-        assert_eq!(log.set(a, 10), Some(100));
+        let mut log = SlidingLog::default();
+        log.push(0, 100);
+        log.push(secs(30), 100);
+        // `a` is one place before the newest, `b` the newest
+        assert_eq!(log.set(1, 10), Some(100));
         assert_eq!(log.sum(), 110);
-        // the refunded entry still expires at t0 + W, the other at t0 + 90
+        // the refunded entry still expires at W, the other at 90 s
         assert_eq!(
-            log.check(secs(t0, 31), W, 95, 200),
-            Verdict::NotUntil(secs(t0, 60))
+            log.check(secs(31), W, 95, 200),
+            LogVerdict::NotUntil(secs(60))
         );
-        assert_eq!(log.set(b, 150), Some(100));
-        log.expire(secs(t0, 60), W);
+        assert_eq!(log.set(0, 150), Some(100));
+        log.expire(secs(60), W);
         assert_eq!(log.sum(), 150);
         // an expired entry can no longer be corrected
-        assert_eq!(log.set(a, 5), None);
+        assert_eq!(log.set(1, 5), None);
         assert_eq!(log.sum(), 150);
     }
 
     #[test]
     fn timestamps_never_go_backwards() {
-        let t0 = Instant::now();
-        let mut log = SlidingLog::new();
-        log.push(secs(t0, 5), 1);
-        log.push(secs(t0, 3), 1);
-        // the second entry was recorded at t0 + 5, so both expire at t0 + 65
-        assert!(!log.is_empty_at(secs(t0, 64), W));
-        assert!(log.is_empty_at(secs(t0, 65), W));
+        let mut log = SlidingLog::default();
+        log.push(secs(5), 1);
+        log.push(secs(3), 1);
+        // the second entry was recorded at 5 s, so both expire at 65 s
+        assert!(!log.is_empty_at(secs(64), W));
+        assert!(log.is_empty_at(secs(65), W));
         assert_eq!(log.len(), 0);
     }
 }
