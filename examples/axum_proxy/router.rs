@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::Full;
@@ -206,11 +206,25 @@ struct AppState {
     stack: Stack,
     client: Client<HttpConnector, Full<Bytes>>,
     config: ProxyConfig,
-    base: String,
+    chat_uri: Uri,
+    models_uri: Uri,
     metrics: Option<PrometheusHandle>,
     rate: RateLimitHandle,
     breaker: CircuitHandle,
     concurrency: ConcurrencyLimitLayer,
+    /// `Bearer <upstream key>`, when the proxy has a key of its own.
+    upstream_auth: Option<HeaderValue>,
+}
+
+impl AppState {
+    /// The `Authorization` sent upstream: the proxy's own key, or the
+    /// caller's header as it came (already checked by [`api_key`]).
+    fn upstream_auth(&self, headers: &HeaderMap) -> HeaderValue {
+        match (&self.upstream_auth, headers.get(header::AUTHORIZATION)) {
+            (Some(own), _) | (None, Some(own)) => own.clone(),
+            (None, None) => HeaderValue::from_static(""),
+        }
+    }
 }
 
 impl Proxy {
@@ -220,16 +234,25 @@ impl Proxy {
         config: ProxyConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Proxy, ConfigError> {
-        let base = config.upstream.trim_end_matches('/').to_owned();
-        match base.parse::<axum::http::Uri>() {
-            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
-            _ => {
-                return Err(ConfigError::new(
-                    "upstream",
-                    "must be an http:// URL with a host",
-                ))
-            }
-        }
+        let base = config.upstream.trim_end_matches('/');
+        let uri = |path: &str| match format!("{base}{path}").parse::<Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Ok(uri),
+            _ => Err(ConfigError::new(
+                "upstream",
+                "must be an http:// URL with a host",
+            )),
+        };
+        let (chat_uri, models_uri) = (uri("/v1/chat/completions")?, uri("/v1/models")?);
+        let upstream_auth = match &config.upstream_key {
+            None => None,
+            Some(key) => match HeaderValue::try_from(format!("Bearer {key}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                Err(_) => return Err(ConfigError::new("upstream_key", "must be printable ASCII")),
+            },
+        };
         let l = &config.limits;
         let rate = RateLimitLayer::builder()
             .requests_per_minute(l.requests_per_minute)
@@ -266,7 +289,9 @@ impl Proxy {
         let state = Arc::new(AppState {
             stack: BoxCloneSyncService::new(stack),
             client,
-            base,
+            chat_uri,
+            models_uri,
+            upstream_auth,
             metrics,
             rate: rate.handle(),
             breaker: breaker.handle(),
@@ -330,7 +355,7 @@ fn bad_request(message: &str) -> Response<Body> {
     )
 }
 
-fn priority(headers: &HeaderMap) -> Result<Priority, Response<Body>> {
+fn priority(headers: &HeaderMap) -> Result<Priority, &'static str> {
     let Some(value) = headers.get(PRIORITY_HEADER) else {
         return Ok(Priority::NORMAL);
     };
@@ -339,16 +364,14 @@ fn priority(headers: &HeaderMap) -> Result<Priority, Response<Body>> {
         Ok("normal") => Ok(Priority::NORMAL),
         Ok("high") => Ok(Priority::HIGH),
         Ok("critical") => Ok(Priority::CRITICAL),
-        _ => Err(bad_request(
-            "x-priority must be low, normal, high or critical",
-        )),
+        _ => Err("x-priority must be low, normal, high or critical"),
     }
 }
 
 /// The longest deadline a caller may ask for.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 
-fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, Response<Body>> {
+fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, &'static str> {
     let Some(value) = headers.get(DEADLINE_HEADER) else {
         return Ok(None);
     };
@@ -358,14 +381,12 @@ fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, Response<Body>> {
         .and_then(|v| v.trim().parse::<u64>().ok())
     {
         Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms).min(MAX_DEADLINE))),
-        _ => Err(bad_request(
-            "x-deadline-ms must be a positive number of milliseconds",
-        )),
+        _ => Err("x-deadline-ms must be a positive number of milliseconds"),
     }
 }
 
 /// The text of every message: strings, and the `text` of content parts.
-fn prompt_text(body: &Value) -> String {
+pub fn prompt_text(body: &Value) -> String {
     fn push(out: &mut String, content: &Value) {
         match content {
             Value::String(s) => {
@@ -388,14 +409,19 @@ fn prompt_text(body: &Value) -> String {
     out
 }
 
-/// Prompt characters / 4, plus the output budget.
-pub fn estimate_tokens(body: &Value, default_max_tokens: u64) -> u64 {
-    let prompt = prompt_text(body).chars().count() as u64;
+/// The token estimate: prompt characters / 4 (rounded up), plus the output
+/// budget (`max_completion_tokens`, else `max_tokens`, else
+/// `default_max_tokens`) times the number of choices `n`.
+pub fn estimate_tokens(body: &Value, prompt: &str, default_max_tokens: u64) -> u64 {
+    let prompt = prompt.chars().count() as u64;
     let output = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| body.get(*k).and_then(Value::as_u64))
         .unwrap_or(default_max_tokens);
-    prompt.div_ceil(4).saturating_add(output)
+    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    prompt
+        .div_ceil(4)
+        .saturating_add(output.saturating_mul(choices))
 }
 
 /// Headers that belong to one connection, not to the message. The length
@@ -529,23 +555,19 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     let Some(key) = api_key(headers) else {
         return unauthorized();
     };
-    let priority = match priority(headers) {
-        Ok(p) => p,
-        Err(res) => return res,
-    };
-    let deadline = match deadline(headers) {
-        Ok(d) => d,
-        Err(res) => return res,
+    let (priority, deadline) = match (priority(headers), deadline(headers)) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
     };
     let mut json: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         _ => return bad_request("the body must be a JSON object"),
     };
-    let tokens = estimate_tokens(&json, state.config.default_max_tokens);
-    let asked = json.get("model").and_then(Value::as_str);
-    let routed = match asked {
+    let prompt = prompt_text(&json);
+    let tokens = estimate_tokens(&json, &prompt, state.config.default_max_tokens);
+    let routed = match json.get("model").and_then(Value::as_str) {
         None | Some(AUTO_MODEL) => {
-            let model = state.config.routing.choose(&prompt_text(&json)).to_owned();
+            let model = state.config.routing.choose(&prompt).to_owned();
             json["model"] = Value::String(model.clone());
             Some(model)
         }
@@ -558,25 +580,15 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     };
     tracing::info!(key = ?key, tokens, priority = priority.level_name(), model = ?routed, "chat completion");
 
-    let auth = match &state.config.upstream_key {
-        Some(upstream_key) => format!("Bearer {upstream_key}"),
-        None => format!("Bearer {}", key.as_str()),
-    };
-    let Ok(auth) = HeaderValue::try_from(auth) else {
-        return unauthorized();
-    };
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = Method::POST;
-    *req.uri_mut() = match format!("{}/v1/chat/completions", state.base).parse() {
-        Ok(uri) => uri,
-        Err(_) => return bad_request("bad upstream URL"),
-    };
+    *req.uri_mut() = state.chat_uri.clone();
     let h = req.headers_mut();
+    h.insert(header::AUTHORIZATION, state.upstream_auth(headers));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    h.insert(header::AUTHORIZATION, auth);
     if let Some(accept) = headers.get(header::ACCEPT) {
         h.insert(header::ACCEPT, accept.clone());
     }
@@ -607,22 +619,14 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
 /// the upstream key). Listing spends no token budget, so it bypasses the
 /// stack.
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response<Body> {
-    let Some(key) = api_key(&headers) else {
+    if api_key(&headers).is_none() {
+        count("models", StatusCode::UNAUTHORIZED);
         return unauthorized();
-    };
-    let auth = format!(
-        "Bearer {}",
-        state.config.upstream_key.as_deref().unwrap_or(key.as_str())
-    );
+    }
     let mut req = Request::new(Full::new(Bytes::new()));
-    let (Ok(uri), Ok(auth)) = (
-        format!("{}/v1/models", state.base).parse(),
-        HeaderValue::try_from(auth),
-    ) else {
-        return unauthorized();
-    };
-    *req.uri_mut() = uri;
-    req.headers_mut().insert(header::AUTHORIZATION, auth);
+    *req.uri_mut() = state.models_uri.clone();
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, state.upstream_auth(&headers));
     let res = match state.client.request(req).await {
         Ok(res) => pass_through(res.map(Body::new)),
         Err(err) => error_response(&err.into()),

@@ -741,11 +741,76 @@ fn token_estimate_is_prompt_chars_over_four_plus_max_tokens() {
         "max_tokens": 100,
     });
     // "abcd\n" + "efghijk\n" = 13 characters -> 4 tokens, plus 100
-    assert_eq!(router::estimate_tokens(&body, 256), 104);
-    assert_eq!(
-        router::estimate_tokens(&json!({ "messages": [] }), 256),
-        256
-    );
+    let estimate = |body: &Value| router::estimate_tokens(body, &router::prompt_text(body), 256);
+    assert_eq!(estimate(&body), 104);
+    assert_eq!(estimate(&json!({ "messages": [] })), 256);
     let newer = json!({ "max_completion_tokens": 7, "max_tokens": 100 });
-    assert_eq!(router::estimate_tokens(&newer, 256), 7);
+    assert_eq!(estimate(&newer), 7);
+    let three = json!({ "max_tokens": 10, "n": 3 });
+    assert_eq!(estimate(&three), 30);
+}
+
+#[tokio::test]
+async fn upstream_key_replaces_the_callers_key() {
+    // an upstream that answers with the Authorization header it received
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|headers: HeaderMap| async move {
+            let auth = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            axum::Json(json!({ "auth": auth }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    for (upstream_key, expected) in [
+        (Some("sk-proxy-own"), "Bearer sk-proxy-own"),
+        (None, "Bearer sk-kim-000011"),
+    ] {
+        let config = ProxyConfig {
+            upstream_key: upstream_key.map(String::from),
+            limits: small_limits(),
+            ..ProxyConfig::new(format!("http://{up_addr}"))
+        };
+        let (addr, _proxy, _stop) = serve_proxy(config).await;
+        let req = Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header(header::AUTHORIZATION, "Bearer sk-kim-000011")
+            .body(Full::new(Bytes::from(chat_body("Hi", false).to_string())))
+            .unwrap();
+        let res = client.request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let json: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["auth"], expected);
+    }
+}
+
+#[test]
+fn bad_settings_are_config_errors() {
+    for upstream in ["https://api.example.com", "not a url", "http://"] {
+        let err = Proxy::new(ProxyConfig::new(upstream), None).unwrap_err();
+        assert_eq!(err.field(), "upstream", "{upstream}");
+    }
+    let config = ProxyConfig {
+        upstream_key: Some("bad\nkey".into()),
+        ..ProxyConfig::new("http://127.0.0.1:1")
+    };
+    assert_eq!(
+        Proxy::new(config, None).unwrap_err().field(),
+        "upstream_key"
+    );
+    let config = ProxyConfig {
+        limits: Limits {
+            max_in_flight: 0,
+            ..Limits::default()
+        },
+        ..ProxyConfig::new("http://127.0.0.1:1")
+    };
+    assert!(Proxy::new(config, None).is_err());
 }
