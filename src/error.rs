@@ -139,33 +139,60 @@ pub(crate) fn check_duration(field: &'static str, value: Duration) -> Result<(),
 
 /// An invalid setting, reported by a builder's `build()`.
 ///
-/// It names the field and says what is wrong with it.
+/// It names the field and says what is wrong with it. Errors from a whole
+/// [`StackConfig`](crate::stack::StackConfig) also name the section the field
+/// is in, as a configuration file spells it (`rate.window`).
 ///
 /// ```
 /// use llm_sluice::ConcurrencyLimitLayer;
 ///
 /// let err = ConcurrencyLimitLayer::builder().max_in_flight(0).build().unwrap_err();
 /// assert_eq!(err.field(), "max_in_flight");
+/// assert_eq!(err.section(), None);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid `{field}`: {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    section: Option<&'static str>,
     field: &'static str,
     reason: Cow<'static, str>,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.section {
+            Some(section) => write!(f, "invalid `{section}.{}`: {}", self.field, self.reason),
+            None => write!(f, "invalid `{}`: {}", self.field, self.reason),
+        }
+    }
 }
 
 impl ConfigError {
     /// A new error for `field`.
     pub fn new(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         ConfigError {
+            section: None,
             field,
             reason: reason.into(),
         }
     }
 
+    /// The same error, for a field inside `section` of a larger configuration.
+    pub(crate) fn in_section(mut self, section: &'static str) -> Self {
+        self.section = Some(section);
+        self
+    }
+
     /// The name of the setting that is invalid, as the builder spells it.
     pub fn field(&self) -> &'static str {
         self.field
+    }
+
+    /// The section of a [`StackConfig`](crate::stack::StackConfig) the field
+    /// is in (`"rate"`, `"breaker"`, ...), when the error came from one.
+    pub fn section(&self) -> Option<&'static str> {
+        self.section
     }
 
     /// What is wrong with it.

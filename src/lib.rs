@@ -13,11 +13,13 @@
 //! | [`retry`] | retries that obey the server's delay, with full jitter and a budget |
 //! | [`fallback`] | a second service when the first is open, overloaded or failing |
 //!
-//! Outermost first, the recommended order is fallback → retry → breaker →
-//! concurrency → rate → attempt timeout → the client. The rate window sits
-//! inside the queue so a request is counted when it is sent, not when it
-//! queued; the attempt timeout sits inside the breaker so a hung upstream's
-//! timeouts trip it.
+//! Outermost first, the recommended order is deadline → fallback → retry →
+//! breaker → concurrency → rate → attempt timeout → the client. The rate
+//! window sits inside the queue so a request is counted when it is sent, not
+//! when it queued; the attempt timeout sits inside the breaker so a hung
+//! upstream's timeouts trip it. [`LlmStack`] builds that order from one
+//! [`StackConfig`] (see [`stack`] for the reasons in full), and
+//! [`ServiceBuilderExt`] adds the layers one at a time.
 //!
 //! # What the layers know about a request and a response
 //!
@@ -69,6 +71,7 @@ pub mod request;
 pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod stack;
 #[allow(dead_code)]
 mod telemetry;
 pub mod timeout;
@@ -83,4 +86,5 @@ pub use fallback::FallbackLayer;
 pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use retry::{RetryBudget, RetryLayer};
+pub use stack::{LlmStack, ServiceBuilderExt, StackConfig};
 pub use timeout::{DeadlineLayer, TimeoutLayer};

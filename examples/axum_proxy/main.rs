@@ -42,13 +42,26 @@
 //!    "analyze", "analyse", "refactor", "debug"; otherwise to the cheap model
 //!    (`--cheap-model`, default `sim-1-mini`). The answer's `x-routed-model`
 //!    header says which. A request naming any other model is sent as it is.
-//! 5. The stack, outermost first: deadline → retry (2 retries, server delays
-//!    honoured, a spent quota never retried) → circuit breaker (5
-//!    consecutive failures open it for 10 s) → concurrency limit (64 in
-//!    flight, priority queue of 256) → per-key rate windows → timeouts
-//!    (headers, first chunk, idle) → error-body reader → the hyper-util
-//!    client. Streamed answers hold their concurrency slot until the stream
-//!    ends.
+//! 5. The stack is `LlmStack::from_config` (outermost first: deadline →
+//!    retry → circuit breaker → concurrency limit with its priority queue →
+//!    per-key rate windows → attempt timeouts), then `ErrorBodyLayer` (so a
+//!    spent-quota 429 is never retried), then the hyper-util client. The
+//!    settings are `ProxyConfig::default_stack()`: `StackConfig::default()`
+//!    plus a 120 s deadline and, per caller key, 60 requests and 60,000
+//!    tokens a minute with at most 16 requests waiting 5 s for room. A TOML
+//!    file (`--config`, feature `serde`) replaces them; `--rpm`, `--tpm` and
+//!    `--max-in-flight` override single values. Streamed answers hold their
+//!    concurrency slot until the stream ends.
+//!
+//! # Isolation between keys
+//!
+//! Each key spends its own window, so one key's flood cannot use up
+//! another's budget. It could still take the shared upstream slots: the
+//! window sits inside the concurrency limit (so a request counts when it is
+//! sent), and a request waiting for its key's window holds a slot. So the
+//! rate queue is kept small and short (16 waiters over all keys, 5 s):
+//! beyond that a flooding key gets 429 at once and the slots stay free for
+//! the others.
 //!
 //! # Errors
 //!
@@ -84,7 +97,8 @@ use hyper_util::rt::TokioExecutor;
 use llm_sluice::sim::{self, Dist, Upstream};
 use serde_json::{json, Value};
 
-use router::{install_metrics, Limits, Proxy, ProxyConfig, Routing};
+use llm_sluice::StackConfig;
+use router::{install_metrics, Proxy, ProxyConfig, Routing};
 
 #[derive(Debug, Parser)]
 #[command(about = "An OpenAI-compatible proxy built on llm-sluice")]
@@ -99,15 +113,19 @@ struct Args {
     /// Key sent upstream instead of the caller's.
     #[arg(long)]
     upstream_key: Option<String>,
-    /// Requests per minute, per caller key.
-    #[arg(long, default_value_t = 60)]
-    rpm: u64,
-    /// Tokens per minute, per caller key.
-    #[arg(long, default_value_t = 60_000)]
-    tpm: u64,
-    /// Requests upstream at once, over all keys.
-    #[arg(long, default_value_t = 64)]
-    max_in_flight: usize,
+    /// The stack's settings as a TOML `StackConfig` (needs `--features
+    /// serde`). Default: `ProxyConfig::default_stack()`.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Requests per minute, per caller key (default 60).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute, per caller key (default 60,000).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests upstream at once, over all keys (default 64).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Model for simple `auto` requests.
     #[arg(long, default_value = "sim-1-mini")]
     cheap_model: String,
@@ -168,16 +186,23 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
         }
     };
 
-    let mut limits = Limits {
-        requests_per_minute: args.rpm,
-        tokens_per_minute: args.tpm,
-        max_in_flight: args.max_in_flight,
-        ..Limits::default()
+    let mut stack = match &args.config {
+        Some(path) => read_stack_config(path)?,
+        None => ProxyConfig::default_stack(),
     };
+    if let Some(rpm) = args.rpm {
+        stack.rate.requests_per_minute = Some(rpm);
+    }
+    if let Some(tpm) = args.tpm {
+        stack.rate.tokens_per_minute = Some(tpm);
+    }
+    if let Some(n) = args.max_in_flight {
+        stack.concurrency.max_in_flight = n;
+    }
     if args.self_test {
-        // Over-budget requests fail at once instead of waiting a minute.
-        limits.requests_per_minute = SELF_TEST_RPM;
-        limits.rate_max_wait = Duration::ZERO;
+        // Over-budget requests fail at once instead of waiting.
+        stack.rate.requests_per_minute = Some(SELF_TEST_RPM);
+        stack.rate.max_wait = Some(Duration::ZERO);
     }
     let config = ProxyConfig {
         upstream_key: args.upstream_key.clone(),
@@ -187,7 +212,7 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
             strong_from_chars: args.strong_from_chars,
             ..Routing::default()
         },
-        limits,
+        stack,
         ..ProxyConfig::new(upstream.clone())
     };
     let proxy = Proxy::new(config, metrics)?;
@@ -206,13 +231,15 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
 
     let code = if args.self_test {
         let passed = self_test(addr, &args).await;
-        let rate = proxy.rate.stats();
-        println!(
-            "stack: {} requests admitted for {} keys, circuit {}",
-            rate.admitted,
-            rate.partitions,
-            proxy.breaker.state()
-        );
+        if let (Some(rate), Some(breaker)) = (&proxy.rate, &proxy.breaker) {
+            let rate = rate.stats();
+            println!(
+                "stack: {} requests admitted for {} keys, circuit {}",
+                rate.admitted,
+                rate.partitions,
+                breaker.state()
+            );
+        }
         let _ = stop_tx.send(());
         let _ = server.await;
         if passed {
@@ -232,6 +259,18 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
         handle.shutdown().await;
     }
     Ok(code)
+}
+
+/// A `StackConfig` from a TOML file.
+#[cfg(feature = "serde")]
+fn read_stack_config(path: &std::path::Path) -> Result<StackConfig, tower::BoxError> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(toml::from_str(&text)?)
+}
+
+#[cfg(not(feature = "serde"))]
+fn read_stack_config(_path: &std::path::Path) -> Result<StackConfig, tower::BoxError> {
+    Err("--config needs the `serde` feature: --features sim-server,serde".into())
 }
 
 /// One answer, read whole, with the number of body chunks it came in.

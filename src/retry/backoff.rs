@@ -8,6 +8,8 @@ use std::time::Duration;
 /// `min(cap, base * 2^n)`, where `n` is the number of retries already made
 /// for the request (0 before the first retry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Jitter {
     /// `random(0, ceiling)`, uniformly (the default).

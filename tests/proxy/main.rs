@@ -27,7 +27,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tower::BoxError;
 
-use router::{install_metrics, Limits, Proxy, ProxyConfig};
+use llm_sluice::StackConfig;
+use router::{install_metrics, Proxy, ProxyConfig};
 
 type TestClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -56,16 +57,16 @@ fn fast_upstream(faults: Faults) -> Upstream {
         .expect("valid simulated upstream")
 }
 
-/// Small limits: two requests a minute per key, two waiters in all.
-fn small_limits() -> Limits {
-    Limits {
-        requests_per_minute: 2,
-        tokens_per_minute: 10_000,
-        rate_max_waiters: 2,
-        rate_max_wait: Duration::from_secs(600),
-        max_in_flight: 16,
-        ..Limits::default()
-    }
+/// Small limits: two requests a minute per key, two waiters in all, who
+/// wait for as long as the window takes.
+fn small_limits() -> StackConfig {
+    let mut stack = ProxyConfig::default_stack();
+    stack.rate.requests_per_minute = Some(2);
+    stack.rate.tokens_per_minute = Some(10_000);
+    stack.rate.max_waiters = 2;
+    stack.rate.max_wait = Some(Duration::from_secs(600));
+    stack.concurrency.max_in_flight = 16;
+    stack
 }
 
 async fn serve_proxy(config: ProxyConfig) -> (SocketAddr, Proxy, oneshot::Sender<()>) {
@@ -80,12 +81,12 @@ async fn serve_proxy(config: ProxyConfig) -> (SocketAddr, Proxy, oneshot::Sender
     (addr, proxy, stop)
 }
 
-async fn harness_with(upstream: Upstream, limits: Limits) -> Harness {
+async fn harness_with(upstream: Upstream, stack: StackConfig) -> Harness {
     let (sim_addr, sim) = sim::serve(upstream.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let config = ProxyConfig {
-        limits,
+        stack,
         ..ProxyConfig::new(format!("http://{sim_addr}"))
     };
     let (addr, proxy, stop) = serve_proxy(config).await;
@@ -200,7 +201,15 @@ impl Harness {
     /// Waits (by yielding, with no time limit of its own) until `n` requests
     /// wait in the proxy's rate windows.
     async fn until_rate_waiting(&self, n: usize) {
-        while self.proxy.rate.stats().waiting != n {
+        while self
+            .proxy
+            .rate
+            .as_ref()
+            .expect("rate window on")
+            .stats()
+            .waiting
+            != n
+        {
             tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -225,7 +234,7 @@ async fn chat_json_passes_status_headers_and_body_through() {
     assert_eq!(a.header("x-ratelimit-limit-requests"), "1000");
     assert_eq!(a.header("x-ratelimit-remaining-requests"), "999");
     assert_eq!(h.upstream_received(), 1);
-    assert_eq!(h.proxy.rate.stats().admitted, 1);
+    assert_eq!(h.proxy.rate.as_ref().unwrap().stats().admitted, 1);
 }
 
 #[tokio::test]
@@ -312,7 +321,7 @@ async fn manual_upstream() -> (SocketAddr, mpsc::Sender<&'static str>, oneshot::
 async fn stream_chunks_arrive_before_the_upstream_finishes() {
     let (up_addr, feed, _stop_up) = manual_upstream().await;
     let config = ProxyConfig {
-        limits: small_limits(),
+        stack: small_limits(),
         ..ProxyConfig::new(format!("http://{up_addr}"))
     };
     let (addr, _proxy, _stop) = serve_proxy(config).await;
@@ -364,7 +373,7 @@ async fn missing_or_malformed_key_is_401_in_the_openai_shape() {
         .await;
     assert_eq!(models.status, StatusCode::UNAUTHORIZED);
     assert_eq!(h.upstream_received(), 0, "nothing reached the upstream");
-    assert_eq!(h.proxy.rate.stats().admitted, 0);
+    assert_eq!(h.proxy.rate.as_ref().unwrap().stats().admitted, 0);
 }
 
 #[tokio::test]
@@ -395,7 +404,11 @@ async fn full_budget_and_queue_give_429_with_retry_after() {
         2,
         "refusals never reach the upstream"
     );
-    assert_eq!(h.proxy.rate.stats().waiting, 2, "the waiters still wait");
+    assert_eq!(
+        h.proxy.rate.as_ref().unwrap().stats().waiting,
+        2,
+        "the waiters still wait"
+    );
     for task in waiting {
         task.abort();
     }
@@ -428,7 +441,7 @@ async fn one_keys_flood_does_not_delay_another_key() {
         assert_eq!(bob.header("x-ratelimit-limit-requests"), "1000");
     }
     assert_eq!(
-        h.proxy.rate.stats().waiting,
+        h.proxy.rate.as_ref().unwrap().stats().waiting,
         2,
         "alice's waiters are still waiting"
     );
@@ -503,14 +516,9 @@ async fn metrics_show_the_counters() {
 
 #[tokio::test]
 async fn complexity_rule_routes_auto_requests() {
-    let h = harness_with(
-        fast_upstream(Faults::NONE),
-        Limits {
-            requests_per_minute: 100,
-            ..small_limits()
-        },
-    )
-    .await;
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(100);
+    let h = harness_with(fast_upstream(Faults::NONE), stack).await;
     let model_of = |a: &Answer| {
         (
             a.header(router::ROUTED_HEADER).to_owned(),
@@ -628,11 +636,10 @@ async fn unreachable_upstream_is_502() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    let mut stack = small_limits();
+    stack.retry.enabled = false;
     let config = ProxyConfig {
-        limits: Limits {
-            max_retries: 0,
-            ..small_limits()
-        },
+        stack,
         ..ProxyConfig::new(format!("http://{closed}"))
     };
     let (addr, _proxy, _stop) = serve_proxy(config).await;
@@ -775,7 +782,7 @@ async fn upstream_key_replaces_the_callers_key() {
     ] {
         let config = ProxyConfig {
             upstream_key: upstream_key.map(String::from),
-            limits: small_limits(),
+            stack: small_limits(),
             ..ProxyConfig::new(format!("http://{up_addr}"))
         };
         let (addr, _proxy, _stop) = serve_proxy(config).await;
@@ -805,12 +812,11 @@ fn bad_settings_are_config_errors() {
         Proxy::new(config, None).unwrap_err().field(),
         "upstream_key"
     );
-    let config = ProxyConfig {
-        limits: Limits {
-            max_in_flight: 0,
-            ..Limits::default()
-        },
-        ..ProxyConfig::new("http://127.0.0.1:1")
-    };
-    assert!(Proxy::new(config, None).is_err());
+    let mut config = ProxyConfig::new("http://127.0.0.1:1");
+    config.stack.concurrency.max_in_flight = 0;
+    let err = Proxy::new(config, None).unwrap_err();
+    assert_eq!(
+        (err.section(), err.field()),
+        (Some("concurrency"), "max_in_flight")
+    );
 }

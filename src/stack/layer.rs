@@ -1,0 +1,250 @@
+//! [`LlmStack`]: the recommended layers, built from one [`StackConfig`], in
+//! the one order that works.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tower::layer::util::Identity;
+use tower::util::Either;
+use tower_layer::Layer;
+
+use super::config::StackConfig;
+use super::service::{Assembled, LlmService};
+use crate::breaker::{CircuitBreakerLayer, CircuitHandle, StateChange};
+use crate::classify::DefaultClassifier;
+use crate::concurrency::ConcurrencyLimitLayer;
+use crate::error::ConfigError;
+use crate::fallback::FallbackLayer;
+use crate::rate::{RateLimitHandle, RateLimitLayer};
+use crate::retry::{CloneRequest, RetryLayer};
+use crate::timeout::{DeadlineLayer, TimeoutLayer};
+
+/// A breaker state-change callback, shared by the breaker and the stack.
+pub(crate) type OnChange = Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+/// The recommended llm-sluice stack as one [`Layer`]: outermost first,
+/// deadline → fallback → retry → circuit breaker → concurrency limit with
+/// its priority queue → rate window → attempt timeout → your service. Each
+/// part is optional; see the [module docs](super) for why this order.
+///
+/// Clones share everything: the limiter, the windows, the breakers and the
+/// retry budget, as do all services the stack wraps. One stack per upstream
+/// (per provider or per API base URL) is the intended use.
+///
+/// `C` is the classifier every layer uses ([`DefaultClassifier`] reads
+/// `http::Response`s and the crate's errors), `P` how the retry layer copies
+/// a request ([`CloneRequest`], or [`ReplayBodies`](crate::retry::ReplayBodies)
+/// for `http::Request`s with streamed bodies), `F` the fallback part
+/// ([`Identity`] when there is none).
+pub struct LlmStack<C = DefaultClassifier, P = CloneRequest, F = Identity> {
+    pub(super) deadline: Option<DeadlineLayer>,
+    pub(super) fallback: F,
+    pub(super) retry: Option<RetryLayer<C, P>>,
+    pub(super) breaker: Option<CircuitBreakerLayer<C>>,
+    pub(super) concurrency: Option<ConcurrencyLimitLayer>,
+    pub(super) rate: Option<RateLimitLayer<C>>,
+    pub(super) timeout: Option<TimeoutLayer>,
+}
+
+impl LlmStack {
+    /// Builds the stack `config` describes, with the default classifier and
+    /// request cloning for retries. Every invalid value is a [`ConfigError`]
+    /// naming its section and field.
+    ///
+    /// ```
+    /// use llm_sluice::stack::{LlmStack, StackConfig};
+    ///
+    /// let mut config = StackConfig::default();
+    /// config.rate.tokens_per_minute = Some(0);
+    /// let err = LlmStack::from_config(&config).unwrap_err();
+    /// assert_eq!((err.section(), err.field()), (Some("rate"), "tokens_per_minute"));
+    /// ```
+    pub fn from_config(config: &StackConfig) -> Result<Self, ConfigError> {
+        LlmStack::builder(config.clone()).build()
+    }
+
+    /// A builder, for a custom classifier, replay strategy, fallback or
+    /// breaker callback.
+    pub fn builder(config: StackConfig) -> LlmStackBuilder {
+        LlmStackBuilder {
+            config,
+            classifier: DefaultClassifier,
+            replay: CloneRequest,
+            fallback: Identity::new(),
+            on_breaker_change: None,
+        }
+    }
+}
+
+impl<C, P, F> LlmStack<C, P, F> {
+    /// The live handle of the rate window: usage, waiters, limits changed at
+    /// runtime. `None` when the window is off.
+    pub fn rate_handle(&self) -> Option<RateLimitHandle>
+    where
+        C: Send + Sync + 'static,
+    {
+        self.rate.as_ref().map(RateLimitLayer::handle)
+    }
+
+    /// The live handle of the circuit breaker(s). `None` when it is off.
+    pub fn breaker_handle(&self) -> Option<CircuitHandle> {
+        self.breaker.as_ref().map(CircuitBreakerLayer::handle)
+    }
+
+    /// The concurrency limit (its [`stats`](ConcurrencyLimitLayer::stats)
+    /// give in-flight and queued now). `None` when it is off.
+    pub fn concurrency(&self) -> Option<&ConcurrencyLimitLayer> {
+        self.concurrency.as_ref()
+    }
+
+    /// The retry layer (its [`budget`](RetryLayer::budget)). `None` when
+    /// retries are off.
+    pub fn retry(&self) -> Option<&RetryLayer<C, P>> {
+        self.retry.as_ref()
+    }
+}
+
+impl<S, C, P, F> Layer<S> for LlmStack<C, P, F>
+where
+    C: Clone,
+    P: Clone,
+    F: Layer<super::service::RetryPart<S, C, P>>,
+{
+    type Service = LlmService<S, C, P, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        fn part<L: Layer<S>, S>(layer: &Option<L>, inner: S) -> Either<L::Service, S> {
+            match layer {
+                Some(layer) => Either::Left(layer.layer(inner)),
+                None => Either::Right(inner),
+            }
+        }
+        let s = part(&self.timeout, inner);
+        let s = part(&self.rate, s);
+        let s = part(&self.concurrency, s);
+        let s = part(&self.breaker, s);
+        let s = part(&self.retry, s);
+        let s = self.fallback.layer(s);
+        let s: Assembled<S, C, P, F> = part(&self.deadline, s);
+        LlmService::new(s)
+    }
+}
+
+impl<C: Clone, P: Clone, F: Clone> Clone for LlmStack<C, P, F> {
+    fn clone(&self) -> Self {
+        LlmStack {
+            deadline: self.deadline.clone(),
+            fallback: self.fallback.clone(),
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            concurrency: self.concurrency.clone(),
+            rate: self.rate.clone(),
+            timeout: self.timeout.clone(),
+        }
+    }
+}
+
+impl<C, P, F> fmt::Debug for LlmStack<C, P, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmStack")
+            .field("deadline", &self.deadline)
+            .field("fallback", &std::any::type_name::<F>())
+            .field("retry", &self.retry.is_some())
+            .field("breaker", &self.breaker.is_some())
+            .field("concurrency", &self.concurrency)
+            .field("rate", &self.rate.is_some())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Builds an [`LlmStack`] from a [`StackConfig`] and the parts a file
+/// cannot hold: the classifier, the replay strategy, the fallback service and
+/// a breaker callback.
+#[must_use = "call `.build()` to get the stack"]
+pub struct LlmStackBuilder<C = DefaultClassifier, P = CloneRequest, F = Identity> {
+    config: StackConfig,
+    classifier: C,
+    replay: P,
+    fallback: F,
+    on_breaker_change: Option<OnChange>,
+}
+
+impl<C, P, F> LlmStackBuilder<C, P, F> {
+    /// Every layer classifies results with `classifier`.
+    pub fn classifier<C2>(self, classifier: C2) -> LlmStackBuilder<C2, P, F> {
+        LlmStackBuilder {
+            config: self.config,
+            classifier,
+            replay: self.replay,
+            fallback: self.fallback,
+            on_breaker_change: self.on_breaker_change,
+        }
+    }
+
+    /// The retry layer copies requests with `replay`.
+    pub fn replay<P2>(self, replay: P2) -> LlmStackBuilder<C, P2, F> {
+        LlmStackBuilder {
+            config: self.config,
+            classifier: self.classifier,
+            replay,
+            fallback: self.fallback,
+            on_breaker_change: self.on_breaker_change,
+        }
+    }
+
+    /// Sends a request to `fallback` (a built [`FallbackLayer`]: the
+    /// secondary service and when to use it) when the primary path fails
+    /// for a reason the layer's policy accepts. It sits inside the deadline
+    /// and outside the retry layer: the primary has used its retries when the
+    /// fallback is asked.
+    pub fn fallback<T, FP, R>(
+        self,
+        fallback: FallbackLayer<T, FP, R>,
+    ) -> LlmStackBuilder<C, P, FallbackLayer<T, FP, R>> {
+        LlmStackBuilder {
+            config: self.config,
+            classifier: self.classifier,
+            replay: self.replay,
+            fallback,
+            on_breaker_change: self.on_breaker_change,
+        }
+    }
+
+    /// Runs `callback` on every state change of the breaker(s).
+    pub fn on_breaker_change<G>(mut self, callback: G) -> Self
+    where
+        G: Fn(&StateChange) + Send + Sync + 'static,
+    {
+        self.on_breaker_change = Some(Arc::new(callback));
+        self
+    }
+
+    /// Checks every section and builds the stack.
+    pub fn build(self) -> Result<LlmStack<C, P, F>, ConfigError>
+    where
+        C: Clone,
+    {
+        let c = &self.config;
+        Ok(LlmStack {
+            deadline: c.deadline_layer()?,
+            fallback: self.fallback,
+            retry: c.retry.layer(self.classifier.clone(), self.replay)?,
+            breaker: c
+                .breaker
+                .layer(self.classifier.clone(), self.on_breaker_change.as_ref())?,
+            concurrency: c.concurrency.layer()?,
+            rate: c.rate.layer(self.classifier)?,
+            timeout: c.timeout.layer()?,
+        })
+    }
+}
+
+impl<C, P, F> fmt::Debug for LlmStackBuilder<C, P, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmStackBuilder")
+            .field("config", &self.config)
+            .field("on_breaker_change", &self.on_breaker_change.is_some())
+            .finish_non_exhaustive()
+    }
+}

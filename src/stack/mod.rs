@@ -1,0 +1,97 @@
+//! The recommended stack in one builder: [`LlmStack`] from a
+//! [`StackConfig`], and [`ServiceBuilderExt`] for adding the layers one at a
+//! time in the tower style.
+//!
+//! ```
+//! use std::time::Duration;
+//! use llm_sluice::request::RequestMeta;
+//! use llm_sluice::stack::{LlmStack, StackConfig};
+//! use llm_sluice::{PartitionKey, Priority};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! # let client = tower::service_fn(|req: RequestMeta| async move {
+//! #     Ok::<_, tower::BoxError>(format!("{} tokens", req.tokens))
+//! # });
+//!
+//! let mut config = StackConfig::default();
+//! config.deadline = Some(Duration::from_secs(300));
+//! config.rate.requests_per_minute = Some(500);
+//! config.rate.tokens_per_minute = Some(200_000);
+//! config.concurrency.max_in_flight = 32;
+//! let stack = LlmStack::from_config(&config)?;
+//!
+//! let mut svc = ServiceBuilder::new().layer(stack.clone()).service(client);
+//! let request = RequestMeta::new()
+//!     .tokens(1_200)
+//!     .priority(Priority::HIGH)
+//!     .partition(PartitionKey::new("tenant-a"));
+//! assert_eq!(svc.ready().await?.call(request).await?, "1200 tokens");
+//!
+//! // the parts stay observable and adjustable through the stack
+//! assert_eq!(stack.concurrency().and_then(|c| c.stats()).map(|s| s.in_flight), Some(0));
+//! assert!(stack.rate_handle().is_some());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The order, and why
+//!
+//! Outermost first:
+//!
+//! 1. **Deadline** ([`DeadlineLayer`](crate::DeadlineLayer), `deadline`):
+//!    stamps the request's [`Deadline`](crate::Deadline) once, so every layer
+//!    inside (queue, window, retry backoff, fallback) stops waiting when the
+//!    caller stops caring, and a request never outlives it in total.
+//! 2. **Fallback** ([`FallbackLayer`](crate::FallbackLayer), given to
+//!    [`LlmStackBuilder::fallback`]): asked only once the primary path has
+//!    given up, retries included; inside the deadline so the fallback's time
+//!    counts too.
+//! 3. **Retry** (`retry`): each attempt goes through the breaker, the queue
+//!    and the window again, so a retry is counted, limited and shed like a
+//!    new request; the retry budget caps the extra load a failing upstream
+//!    receives. Outside the breaker, so a circuit that opened mid-retry
+//!    stops the retries at once (`CircuitOpen` is not retryable).
+//! 4. **Circuit breaker** (`breaker`): outside the queue, so an open circuit
+//!    fails requests at once instead of letting them queue for a dead
+//!    upstream; it sees each attempt's result, timeouts included, because
+//!    the attempt timeout is inside it.
+//! 5. **Concurrency limit and priority queue** (`concurrency`): bounds the
+//!    requests in the upstream; under overload it sheds low priorities
+//!    first.
+//! 6. **Rate window** (`rate`): inside the queue, so a request is counted
+//!    when it is actually sent, not when it joined the queue. Counting at
+//!    queue entry lets the client's window expire before the server's (the
+//!    server counts when the request arrives), and the client overshoots.
+//!    The cost: a request holding a permit may wait here for room; keep
+//!    `rate.max_wait` short relative to `concurrency.max_queue_wait` when
+//!    one hot partition must not crowd out others.
+//! 7. **Attempt timeout** (`timeout`): innermost, so it times exactly one
+//!    call of your service (and its body's first chunk and idle gaps), and
+//!    its `Timeout { kind: Attempt }` is seen, and counted, by the breaker
+//!    and the retry layer.
+//!
+//! Then your service: an HTTP client, a typed client, anything implementing
+//! `tower::Service` whose requests implement [`LlmRequest`](crate::LlmRequest).
+//!
+//! # Configuration files
+//!
+//! With the `serde` feature, [`StackConfig`] (de)serializes with serde; see
+//! its docs for the format. Validation happens in
+//! [`LlmStack::from_config`], which names the section and field of the first
+//! invalid value.
+
+mod config;
+#[cfg(feature = "serde")]
+mod duration;
+mod ext;
+mod layer;
+mod service;
+
+pub use config::{
+    BreakerConfig, ConcurrencyConfig, RateConfig, RetryConfig, StackConfig, TimeoutConfig,
+};
+pub use ext::ServiceBuilderExt;
+pub(crate) use layer::OnChange;
+pub use layer::{LlmStack, LlmStackBuilder};
+pub use service::{LlmService, RetryPart};
