@@ -220,6 +220,12 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!("axum_proxy listening on http://{addr} (upstream {upstream})");
+    if !args.self_test {
+        println!(
+            "try: curl -N http://{addr}/v1/chat/completions -H 'authorization: Bearer sk-test-1' \\\n     \
+             -d '{{\"model\":\"auto\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         axum::serve(listener, proxy.router.clone())
