@@ -416,7 +416,11 @@ async fn full_budget_and_queue_give_429_with_retry_after() {
 
 #[tokio::test]
 async fn one_keys_flood_does_not_delay_another_key() {
-    let h = harness().await;
+    // three upstream slots for everyone: alice's waiters may hold two (the
+    // rate queue's size), so one is always left for the other keys
+    let mut stack = small_limits();
+    stack.concurrency.max_in_flight = 3;
+    let h = harness_with(fast_upstream(Faults::NONE), stack).await;
     // alice floods: her budget is spent, her waiters fill the queue, the
     // rest of her requests are refused
     for _ in 0..2 {
@@ -433,6 +437,15 @@ async fn one_keys_flood_does_not_delay_another_key() {
     for task in flood {
         assert_eq!(task.await.unwrap().status, StatusCode::TOO_MANY_REQUESTS);
     }
+    let health = h
+        .send(h.request(Method::GET, "/health", None, None))
+        .await
+        .json();
+    assert_eq!(
+        health["in_flight"], 2,
+        "alice's waiters hold two slots: {health}"
+    );
+    assert_eq!(health["queued"], 0, "{health}");
 
     // bob is served at once, ahead of alice's waiters, from his own budget
     for _ in 0..2 {
