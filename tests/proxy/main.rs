@@ -833,3 +833,99 @@ fn bad_settings_are_config_errors() {
         (Some("concurrency"), "max_in_flight")
     );
 }
+
+/// An upstream that logs the prompt of every request it receives; the
+/// prompt "hold" gets a stream that ends when `release` is dropped, any
+/// other a small JSON answer.
+async fn recording_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    mpsc::Sender<&'static str>,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (release, rx) = mpsc::channel::<&'static str>(1);
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(Some(rx)));
+    let seen = log.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: Bytes| {
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let prompt = json["messages"][1]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            seen.lock().unwrap().push(prompt.clone());
+            let held = (prompt == "hold")
+                .then(|| rx.lock().unwrap().take())
+                .flatten();
+            async move {
+                let body = match held {
+                    Some(rx) => {
+                        Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+                            let chunk = rx.recv().await?;
+                            Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), rx))
+                        }))
+                    }
+                    None => Body::from(r#"{"object":"chat.completion"}"#),
+                };
+                axum::http::Response::new(body)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (addr, log, release)
+}
+
+#[tokio::test]
+async fn priority_header_orders_the_queue() {
+    let (up_addr, log, release) = recording_upstream().await;
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(100);
+    stack.concurrency.max_in_flight = 1;
+    let config = ProxyConfig {
+        stack,
+        ..ProxyConfig::new(format!("http://{up_addr}"))
+    };
+    let (addr, _proxy, _stop) = serve_proxy(config).await;
+    let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+    let request = |prompt: &str, priority: &str| {
+        Request::post(format!("http://{addr}/v1/chat/completions"))
+            .header(header::AUTHORIZATION, "Bearer sk-lee-000012")
+            .header(router::PRIORITY_HEADER, priority)
+            .body(Full::new(Bytes::from(chat_body(prompt, true).to_string())))
+            .unwrap()
+    };
+    let queued = || {
+        let client = client.clone();
+        async move {
+            let req = Request::get(format!("http://{addr}/health"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = client.request(req).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&body).unwrap()["queued"].as_u64()
+        }
+    };
+    let until_queued = |n: u64| async move {
+        while queued().await != Some(n) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+
+    // the one upstream slot is held by a stream that has not ended
+    let held = client.request(request("hold", "normal")).await.unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    // low arrives first, high second
+    let low = tokio::spawn(client.request(request("low", "low")));
+    until_queued(1).await;
+    let high = tokio::spawn(client.request(request("high", "high")));
+    until_queued(2).await;
+
+    drop(release); // the stream ends, its slot is freed
+    held.into_body().collect().await.unwrap();
+    assert_eq!(high.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(low.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(*log.lock().unwrap(), ["hold", "high", "low"]);
+}
