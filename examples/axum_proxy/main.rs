@@ -34,7 +34,8 @@
 //!    The rate windows reserve the estimate and correct it to the actual
 //!    usage when the upstream reports it.
 //! 3. `x-priority: low|normal|high|critical` orders the queues;
-//!    `x-deadline-ms: N` gives up after N ms (default 120 s).
+//!    `x-deadline-ms: N` gives up after N ms (at most, and by default, the
+//!    stack's deadline of 120 s), with a 504.
 //! 4. **Routing by complexity.** A request for model `auto` (or for no
 //!    model) goes to the strong model (`--strong-model`, default `sim-1`) if
 //!    its prompt has at least `--strong-from-chars` characters (default

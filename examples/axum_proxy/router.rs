@@ -30,7 +30,8 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 /// `critical` (default `normal`).
 pub const PRIORITY_HEADER: &str = "x-priority";
 /// The header that sets a request's deadline, in milliseconds from its
-/// arrival (default: the stack's `deadline`).
+/// arrival. The stack's `deadline` is the default and the upper bound: its
+/// layer keeps an earlier deadline and tightens a later one.
 pub const DEADLINE_HEADER: &str = "x-deadline-ms";
 /// The response header naming the model a request was routed to.
 pub const ROUTED_HEADER: &str = "x-routed-model";
