@@ -929,3 +929,26 @@ async fn priority_header_orders_the_queue() {
     assert_eq!(low.await.unwrap().unwrap().status(), StatusCode::OK);
     assert_eq!(*log.lock().unwrap(), ["hold", "high", "low"]);
 }
+
+#[tokio::test]
+async fn deadline_header_gives_504_when_the_upstream_hangs() {
+    // every request hangs upstream: only the caller's deadline ends it
+    let faults = Faults {
+        hang: 1.0,
+        ..Faults::NONE
+    };
+    let h = harness_with(fast_upstream(faults), small_limits()).await;
+    let body = chat_body("Hi", false);
+    let mut req = h.request(
+        Method::POST,
+        "/v1/chat/completions",
+        Some("sk-max-000013"),
+        Some(&body),
+    );
+    req.headers_mut()
+        .insert(router::DEADLINE_HEADER, "50".parse().unwrap());
+    let a = h.send(req).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT, "{}", a.body);
+    assert_eq!(a.error_code(), "timeout");
+    assert_eq!(h.upstream_received(), 1, "a passed deadline is not retried");
+}
