@@ -12,6 +12,7 @@
 //! | [`timeout`] | attempt, first-chunk, idle and total timeouts; request deadlines |
 //! | [`retry`] | retries that obey the server's delay, with full jitter and a budget |
 //! | [`fallback`] | a second service when the first is open, overloaded or failing |
+//! | [`stats`] | outcome counts, live state and latency percentiles, read in code |
 //!
 //! Outermost first, the recommended order is deadline → fallback → retry →
 //! breaker → concurrency → rate → attempt timeout → the client. The rate
@@ -72,9 +73,17 @@ pub mod retry;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod stack;
-#[allow(dead_code)]
+pub mod stats;
 mod telemetry;
 pub mod timeout;
+
+/// Every metric the crate can emit, with its type, unit, labels and
+/// meaning: what the naming test checks and the README table lists. Not a
+/// stable API.
+#[doc(hidden)]
+pub mod __metrics {
+    pub use crate::telemetry::{MetricDef, MetricKind, MetricUnit, CATALOG};
+}
 
 pub use breaker::{CircuitBreakerLayer, CircuitState};
 #[cfg(feature = "http")]
@@ -87,4 +96,5 @@ pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};
 pub use retry::{RetryBudget, RetryLayer};
 pub use stack::{LlmStack, ServiceBuilderExt, StackConfig};
+pub use stats::{Stats, StatsLayer};
 pub use timeout::{DeadlineLayer, TimeoutLayer};

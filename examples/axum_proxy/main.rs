@@ -507,7 +507,7 @@ async fn self_test(addr: SocketAddr, args: &Args) -> bool {
     }
     match send(&client, addr, Method::GET, "/metrics", None, None).await {
         Ok(a) => {
-            let admitted = metric_line(&a.body, "llm_sluice_rate_admitted_total");
+            let admitted = metric_line(&a.body, "llm_sluice_admitted_total{layer=\"rate\"}");
             let refused = metric_line(&a.body, "llm_sluice_rejected_total{layer=\"rate\"");
             let answered = metric_line(
                 &a.body,

@@ -220,18 +220,12 @@ impl Proxy {
                 Err(_) => return Err(ConfigError::new("upstream_key", "must be printable ASCII")),
             },
         };
-        // checks every setting, naming the section and field of a bad one
-        LlmStack::from_config(&config.stack)?;
+        // deadline -> retry -> breaker -> concurrency -> rate -> timeout
+        let stack = LlmStack::from_config(&config.stack)?;
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let parts = interim::Parts::new(&config.stack)?;
         let service = ServiceBuilder::new()
             .map_response(|res: Response<_>| res.map(Body::new))
-            .layer(parts.deadline.clone())
-            .layer(parts.retry.clone())
-            .layer(parts.breaker.clone())
-            .layer(parts.concurrency.clone())
-            .layer(parts.rate.clone())
-            .layer(parts.timeout.clone())
+            .layer(stack.clone())
             // reads error bodies, so a spent quota (a 429 that never
             // succeeds) is not retried
             .layer(ErrorBodyLayer::new())
@@ -243,9 +237,9 @@ impl Proxy {
             models_uri,
             upstream_auth,
             metrics,
-            rate: Some(parts.rate.handle()),
-            breaker: Some(parts.breaker.handle()),
-            concurrency: Some(parts.concurrency.clone()),
+            rate: stack.rate_handle(),
+            breaker: stack.breaker_handle(),
+            concurrency: stack.concurrency().cloned(),
             config,
         });
         let router = Router::new()
@@ -625,97 +619,4 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     res
-}
-
-/// INTERIM, until `LlmStack` wraps services whose body type its timeout
-/// and concurrency parts change (an `http::Response` from a client): the
-/// same layers, in the same order, built by hand from the `StackConfig`.
-/// Every part is on here (a disabled part gets a limit nobody reaches).
-mod interim {
-    use std::time::Duration;
-
-    use llm_sluice::stack::StackConfig;
-    use llm_sluice::{
-        CircuitBreakerLayer, ConcurrencyLimitLayer, ConfigError, DeadlineLayer, RateLimitLayer,
-        RetryLayer, TimeoutLayer,
-    };
-
-    const FOREVER: Duration = Duration::from_secs(30 * 24 * 3600);
-
-    pub(super) struct Parts {
-        pub(super) deadline: DeadlineLayer,
-        pub(super) retry: RetryLayer,
-        pub(super) breaker: CircuitBreakerLayer,
-        pub(super) concurrency: ConcurrencyLimitLayer,
-        pub(super) rate: RateLimitLayer,
-        pub(super) timeout: TimeoutLayer,
-    }
-
-    impl Parts {
-        pub(super) fn new(c: &StackConfig) -> Result<Parts, ConfigError> {
-            let deadline = DeadlineLayer::new(c.deadline.unwrap_or(FOREVER));
-            let retry = RetryLayer::builder()
-                .max_retries(if c.retry.enabled {
-                    c.retry.max_retries
-                } else {
-                    0
-                })
-                .backoff_base(c.retry.backoff_base)
-                .backoff_cap(c.retry.backoff_cap)
-                .max_server_delay(c.retry.max_server_delay)
-                .build()?;
-            let mut breaker = CircuitBreakerLayer::builder()
-                .minimum_calls(c.breaker.minimum_calls)
-                .open_duration(c.breaker.open_duration);
-            if let Some(n) = c.breaker.consecutive_failures {
-                breaker = breaker.consecutive_failures(n);
-            }
-            if let Some(rate) = c.breaker.failure_rate {
-                breaker = breaker.failure_rate(rate);
-            }
-            if !c.breaker.enabled {
-                breaker = breaker.consecutive_failures(u32::MAX);
-            }
-            let concurrency = ConcurrencyLimitLayer::builder()
-                .max_in_flight(c.concurrency.max_in_flight)
-                .max_queued(c.concurrency.max_queued)
-                .max_queue_wait(c.concurrency.max_queue_wait)
-                .build_shared()?;
-            let mut rate = RateLimitLayer::builder()
-                .window(c.rate.window)
-                .max_waiters(c.rate.max_waiters)
-                .max_partitions(c.rate.max_partitions);
-            if let Some(wait) = c.rate.max_wait {
-                rate = rate.max_wait(wait);
-            }
-            if c.rate.enabled {
-                if let Some(n) = c.rate.requests_per_minute {
-                    rate = rate.requests_per_minute(n);
-                }
-                if let Some(n) = c.rate.tokens_per_minute {
-                    rate = rate.tokens_per_minute(n);
-                }
-            }
-            let mut timeout = TimeoutLayer::builder();
-            if c.timeout.enabled {
-                if let Some(t) = c.timeout.attempt {
-                    timeout = timeout.attempt(t);
-                }
-                if let Some(t) = c.timeout.first_chunk {
-                    timeout = timeout.first_chunk(t);
-                }
-                if let Some(t) = c.timeout.idle {
-                    timeout = timeout.idle(t);
-                }
-            }
-            Ok(Parts {
-                deadline,
-                retry,
-                breaker: breaker.build()?,
-                concurrency,
-                rate: rate.build()?,
-                timeout: timeout.build()?,
-            })
-        }
-    }
 }

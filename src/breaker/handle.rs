@@ -100,6 +100,12 @@ impl CircuitHandle {
         self.registry.for_each(|b| b.force(CircuitState::Closed));
     }
 
+    /// Calls `f` with the state of every breaker of the layer now: the
+    /// unkeyed one, and with partitions the overflow one and each key's.
+    pub(crate) fn for_each_state(&self, mut f: impl FnMut(CircuitState)) {
+        self.registry.for_each(|b| f(b.state()));
+    }
+
     /// How many keys have their own breaker now.
     pub fn partitions(&self) -> usize {
         self.registry.partitions()

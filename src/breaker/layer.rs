@@ -6,11 +6,12 @@ use tower_layer::Layer;
 
 use super::handle::CircuitHandle;
 use super::service::CircuitBreaker;
-use super::shared::{Metrics, OnChange, Registry, Shared};
+use super::shared::{OnChange, Registry, Shared};
 use super::state::{Config, WindowKind};
 use super::StateChange;
 use crate::classify::DefaultClassifier;
 use crate::error::ConfigError;
+use crate::telemetry::{self, PartitionLabels, Scope as MetricScope};
 
 /// Applies a circuit breaker to a service. See the [module docs](super).
 ///
@@ -86,6 +87,8 @@ pub struct CircuitBreakerBuilder<C = DefaultClassifier> {
     half_open_probes: u32,
     half_open_max_wait: Duration,
     partitions: Option<usize>,
+    partition_label: Option<usize>,
+    metrics_name: Option<&'static str>,
     on_change: Option<OnChange>,
     classifier: C,
 }
@@ -125,6 +128,8 @@ impl CircuitBreakerBuilder {
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(120),
             partitions: None,
+            partition_label: None,
+            metrics_name: None,
             on_change: None,
             classifier: DefaultClassifier,
         }
@@ -226,6 +231,29 @@ impl<C> CircuitBreakerBuilder<C> {
         self
     }
 
+    /// Labels the metrics of keyed breakers with `partition="<fingerprint>"`
+    /// (8 hex digits of [`PartitionKey::fingerprint`](crate::PartitionKey::fingerprint),
+    /// never the key). Off by default. Capped: the first `max_values`
+    /// distinct keys get their own value, later ones share `"other"`;
+    /// requests without a key are `"none"` and the overflow breaker is
+    /// `"overflow"`. Each labelled breaker also reports its own
+    /// `llm_sluice_breaker_state`. Handles are made when a key's breaker is
+    /// created, never per call. Needs [`per_partition`](Self::per_partition);
+    /// `max_values` from 1 to 10,000.
+    pub fn partition_label(mut self, max_values: usize) -> Self {
+        self.partition_label = Some(max_values);
+        self
+    }
+
+    /// Adds the label `name="<name>"` to this layer's metrics, so two
+    /// instances (a primary and a fallback upstream) can be told apart.
+    /// Fixed at build: no cost per call. Must not be empty. Default: no
+    /// `name` label.
+    pub fn metrics_name(mut self, name: &'static str) -> Self {
+        self.metrics_name = Some(name);
+        self
+    }
+
     /// Runs `callback` on every state change (after the change, outside any
     /// lock). Changes of different breakers, or racing changes of one, may
     /// be reported out of order.
@@ -254,6 +282,8 @@ impl<C> CircuitBreakerBuilder<C> {
             half_open_probes: self.half_open_probes,
             half_open_max_wait: self.half_open_max_wait,
             partitions: self.partitions,
+            partition_label: self.partition_label,
+            metrics_name: self.metrics_name,
             on_change: self.on_change,
             classifier,
         }
@@ -262,11 +292,25 @@ impl<C> CircuitBreakerBuilder<C> {
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let cfg = self.config()?;
-        let shared = Arc::new(Shared {
+        if let Some(name) = self.metrics_name {
+            telemetry::check_name(name)?;
+        }
+        let partition_labels = match self.partition_label {
+            None => None,
+            Some(_) if self.partitions.is_none() => {
+                return Err(ConfigError::new(
+                    "partition_label",
+                    "needs per_partition (an unkeyed breaker has no partitions)",
+                ))
+            }
+            Some(max) => Some(PartitionLabels::new(max)?),
+        };
+        let shared = Arc::new(Shared::new(
             cfg,
-            on_change: self.on_change,
-            metrics: Metrics::new(),
-        });
+            self.on_change,
+            MetricScope::new("breaker", self.metrics_name),
+            partition_labels,
+        ));
         let registry = match self.partitions {
             Some(max) => Registry::keyed(shared.clone(), max),
             None => Registry::single(shared.clone()),

@@ -120,6 +120,9 @@
 //!
 //! # Metrics
 //!
+//! All labelled `layer="breaker"` (plus `name` with
+//! [`metrics_name`](CircuitBreakerBuilder::metrics_name)):
+//!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `llm_sluice_breaker_state` | gauge | `layer` | unkeyed breaker: 0 closed, 1 half-open, 2 open |
@@ -127,6 +130,20 @@
 //! | `llm_sluice_breaker_transitions_total` | counter | `layer`, `from`, `to` | state changes |
 //! | `llm_sluice_breaker_calls_total` | counter | `layer`, `outcome` | recorded calls: `success`, `failure`, `slow_success`, `slow_failure`, `ignored` |
 //! | `llm_sluice_rejected_total` | counter | `layer="breaker"`, `reason="circuit_open"` | calls failed fast |
+//!
+//! With [`partition_label(n)`](CircuitBreakerBuilder::partition_label)
+//! (keyed breakers only), every metric but `llm_sluice_breaker_open` also
+//! carries `partition`: the key's 8-hex-digit
+//! [fingerprint](crate::PartitionKey::fingerprint) for the first `n`
+//! distinct keys, `other` after them, `none` for requests without a key,
+//! `overflow` for the shared breaker of a full map; the unkeyed breaker and
+//! each fingerprint-labelled one report their own `llm_sluice_breaker_state`.
+//!
+//! # Tracing
+//!
+//! State changes are `info` events ("circuit breaker state changed", with
+//! `from`, `to` and the redacted scope); each call refused while open is a
+//! `debug` event.
 
 pub mod future;
 mod handle;

@@ -12,7 +12,7 @@ use super::state::{Admit, CircuitState, Config, Machine, Record, Transition};
 use super::StateChange;
 use crate::partition::{Idle, Partitions};
 use crate::request::PartitionKey;
-use crate::telemetry::{self, Counter, Gauge, Kind, Unit};
+use crate::telemetry::{self, Counter, Gauge, PartitionLabels, Scope as MetricScope};
 
 /// The callback run on each state change.
 pub(crate) type OnChange = Arc<dyn Fn(&StateChange) + Send + Sync>;
@@ -28,65 +28,41 @@ pub(crate) const STATE: &str = "llm_sluice_breaker_state";
 pub(crate) const OPEN: &str = "llm_sluice_breaker_open";
 pub(crate) const TRANSITIONS: &str = "llm_sluice_breaker_transitions_total";
 pub(crate) const CALLS: &str = "llm_sluice_breaker_calls_total";
-pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
 
 fn describe_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        telemetry::describe(&[
-            (
-                Kind::Gauge,
-                STATE,
-                Unit::Count,
-                "State of the unkeyed circuit breaker: 0 closed, 1 half-open, 2 open.",
-            ),
-            (
-                Kind::Gauge,
-                OPEN,
-                Unit::Count,
-                "Circuit breakers (keyed ones included) currently open or half-open.",
-            ),
-            (
-                Kind::Counter,
-                TRANSITIONS,
-                Unit::Count,
-                "Circuit breaker state changes, by `from` and `to` state.",
-            ),
-            (
-                Kind::Counter,
-                CALLS,
-                Unit::Count,
-                "Calls that passed a circuit breaker, by recorded outcome.",
-            ),
-            (
-                Kind::Counter,
-                REJECTED,
-                Unit::Count,
-                "Requests refused by a layer, by `layer` and `reason`.",
-            ),
-        ]);
-    });
+    ONCE.call_once(|| telemetry::describe("breaker"));
 }
 
-/// Metric handles of one layer, created once at build.
+/// Metric handles of one breaker, or of every breaker of a layer without a
+/// partition label: created once, at build or when a partition's breaker is
+/// created, never per call.
 pub(crate) struct Metrics {
-    state: Gauge,
+    /// Only for a breaker whose labels are its own (the unkeyed one, and
+    /// with a partition label each labelled key's): a gauge shared by
+    /// several breakers would say nothing.
+    state: Option<Gauge>,
+    /// Layer-wide (no partition label): how many of its breakers are open.
     open: Gauge,
     calls: [Counter; 5],
     rejected: Counter,
     transitions: [[OnceLock<Counter>; 5]; 5],
+    /// Labels for the transition counters, made when first needed.
+    scope: MetricScope,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// Handles with `scope`'s labels; `open` with the layer's labels
+    /// (`layer`), a state gauge only if `with_state`.
+    pub(crate) fn new(scope: &MetricScope, layer: &MetricScope, with_state: bool) -> Self {
         describe_once();
-        let layer = ("layer", "breaker");
         Metrics {
-            state: Gauge::new(STATE, &[layer]),
-            open: Gauge::new(OPEN, &[layer]),
-            calls: Record::ALL.map(|r| Counter::new(CALLS, &[layer, ("outcome", r.label())])),
-            rejected: Counter::new(REJECTED, &[layer, ("reason", "circuit_open")]),
+            state: with_state.then(|| Gauge::new(STATE, scope, &[])),
+            open: Gauge::new(OPEN, layer, &[]),
+            calls: Record::ALL.map(|r| Counter::new(CALLS, scope, &[("outcome", r.label())])),
+            rejected: Counter::new(telemetry::REJECTED, scope, &[("reason", "circuit_open")]),
             transitions: Default::default(),
+            scope: scope.clone(),
         }
     }
 
@@ -94,11 +70,8 @@ impl Metrics {
         self.transitions[t.from.index()][t.to.index()].get_or_init(|| {
             Counter::new(
                 TRANSITIONS,
-                &[
-                    ("layer", "breaker"),
-                    ("from", t.from.as_str()),
-                    ("to", t.to.as_str()),
-                ],
+                &self.scope,
+                &[("from", t.from.as_str()), ("to", t.to.as_str())],
             )
         })
     }
@@ -108,7 +81,50 @@ impl Metrics {
 pub(crate) struct Shared {
     pub(crate) cfg: Config,
     pub(crate) on_change: Option<OnChange>,
-    pub(crate) metrics: Metrics,
+    /// The layer's labels (`layer`, and `name` if set).
+    pub(crate) scope: MetricScope,
+    /// Set by `partition_label`: each keyed breaker gets its own handles.
+    pub(crate) partition_labels: Option<PartitionLabels>,
+    /// The unkeyed breaker's handles (with the state gauge) when there is
+    /// no partition label.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Every keyed breaker's handles (no state gauge) when there is no
+    /// partition label.
+    pub(crate) keyed_metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        cfg: Config,
+        on_change: Option<OnChange>,
+        scope: MetricScope,
+        partition_labels: Option<PartitionLabels>,
+    ) -> Self {
+        Shared {
+            cfg,
+            on_change,
+            metrics: Arc::new(Metrics::new(&scope, &scope, true)),
+            keyed_metrics: Arc::new(Metrics::new(&scope, &scope, false)),
+            scope,
+            partition_labels,
+        }
+    }
+
+    /// The handles of a new breaker.
+    fn metrics_for(&self, scope: &Scope) -> Arc<Metrics> {
+        let Some(labels) = &self.partition_labels else {
+            return match scope {
+                Scope::Unkeyed => self.metrics.clone(),
+                _ => self.keyed_metrics.clone(),
+            };
+        };
+        let (labelled, own) = match scope {
+            Scope::Unkeyed => (self.scope.with_partition(telemetry::UNKEYED), true),
+            Scope::Overflow => (self.scope.with_partition(telemetry::OVERFLOW), false),
+            Scope::Key(key) => labels.scope(&self.scope, key),
+        };
+        Arc::new(Metrics::new(&labelled, &self.scope, own))
+    }
 }
 
 /// Which breaker of a layer this is.
@@ -133,6 +149,8 @@ pub(crate) struct Breaker {
     timed: bool,
     machine: Mutex<Machine>,
     shared: Arc<Shared>,
+    /// This breaker's handles: the layer's, or its partition's own.
+    metrics: Arc<Metrics>,
     scope: Scope,
 }
 
@@ -148,12 +166,14 @@ impl std::fmt::Debug for Breaker {
 impl Breaker {
     pub(crate) fn new(shared: Arc<Shared>, scope: Scope, now: Instant) -> Self {
         let machine = Machine::new(&shared.cfg, now);
+        let metrics = shared.metrics_for(&scope);
         Breaker {
             mode: AtomicU64::new(pack(machine.current(), machine.generation())),
             quiet: AtomicBool::new(machine.quiet()),
             timed: shared.cfg.slow_call.is_some(),
             machine: Mutex::new(machine),
             shared,
+            metrics,
             scope,
         }
     }
@@ -193,7 +213,7 @@ impl Breaker {
             Admit::Closed(generation) => Ok(Permit::new(self, generation, false)),
             Admit::Probe(generation) => Ok(Permit::new(self, generation, true)),
             Admit::Rejected(retry_after) => {
-                self.shared.metrics.rejected.increment(1);
+                self.metrics.rejected.increment(1);
                 tracing::debug!(
                     scope = ?self.scope,
                     ?retry_after,
@@ -208,7 +228,7 @@ impl Breaker {
     /// window or a transition needs it.
     #[inline]
     pub(crate) fn record(&self, generation: u64, record: Record, now: Option<Instant>) {
-        self.shared.metrics.calls[record.index()].increment(1);
+        self.metrics.calls[record.index()].increment(1);
         if record == Record::SUCCESS && self.quiet.load(Ordering::Acquire) {
             // Nothing a plain success could change: skip the lock.
             return;
@@ -283,10 +303,10 @@ impl Breaker {
 
     fn notify(&self, transition: Option<Transition>, at: Instant) {
         let Some(t) = transition else { return };
-        let metrics = &self.shared.metrics;
+        let metrics = &self.metrics;
         metrics.transition(t).increment(1);
-        if self.scope == Scope::Unkeyed {
-            metrics.state.set(t.to.gauge_value());
+        if let Some(state) = &metrics.state {
+            state.set(t.to.gauge_value());
         }
         match (t.from.is_closed(), t.to.is_closed()) {
             (true, false) => metrics.open.increment(1.0),

@@ -14,7 +14,8 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::time::{Instant, Sleep};
 
 use crate::request::{LlmRequest, Priority};
-use crate::telemetry::{self, Counter, Gauge, Histogram, Kind, Unit};
+use crate::stats::Stats;
+use crate::telemetry::{self, Counter, Gauge, Histogram, Scope};
 use crate::Error;
 
 /// The settings of one limiter, validated by the builder.
@@ -275,8 +276,10 @@ impl Limiter {
 
     #[inline]
     fn fresh_permit(self: &Arc<Self>) -> Permit {
+        self.metrics.admitted.increment(1);
         self.metrics.in_flight.increment(1.0);
         self.metrics.queue_wait.record(0.0);
+        self.metrics.stats_queue_wait(Duration::ZERO);
         Permit {
             limiter: Arc::clone(self),
         }
@@ -587,6 +590,7 @@ impl Waiter {
         limiter.metrics.queue_depth.decrement(1.0);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
+        limiter.metrics.stats_queue_wait(waited);
         let (error, reason) = if self.deadline_bound {
             (Error::DeadlineExceeded, Reason::Deadline)
         } else {
@@ -606,10 +610,10 @@ impl Waiter {
     fn take_grant(&mut self) -> Permit {
         self.done = true;
         let limiter = &self.limiter;
-        limiter
-            .metrics
-            .queue_wait
-            .record_duration(Instant::now().saturating_duration_since(self.enqueued));
+        limiter.metrics.admitted.increment(1);
+        let waited = Instant::now().saturating_duration_since(self.enqueued);
+        limiter.metrics.queue_wait.record_duration(waited);
+        limiter.metrics.stats_queue_wait(waited);
         Permit {
             limiter: Arc::clone(limiter),
         }
@@ -677,63 +681,51 @@ fn priority_index(priority: Priority) -> usize {
 /// The limiter's metric handles, registered once per layer.
 #[derive(Clone)]
 pub(crate) struct Metrics {
+    admitted: Counter,
     in_flight: Gauge,
     queue_depth: Gauge,
     queue_wait: Histogram,
     /// By reason, then by priority level.
     rejected: Arc<[[Counter; 4]; 3]>,
+    /// Also records queue waits, when the builder was given one.
+    pub(crate) stats: Option<Stats>,
 }
 
 pub(crate) const IN_FLIGHT: &str = "llm_sluice_in_flight";
 pub(crate) const QUEUE_DEPTH: &str = "llm_sluice_queue_depth";
 pub(crate) const QUEUE_WAIT: &str = "llm_sluice_queue_wait_seconds";
-pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// Handles labelled `layer="concurrency"` (and `name`, if given).
+    pub(crate) fn new(name: Option<&'static str>) -> Self {
         static DESCRIBE: Once = Once::new();
-        DESCRIBE.call_once(|| {
-            telemetry::describe(&[
-                (
-                    Kind::Gauge,
-                    IN_FLIGHT,
-                    Unit::Count,
-                    "Requests holding a concurrency permit (until the response body ends).",
-                ),
-                (
-                    Kind::Gauge,
-                    QUEUE_DEPTH,
-                    Unit::Count,
-                    "Requests waiting in the concurrency limiter's queue.",
-                ),
-                (
-                    Kind::Histogram,
-                    QUEUE_WAIT,
-                    Unit::Seconds,
-                    "Time an admitted or timed-out request spent waiting for a permit (0 when none was needed).",
-                ),
-                (
-                    Kind::Counter,
-                    REJECTED,
-                    Unit::Count,
-                    "Requests a layer refused, by reason.",
-                ),
-            ]);
-        });
-        let layer = ("layer", "concurrency");
+        DESCRIBE.call_once(|| telemetry::describe("concurrency"));
+        let scope = Scope::new("concurrency", name);
+        // `priority` is bucketed to the four named levels: a bounded set.
         let rejected = Reason::ALL.map(|reason| {
             PRIORITY_LABELS.map(|priority| {
                 Counter::new(
-                    REJECTED,
-                    &[layer, ("reason", reason.as_str()), ("priority", priority)],
+                    telemetry::REJECTED,
+                    &scope,
+                    &[("reason", reason.as_str()), ("priority", priority)],
                 )
             })
         });
         Metrics {
-            in_flight: Gauge::new(IN_FLIGHT, &[layer]),
-            queue_depth: Gauge::new(QUEUE_DEPTH, &[layer]),
-            queue_wait: Histogram::new(QUEUE_WAIT, &[layer]),
+            admitted: Counter::new(telemetry::ADMITTED, &scope, &[]),
+            in_flight: Gauge::new(IN_FLIGHT, &scope, &[]),
+            queue_depth: Gauge::new(QUEUE_DEPTH, &scope, &[]),
+            queue_wait: Histogram::new(QUEUE_WAIT, &scope, &[]),
             rejected: Arc::new(rejected),
+            stats: None,
+        }
+    }
+
+    /// Records a queue wait into the [`Stats`], if any.
+    #[inline]
+    fn stats_queue_wait(&self, waited: Duration) {
+        if let Some(stats) = &self.stats {
+            stats.record_queue_wait(waited);
         }
     }
 
@@ -760,7 +752,7 @@ mod tests {
                 max_queue_wait: Duration::from_secs(60),
                 aging,
             },
-            Metrics::new(),
+            Metrics::new(None),
         )
     }
 

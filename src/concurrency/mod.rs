@@ -176,23 +176,28 @@
 //!
 //! # Metrics
 //!
-//! Registered once per layer, all with the label `layer="concurrency"`:
+//! Registered once per layer, all with the label `layer="concurrency"` (plus
+//! `name` with [`metrics_name`](ConcurrencyLimitLayerBuilder::metrics_name)):
 //!
 //! | name | type | meaning |
 //! |---|---|---|
+//! | `llm_sluice_admitted_total` | counter | requests given a permit |
 //! | `llm_sluice_in_flight` | gauge | permits held |
 //! | `llm_sluice_queue_depth` | gauge | requests waiting |
 //! | `llm_sluice_queue_wait_seconds` | histogram | wait of each admitted or timed-out request (0 on the fast path) |
 //! | `llm_sluice_rejected_total` | counter | rejections, by `reason` (`queue_full`, `queue_timeout`, `deadline`) and `priority` (`low`, `normal`, `high`, `critical`) |
 //!
 //! Gauges move by increments, so several limiters (separate services of one
-//! layer) add up in one series.
+//! layer) add up in one series. `priority` is the request's
+//! [`Priority`](crate::Priority) bucketed to its named level, so it has four
+//! values whatever priorities callers use.
 
 pub mod future;
 mod layer;
-mod limiter;
+pub(crate) mod limiter;
 mod service;
 
 pub use layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_AGING};
+pub(crate) use limiter::MAX_PERMITS;
 pub use limiter::{LimiterStats, Permit};
 pub use service::ConcurrencyLimit;

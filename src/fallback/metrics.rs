@@ -3,7 +3,7 @@
 use std::sync::Once;
 
 use super::policy::FallbackReason;
-use crate::telemetry::{self, Counter, Kind, Unit};
+use crate::telemetry::{self, Counter, Scope};
 
 pub(crate) const FALLBACKS_TOTAL: &str = "llm_sluice_fallbacks_total";
 
@@ -14,21 +14,13 @@ pub(crate) struct FallbackMetrics {
 }
 
 impl FallbackMetrics {
-    pub(crate) fn new() -> Self {
-        DESCRIBE.call_once(|| {
-            telemetry::describe(&[(
-                Kind::Counter,
-                FALLBACKS_TOTAL,
-                Unit::Count,
-                "Requests sent to a fallback service, by the primary's failure reason.",
-            )])
-        });
+    /// Handles labelled `layer="fallback"` (and `name`, if given).
+    pub(crate) fn new(name: Option<&'static str>) -> Self {
+        DESCRIBE.call_once(|| telemetry::describe("fallback"));
+        let scope = Scope::new("fallback", name);
         FallbackMetrics {
             by_reason: FallbackReason::ALL.map(|reason| {
-                Counter::new(
-                    FALLBACKS_TOTAL,
-                    &[("layer", "fallback"), ("reason", reason.as_str())],
-                )
+                Counter::new(FALLBACKS_TOTAL, &scope, &[("reason", reason.as_str())])
             }),
         }
     }

@@ -81,7 +81,8 @@
 //! # Metrics
 //!
 //! `llm_sluice_fallbacks_total{layer="fallback", reason}` counts requests
-//! sent to a secondary, `reason` being a [`FallbackReason`] name.
+//! sent to a secondary, `reason` being a [`FallbackReason`] name (plus
+//! `name` with [`metrics_name`](FallbackLayerBuilder::metrics_name)).
 
 pub mod future;
 mod layer;

@@ -7,10 +7,11 @@ use tower_layer::Layer;
 use super::handle::RateLimitHandle;
 use super::limits::{Budget, Limits};
 use super::service::RateLimit;
-use super::shared::{Settings, Shared};
+use super::shared::{MetricSettings, Settings, Shared};
 use super::store::{MemoryStore, RateStore};
 use crate::classify::DefaultClassifier;
 use crate::error::ConfigError;
+use crate::telemetry::{self, PartitionLabels, Scope};
 
 /// Applies [`RateLimit`] to a service. Built with
 /// [`RateLimitLayer::builder`].
@@ -34,6 +35,8 @@ impl RateLimitLayer {
             max_wait: None,
             max_waiters: 10_000,
             max_partitions: 10_000,
+            partition_label: None,
+            metrics_name: None,
             classifier: DefaultClassifier,
             store: MemoryStore,
         }
@@ -88,6 +91,8 @@ pub struct Builder<C = DefaultClassifier, St = MemoryStore> {
     max_wait: Option<Duration>,
     max_waiters: usize,
     max_partitions: usize,
+    partition_label: Option<usize>,
+    metrics_name: Option<&'static str>,
     classifier: C,
     store: St,
 }
@@ -197,6 +202,27 @@ impl<C, St> Builder<C, St> {
         self
     }
 
+    /// Labels the metrics of each partition with `partition="<fingerprint>"`
+    /// (8 hex digits of [`PartitionKey::fingerprint`](crate::PartitionKey::fingerprint),
+    /// never the key). Off by default. Capped: the first `max_values`
+    /// distinct keys get their own value, later ones share `"other"`;
+    /// requests without a key are `"none"` and the overflow window is
+    /// `"overflow"`. A partition's handles are made when its window is
+    /// created, never per request. `max_values` from 1 to 10,000.
+    pub fn partition_label(mut self, max_values: usize) -> Self {
+        self.partition_label = Some(max_values);
+        self
+    }
+
+    /// Adds the label `name="<name>"` to this layer's metrics, so two
+    /// instances (a primary and a fallback upstream) can be told apart.
+    /// Fixed at build: no cost per request. Must not be empty. Default: no
+    /// `name` label.
+    pub fn metrics_name(mut self, name: &'static str) -> Self {
+        self.metrics_name = Some(name);
+        self
+    }
+
     /// Swaps the classifier that reads usage, 429 delays and rate-limit
     /// headers from results.
     pub fn classifier<C2>(self, classifier: C2) -> Builder<C2, St> {
@@ -207,6 +233,8 @@ impl<C, St> Builder<C, St> {
             max_wait: self.max_wait,
             max_waiters: self.max_waiters,
             max_partitions: self.max_partitions,
+            partition_label: self.partition_label,
+            metrics_name: self.metrics_name,
             classifier,
             store: self.store,
         }
@@ -221,6 +249,8 @@ impl<C, St> Builder<C, St> {
             max_wait: self.max_wait,
             max_waiters: self.max_waiters,
             max_partitions: self.max_partitions,
+            partition_label: self.partition_label,
+            metrics_name: self.metrics_name,
             classifier: self.classifier,
             store,
         }
@@ -261,8 +291,15 @@ impl<C, St> Builder<C, St> {
             max_waiters: self.max_waiters,
             max_partitions: self.max_partitions,
         };
+        if let Some(name) = self.metrics_name {
+            telemetry::check_name(name)?;
+        }
+        let metrics = MetricSettings {
+            scope: Scope::new("rate", self.metrics_name),
+            partition_labels: self.partition_label.map(PartitionLabels::new).transpose()?,
+        };
         Ok(RateLimitLayer {
-            shared: Arc::new(Shared::new(self.store, self.classifier, settings)),
+            shared: Arc::new(Shared::new(self.store, self.classifier, settings, metrics)),
         })
     }
 }
@@ -276,6 +313,8 @@ impl<C, St> fmt::Debug for Builder<C, St> {
             .field("max_wait", &self.max_wait)
             .field("max_waiters", &self.max_waiters)
             .field("max_partitions", &self.max_partitions)
+            .field("partition_label", &self.partition_label)
+            .field("metrics_name", &self.metrics_name)
             .finish_non_exhaustive()
     }
 }

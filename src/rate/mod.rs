@@ -191,12 +191,26 @@
 //!
 //! # Metrics
 //!
-//! `llm_sluice_rate_admitted_total`, `llm_sluice_rejected_total{layer="rate",
-//! reason=too_large|wait_timeout|deadline|waiters_full}`,
-//! `llm_sluice_rate_tokens_reserved_total`,
-//! `llm_sluice_rate_tokens_refunded_total`, `llm_sluice_rate_wait_seconds`,
-//! `llm_sluice_rate_cooldowns_total`, `llm_sluice_partitions{layer="rate"}`.
-//! No partition key is ever a label.
+//! All labelled `layer="rate"` (plus `name` with
+//! [`metrics_name`](Builder::metrics_name)):
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `llm_sluice_admitted_total` | counter | | requests admitted |
+//! | `llm_sluice_rejected_total` | counter | `reason`: `too_large`, `wait_timeout`, `deadline`, `waiters_full` | requests refused |
+//! | `llm_sluice_rate_tokens_reserved_total` | counter | | tokens reserved: estimates, plus usage above them |
+//! | `llm_sluice_rate_tokens_refunded_total` | counter | | tokens given back: over-estimates, released reservations |
+//! | `llm_sluice_rate_wait_seconds` | histogram | | wait of each admitted request (0 when it fit at once) |
+//! | `llm_sluice_rate_cooldowns_total` | counter | | cooldowns after a 429 with a delay |
+//! | `llm_sluice_partitions` | gauge | | partition keys with a window of their own |
+//!
+//! A partition key is never a label. With
+//! [`partition_label(n)`](Builder::partition_label), every metric but
+//! `llm_sluice_partitions` also carries `partition`: the key's 8-hex-digit
+//! [fingerprint](crate::PartitionKey::fingerprint) for the first `n`
+//! distinct keys, `other` after them, `none` without a key, `overflow` for
+//! the shared window of a full map. A partition's handles are made when its
+//! window is; a request only uses them.
 
 pub mod future;
 mod handle;

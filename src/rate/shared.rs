@@ -21,7 +21,7 @@ use crate::classify::{Classification, Outcome};
 use crate::error::{ConfigError, Error};
 use crate::partition::{Idle, Partitions};
 use crate::request::{PartitionKey, Priority};
-use crate::telemetry::{self, Counter, Gauge, Histogram, Kind, Unit};
+use crate::telemetry::{self, Counter, Gauge, Histogram, PartitionLabels, Scope};
 
 /// Where a waiter stands: higher priority first, then earlier arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +39,9 @@ struct Entry {
 /// One scope: its window in the store and its queue of waiters.
 pub(crate) struct Slot<W> {
     pub(crate) state: Mutex<SlotState<W>>,
+    /// The slot's own metric handles, with a `partition` label (only with
+    /// `partition_label`; otherwise the limiter's are used).
+    metrics: Option<Box<Metrics>>,
 }
 
 pub(crate) struct SlotState<W> {
@@ -63,8 +66,9 @@ struct CachedLimits {
 const STALE: u64 = u64::MAX;
 
 impl<W> Slot<W> {
-    fn new(window: W) -> Self {
+    fn new(window: W, metrics: Option<Box<Metrics>>) -> Self {
         Slot {
+            metrics,
             state: Mutex::new(SlotState {
                 window,
                 queue: BTreeMap::new(),
@@ -157,7 +161,8 @@ impl<W: WindowState> Idle for Slot<W> {
     }
 }
 
-/// The metric handles of one limiter.
+/// The metric handles of one limiter, or of one partition with its own
+/// `partition` label.
 #[derive(Clone)]
 pub(crate) struct Metrics {
     admitted: Counter,
@@ -169,62 +174,57 @@ pub(crate) struct Metrics {
     refunded: Counter,
     wait: Histogram,
     cooldowns: Counter,
+    /// Layer-wide (no partition label).
     partitions: Gauge,
 }
 
-const REJECTED: &str = "llm_sluice_rejected_total";
-
 impl Metrics {
-    fn new() -> Self {
+    /// Handles with `scope`'s labels; the partition count with the layer's.
+    fn new(scope: &Scope, layer: &Scope) -> Self {
         static DESCRIBE: Once = Once::new();
-        DESCRIBE.call_once(|| {
-            telemetry::describe(&[
-                (
-                    Kind::Counter,
-                    "llm_sluice_rate_admitted_total",
-                    Unit::Count,
-                    "Requests the rate limiter admitted.",
-                ),
-                (
-                    Kind::Counter,
-                    "llm_sluice_rate_tokens_reserved_total",
-                    Unit::Count,
-                    "Tokens reserved by the rate limiter: estimates plus extra charges.",
-                ),
-                (
-                    Kind::Counter,
-                    "llm_sluice_rate_tokens_refunded_total",
-                    Unit::Count,
-                    "Tokens given back by the rate limiter: over-estimates and released reservations.",
-                ),
-                (
-                    Kind::Histogram,
-                    "llm_sluice_rate_wait_seconds",
-                    Unit::Seconds,
-                    "Time an admitted request waited for room in the rate limiter's windows.",
-                ),
-                (
-                    Kind::Counter,
-                    "llm_sluice_rate_cooldowns_total",
-                    Unit::Count,
-                    "Times a partition entered a cooldown because the server returned 429 with a delay.",
-                ),
-            ]);
-        });
-        let rejected = |reason| Counter::new(REJECTED, &[("layer", "rate"), ("reason", reason)]);
+        DESCRIBE.call_once(|| telemetry::describe("rate"));
+        let rejected = |reason| Counter::new(telemetry::REJECTED, scope, &[("reason", reason)]);
         Metrics {
-            admitted: Counter::new("llm_sluice_rate_admitted_total", &[]),
+            admitted: Counter::new(telemetry::ADMITTED, scope, &[]),
             too_large: rejected("too_large"),
             wait_timeout: rejected("wait_timeout"),
             deadline: rejected("deadline"),
             waiters_full: rejected("waiters_full"),
-            reserved: Counter::new("llm_sluice_rate_tokens_reserved_total", &[]),
-            refunded: Counter::new("llm_sluice_rate_tokens_refunded_total", &[]),
-            wait: Histogram::new("llm_sluice_rate_wait_seconds", &[]),
-            cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", &[]),
-            partitions: Gauge::new("llm_sluice_partitions", &[("layer", "rate")]),
+            reserved: Counter::new("llm_sluice_rate_tokens_reserved_total", scope, &[]),
+            refunded: Counter::new("llm_sluice_rate_tokens_refunded_total", scope, &[]),
+            wait: Histogram::new("llm_sluice_rate_wait_seconds", scope, &[]),
+            cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", scope, &[]),
+            partitions: Gauge::new(telemetry::PARTITIONS, layer, &[]),
         }
     }
+}
+
+/// How metrics are labelled, fixed at build.
+#[derive(Debug)]
+pub(crate) struct MetricSettings {
+    pub(crate) scope: Scope,
+    pub(crate) partition_labels: Option<PartitionLabels>,
+}
+
+impl MetricSettings {
+    /// Handles for a new slot: `None` (use the limiter's) without a
+    /// partition label.
+    fn slot(&self, value: SlotLabel<'_>) -> Option<Box<Metrics>> {
+        let labels = self.partition_labels.as_ref()?;
+        let scope = match value {
+            SlotLabel::Unkeyed => self.scope.with_partition(telemetry::UNKEYED),
+            SlotLabel::Overflow => self.scope.with_partition(telemetry::OVERFLOW),
+            SlotLabel::Key(key) => labels.scope(&self.scope, key).0,
+        };
+        Some(Box::new(Metrics::new(&scope, &self.scope)))
+    }
+}
+
+/// Which slot a new one is, for its `partition` label.
+enum SlotLabel<'a> {
+    Unkeyed,
+    Overflow,
+    Key(&'a PartitionKey),
 }
 
 /// Settings fixed at build time.
@@ -254,6 +254,7 @@ pub(crate) struct Shared<C, St: RateStore> {
     next_id: AtomicU64,
     reported_partitions: AtomicUsize,
     metrics: Metrics,
+    metric_settings: MetricSettings,
 }
 
 /// A reservation in the windows, held while the call is in flight.
@@ -287,9 +288,25 @@ pub(crate) enum WaitPoll<St: RateStore> {
 }
 
 impl<C, St: RateStore> Shared<C, St> {
-    pub(crate) fn new(store: St, classifier: C, settings: Settings) -> Self {
-        let partitions = Partitions::new(settings.max_partitions, || Slot::new(store.window()));
-        let global = Slot::new(store.window());
+    pub(crate) fn new(
+        store: St,
+        classifier: C,
+        settings: Settings,
+        metric_settings: MetricSettings,
+    ) -> Self {
+        // `Partitions::new` makes the unkeyed slot first, then the overflow one.
+        let mut made = 0;
+        let partitions = Partitions::new(settings.max_partitions, || {
+            made += 1;
+            let label = if made == 1 {
+                SlotLabel::Unkeyed
+            } else {
+                SlotLabel::Overflow
+            };
+            Slot::new(store.window(), metric_settings.slot(label))
+        });
+        let global = Slot::new(store.window(), None);
+        let metrics = Metrics::new(&metric_settings.scope, &metric_settings.scope);
         Shared {
             store,
             classifier,
@@ -303,7 +320,8 @@ impl<C, St: RateStore> Shared<C, St> {
             admitted: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             reported_partitions: AtomicUsize::new(0),
-            metrics: Metrics::new(),
+            metrics,
+            metric_settings,
         }
     }
 
@@ -311,15 +329,25 @@ impl<C, St: RateStore> Shared<C, St> {
         let Some(key) = key else {
             return SlotRef::Unkeyed;
         };
-        let (slot, _) = self
-            .partitions
-            .get(Some(key), now, || Slot::new(self.store.window()));
+        let (slot, _) = self.partitions.get(Some(key), now, || {
+            Slot::new(
+                self.store.window(),
+                self.metric_settings.slot(SlotLabel::Key(key)),
+            )
+        });
         let live = self.partitions.len();
         if self.reported_partitions.load(Ordering::Relaxed) != live {
             self.reported_partitions.store(live, Ordering::Relaxed);
             self.metrics.partitions.set(live as f64);
         }
         SlotRef::Keyed(slot)
+    }
+
+    /// The handles a slot's events count on: its own with a partition
+    /// label, else the limiter's.
+    #[inline]
+    fn metrics<'a>(&'a self, slot: &'a Slot<St::Window>) -> &'a Metrics {
+        slot.metrics.as_deref().unwrap_or(&self.metrics)
     }
 
     fn resolve<'a>(&'a self, slot: &'a SlotRef<St::Window>) -> &'a Slot<St::Window> {
@@ -463,9 +491,10 @@ impl<C, St: RateStore> Shared<C, St> {
         waited: Duration,
     ) -> Reservation<St> {
         self.admitted.fetch_add(1, Ordering::Relaxed);
-        self.metrics.admitted.increment(1);
-        self.metrics.reserved.increment(demand.tokens);
-        self.metrics.wait.record_duration(waited);
+        let metrics = self.metrics(self.resolve(&slot));
+        metrics.admitted.increment(1);
+        metrics.reserved.increment(demand.tokens);
+        metrics.wait.record_duration(waited);
         Reservation {
             slot,
             part,
@@ -474,8 +503,8 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
-    fn too_large(&self, amount: u64, limit: u64) -> BoxError {
-        self.metrics.too_large.increment(1);
+    fn too_large(&self, metrics: &Metrics, amount: u64, limit: u64) -> BoxError {
+        metrics.too_large.increment(1);
         tracing::debug!(tokens = amount, limit, "rate: request can never fit");
         Box::new(Error::RequestTooLarge {
             tokens: amount,
@@ -503,9 +532,10 @@ impl<C, St: RateStore> Shared<C, St> {
         let now = Instant::now();
         let slot_ref = self.slot_ref(key, now);
         let slot = self.resolve(&slot_ref);
+        let metrics = self.metrics(slot);
         let mut state = slot.state.lock();
         if deadline.is_some_and(|d| d <= now) {
-            self.metrics.deadline.increment(1);
+            metrics.deadline.increment(1);
             return Enter::Failed(Box::new(Error::DeadlineExceeded));
         }
         let verdict = if state.queue.is_empty() {
@@ -521,7 +551,7 @@ impl<C, St: RateStore> Shared<C, St> {
                     ));
                 }
                 Attempt::Never { amount, limit } => {
-                    return Enter::Failed(self.too_large(amount, limit))
+                    return Enter::Failed(self.too_large(metrics, amount, limit))
                 }
                 Attempt::Wait(at) => Verdict::NotUntil(at),
             }
@@ -530,7 +560,7 @@ impl<C, St: RateStore> Shared<C, St> {
             // priority, but a request that can never fit fails now.
             match self.verdict(&mut state, demand, now) {
                 Verdict::Never { amount, limit } => {
-                    return Enter::Failed(self.too_large(amount, limit))
+                    return Enter::Failed(self.too_large(metrics, amount, limit))
                 }
                 v => v,
             }
@@ -541,7 +571,7 @@ impl<C, St: RateStore> Shared<C, St> {
             _ => (by_wait, false),
         };
         if expiry <= now {
-            self.metrics.wait_timeout.increment(1);
+            metrics.wait_timeout.increment(1);
             return Enter::Failed(Box::new(Error::RateLimited {
                 retry_after: self.retry_hint(verdict, now),
             }));
@@ -553,7 +583,7 @@ impl<C, St: RateStore> Shared<C, St> {
             })
             .is_ok();
         if !admitted_waiter {
-            self.metrics.waiters_full.increment(1);
+            metrics.waiters_full.increment(1);
             tracing::debug!("rate: waiter limit reached, request shed");
             return Enter::Failed(Box::new(Error::RateLimited {
                 retry_after: self.retry_hint(verdict, now),
@@ -608,7 +638,9 @@ impl<C, St: RateStore> Shared<C, St> {
             global,
             estimate,
         } = reservation;
-        let mut state = self.resolve(&slot).state.lock();
+        let resolved = self.resolve(&slot);
+        let metrics = self.metrics(resolved);
+        let mut state = resolved.state.lock();
         let mut wake = false;
         if release {
             // A local layer refused it: it never reached the upstream.
@@ -617,7 +649,7 @@ impl<C, St: RateStore> Shared<C, St> {
                 let mut g = self.global.state.lock();
                 self.store.release(&mut g.window, ticket, now);
             }
-            self.metrics.refunded.increment(estimate);
+            metrics.refunded.increment(estimate);
             wake = true;
         } else if let Some(usage) = &class.usage {
             let actual = Demand::from_usage(usage);
@@ -627,9 +659,9 @@ impl<C, St: RateStore> Shared<C, St> {
                 self.store.reconcile(&mut g.window, ticket, &actual, now);
             }
             if actual.tokens < estimate {
-                self.metrics.refunded.increment(estimate - actual.tokens);
+                metrics.refunded.increment(estimate - actual.tokens);
             } else {
-                self.metrics.reserved.increment(actual.tokens - estimate);
+                metrics.reserved.increment(actual.tokens - estimate);
             }
             // Input/output budgets were charged the whole estimate: usage
             // always gives some back, so let the head look again.
@@ -640,7 +672,7 @@ impl<C, St: RateStore> Shared<C, St> {
             // the cap every waiter times out long before anyway.
             let until = now + delay.min(crate::error::LONGEST_SETTING);
             self.store.cool_down(&mut state.window, until);
-            self.metrics.cooldowns.increment(1);
+            metrics.cooldowns.increment(1);
             tracing::debug!(?delay, "rate: partition cooling down after a 429");
         }
         if let Some(server) = &class.rate_limits {
@@ -679,12 +711,13 @@ impl<C, St: RateStore> WaitGuard<C, St> {
         now: Instant,
     ) -> BoxError {
         let shared = &self.shared;
+        let metrics = shared.metrics(shared.resolve(&self.slot));
         if self.deadline_bound {
-            shared.metrics.deadline.increment(1);
+            metrics.deadline.increment(1);
             tracing::debug!("rate: deadline passed while waiting");
             Box::new(Error::DeadlineExceeded)
         } else {
-            shared.metrics.wait_timeout.increment(1);
+            metrics.wait_timeout.increment(1);
             tracing::debug!("rate: no room within max_wait");
             let verdict = shared.verdict(state, demand, now);
             Box::new(Error::RateLimited {
@@ -748,7 +781,11 @@ impl<C, St: RateStore> WaitGuard<C, St> {
                 shared.waiting.fetch_sub(1, Ordering::AcqRel);
                 self.done = true;
                 state.wake_head();
-                WaitPoll::Failed(shared.too_large(amount, limit))
+                WaitPoll::Failed(shared.too_large(
+                    shared.metrics(shared.resolve(&slot)),
+                    amount,
+                    limit,
+                ))
             }
             Attempt::Wait(at) => {
                 state.set_waker(&self.key, waker);

@@ -215,8 +215,9 @@ impl Window {
     }
 
     fn generation(&self, now: Instant) -> u64 {
+        // In u64 nanoseconds (584 years) so the division is a 64-bit one.
         let elapsed = now.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(elapsed / u128::from(self.slot_nanos)).unwrap_or(u64::MAX)
+        u64::try_from(elapsed).unwrap_or(u64::MAX) / self.slot_nanos
     }
 
     fn add(&self, now: Instant, amount: i64) {

@@ -38,6 +38,9 @@ pin_project! {
         shared: Arc<Shared<C, P>>,
         retries: u32,
         deadline: Option<Instant>,
+        // The current attempt's `llm_sluice.attempt` span (disabled, and
+        // free, when no subscriber wants debug spans).
+        span: tracing::Span,
     }
 }
 
@@ -69,6 +72,7 @@ where
         request: Option<Req>,
         shared: Arc<Shared<C, P>>,
         deadline: Option<Instant>,
+        span: tracing::Span,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
@@ -77,6 +81,7 @@ where
             shared,
             retries: 0,
             deadline,
+            span,
         }
     }
 
@@ -100,11 +105,16 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    let polled = {
+                        let _entered = this.span.enter();
+                        future.poll(cx)
+                    };
+                    let result = ready!(polled).map_err(Into::into);
                     let shared = &**this.shared;
                     let class = shared
                         .classifier
                         .classify(result.as_ref().map_err(|e| &**e));
+                    this.span.record("outcome", class.outcome.as_str());
                     match shared.decide(
                         &class,
                         *this.retries,
@@ -142,12 +152,27 @@ where
                         *this.request = shared.replay.replay(&request);
                     }
                     shared.metrics.attempt();
-                    let future = this.service.call(request);
+                    *this.span = attempt_span(*this.retries + 1);
+                    let future = {
+                        let _entered = this.span.enter();
+                        this.service.call(request)
+                    };
                     this.state.set(State::Called { future });
                 }
             }
         }
     }
+}
+
+/// The span of one attempt: `llm_sluice.attempt` at debug level, with the
+/// attempt number (1 for the first) and, once known, its `outcome`.
+#[inline]
+pub(crate) fn attempt_span(attempt: u32) -> tracing::Span {
+    tracing::debug_span!(
+        "llm_sluice.attempt",
+        attempt,
+        outcome = tracing::field::Empty
+    )
 }
 
 impl<S, C, P, Req> fmt::Debug for ResponseFuture<S, C, P, Req>

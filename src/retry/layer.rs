@@ -30,6 +30,7 @@ pub struct RetryLayer<C = DefaultClassifier, P = CloneRequest> {
     replay: P,
     budget: RetryBudget,
     rng: Arc<Mutex<fastrand::Rng>>,
+    metrics_name: Option<&'static str>,
 }
 
 impl RetryLayer {
@@ -49,6 +50,7 @@ impl<C: Clone, P: Clone> Clone for RetryLayer<C, P> {
             replay: self.replay.clone(),
             budget: self.budget.clone(),
             rng: self.rng.clone(),
+            metrics_name: self.metrics_name,
         }
     }
 }
@@ -81,7 +83,7 @@ impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
                 replay: self.replay.clone(),
                 budget: self.budget.clone(),
                 rng: self.rng.clone(),
-                metrics: Metrics::new(),
+                metrics: Metrics::new(self.metrics_name),
             }),
         )
     }
@@ -98,6 +100,7 @@ pub struct RetryLayerBuilder<C = DefaultClassifier, P = CloneRequest> {
     total_timeout: Option<Duration>,
     budget: Option<RetryBudget>,
     seed: Option<u64>,
+    metrics_name: Option<&'static str>,
     classifier: C,
     replay: P,
 }
@@ -131,6 +134,7 @@ impl RetryLayerBuilder {
             total_timeout: None,
             budget: None,
             seed: None,
+            metrics_name: None,
             classifier: DefaultClassifier,
             replay: CloneRequest,
         }
@@ -205,6 +209,15 @@ impl<C, P> RetryLayerBuilder<C, P> {
         self
     }
 
+    /// Adds the label `name="<name>"` to this layer's metrics, so two
+    /// instances (a primary and a fallback stack) can be told apart. Fixed
+    /// at build: no cost per request. Must not be empty. Default: no `name`
+    /// label.
+    pub fn metrics_name(mut self, name: &'static str) -> Self {
+        self.metrics_name = Some(name);
+        self
+    }
+
     /// Decides what is retried and reads the server's delay (default
     /// [`DefaultClassifier`]). Wrap it in [`QuotaAware`](super::QuotaAware)
     /// for typed responses that carry an error code, or pass a closure that
@@ -220,6 +233,7 @@ impl<C, P> RetryLayerBuilder<C, P> {
             total_timeout: self.total_timeout,
             budget: self.budget,
             seed: self.seed,
+            metrics_name: self.metrics_name,
             classifier,
             replay: self.replay,
         }
@@ -239,6 +253,7 @@ impl<C, P> RetryLayerBuilder<C, P> {
             total_timeout: self.total_timeout,
             budget: self.budget,
             seed: self.seed,
+            metrics_name: self.metrics_name,
             classifier: self.classifier,
             replay,
         }
@@ -259,6 +274,9 @@ impl<C, P> RetryLayerBuilder<C, P> {
                 "must be greater than zero",
             ));
         }
+        if let Some(name) = self.metrics_name {
+            crate::telemetry::check_name(name)?;
+        }
         static DESCRIBE: Once = Once::new();
         DESCRIBE.call_once(metrics::describe);
         let rng = match self.seed {
@@ -277,6 +295,7 @@ impl<C, P> RetryLayerBuilder<C, P> {
             replay: self.replay,
             budget: self.budget.unwrap_or_default(),
             rng: Arc::new(Mutex::new(rng)),
+            metrics_name: self.metrics_name,
         })
     }
 }

@@ -1,16 +1,15 @@
 //! The retry layer's metric handles, registered once per service.
 
 use crate::classify::Outcome;
-use crate::telemetry::{self, Counter, Histogram, Kind, Unit};
+use crate::telemetry::{self, Counter, Histogram, Scope};
 
 pub(crate) const ATTEMPTS: &str = "llm_sluice_retry_attempts_total";
 pub(crate) const RETRIES: &str = "llm_sluice_retries_total";
 pub(crate) const SERVER_DELAY: &str = "llm_sluice_retry_server_delay_seconds";
-pub(crate) const BUDGET_EXHAUSTED: &str = "llm_sluice_retry_budget_exhausted_total";
 pub(crate) const GAVE_UP: &str = "llm_sluice_retry_gave_up_total";
 
-/// Why a retryable result was returned without retrying (besides the budget,
-/// which has its own counter).
+/// Why a retryable result was returned without retrying: the `reason` label
+/// of `llm_sluice_retry_gave_up_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GaveUp {
     /// `max_retries` retries were made already.
@@ -21,6 +20,8 @@ pub(crate) enum GaveUp {
     OverCap = 2,
     /// The request could not be replayed.
     NotReplayable = 3,
+    /// The retry budget was spent.
+    Budget = 4,
 }
 
 impl GaveUp {
@@ -30,15 +31,17 @@ impl GaveUp {
             GaveUp::Deadline => "deadline",
             GaveUp::OverCap => "over_cap",
             GaveUp::NotReplayable => "not_replayable",
+            GaveUp::Budget => "budget",
         }
     }
 }
 
-const GAVE_UP_ALL: [GaveUp; 4] = [
+const GAVE_UP_ALL: [GaveUp; 5] = [
     GaveUp::MaxRetries,
     GaveUp::Deadline,
     GaveUp::OverCap,
     GaveUp::NotReplayable,
+    GaveUp::Budget,
 ];
 
 const OUTCOMES: [Outcome; 9] = [
@@ -79,18 +82,18 @@ pub(crate) struct Metrics {
     attempts: Counter,
     retries: [Counter; 9],
     server_delay: Histogram,
-    budget_exhausted: Counter,
-    gave_up: [Counter; 4],
+    gave_up: [Counter; 5],
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// Handles labelled `layer="retry"` (and `name`, if given).
+    pub(crate) fn new(name: Option<&'static str>) -> Self {
+        let scope = Scope::new("retry", name);
         Metrics {
-            attempts: Counter::new(ATTEMPTS, &[]),
-            retries: OUTCOMES.map(|o| Counter::new(RETRIES, &[("reason", o.as_str())])),
-            server_delay: Histogram::new(SERVER_DELAY, &[]),
-            budget_exhausted: Counter::new(BUDGET_EXHAUSTED, &[]),
-            gave_up: GAVE_UP_ALL.map(|g| Counter::new(GAVE_UP, &[("reason", g.as_str())])),
+            attempts: Counter::new(ATTEMPTS, &scope, &[]),
+            retries: OUTCOMES.map(|o| Counter::new(RETRIES, &scope, &[("reason", o.as_str())])),
+            server_delay: Histogram::new(SERVER_DELAY, &scope, &[]),
+            gave_up: GAVE_UP_ALL.map(|g| Counter::new(GAVE_UP, &scope, &[("reason", g.as_str())])),
         }
     }
 
@@ -107,46 +110,11 @@ impl Metrics {
         self.server_delay.record_duration(delay);
     }
 
-    pub(crate) fn budget_exhausted(&self) {
-        self.budget_exhausted.increment(1);
-    }
-
     pub(crate) fn gave_up(&self, why: GaveUp) {
         self.gave_up[why as usize].increment(1);
     }
 }
 
 pub(crate) fn describe() {
-    telemetry::describe(&[
-        (
-            Kind::Counter,
-            ATTEMPTS,
-            Unit::Count,
-            "Attempts sent by the retry layer, first attempts included.",
-        ),
-        (
-            Kind::Counter,
-            RETRIES,
-            Unit::Count,
-            "Retries, by the outcome that caused them (reason).",
-        ),
-        (
-            Kind::Histogram,
-            SERVER_DELAY,
-            Unit::Seconds,
-            "Server-requested delays (retry-after and reset headers) honoured before a retry.",
-        ),
-        (
-            Kind::Counter,
-            BUDGET_EXHAUSTED,
-            Unit::Count,
-            "Retryable results returned without retrying because the retry budget was spent.",
-        ),
-        (
-            Kind::Counter,
-            GAVE_UP,
-            Unit::Count,
-            "Retryable results returned without retrying, by reason: max_retries, deadline, over_cap, not_replayable.",
-        ),
-    ]);
+    telemetry::describe("retry");
 }

@@ -117,8 +117,8 @@
 //! recent request rate plus a small floor (default: 20% over 10 s, plus 10 a
 //! second). An upstream that fails every call then receives the request rate
 //! times 1.2, not times `1 + max_retries`. When the budget is spent the last
-//! result is returned at once and `llm_sluice_retry_budget_exhausted_total`
-//! counts it.
+//! result is returned at once and
+//! `llm_sluice_retry_gave_up_total{reason="budget"}` counts it.
 //!
 //! # Deadlines
 //!
@@ -159,7 +159,10 @@
 //! # Cost on the success path
 //!
 //! One clock read (shared by the arrival stamp, the total timeout and the
-//! budget deposit), one atomic add into the budget, a clone of the request
+//! budget deposit), or none when the request already has an arrival (the
+//! [`DeadlineLayer`](crate::DeadlineLayer) outside sets one) and needs no
+//! total timeout: the deposit is then dated at the arrival. Then one
+//! atomic add into the budget, a clone of the request
 //! and of the inner service (as `tower::retry::Retry` does) and of one `Arc`.
 //! The random source and the budget's lock are touched only when a result is
 //! retryable.
@@ -173,15 +176,33 @@
 //! the result after retries. A per-attempt timeout goes inside the retry
 //! layer.
 //!
+//! # Tracing
+//!
+//! Each attempt runs in a `llm_sluice.attempt` span at debug level, with the
+//! attempt number (`attempt`, 1 for the first) and, once classified, its
+//! `outcome`. The span is entered while the attempt is called and polled, so
+//! events of the layers inside (a queue shedding it, a breaker rejecting it,
+//! a timeout firing) belong to the attempt that caused them. With no
+//! subscriber interested in debug spans, making one is a level check and
+//! entering it a branch. The retry layer is the one place that knows the
+//! attempt number, so it owns this span; a stack without a retry layer
+//! makes one attempt per request, and the caller's own request span (e.g.
+//! from `tower_http::trace`) covers it. Decisions are debug events:
+//! `retrying` (with `outcome`, `retry`, `delay`), and "returning a retryable
+//! result" (with `reason`).
+//!
 //! # Metrics
+//!
+//! Registered once per service the layer makes, all labelled
+//! `layer="retry"` (plus `name` with
+//! [`metrics_name`](RetryLayerBuilder::metrics_name)):
 //!
 //! | name | type | labels |
 //! |---|---|---|
 //! | `llm_sluice_retry_attempts_total` | counter | |
 //! | `llm_sluice_retries_total` | counter | `reason` (the outcome retried) |
 //! | `llm_sluice_retry_server_delay_seconds` | histogram | |
-//! | `llm_sluice_retry_budget_exhausted_total` | counter | |
-//! | `llm_sluice_retry_gave_up_total` | counter | `reason`: `max_retries`, `deadline`, `over_cap`, `not_replayable` |
+//! | `llm_sluice_retry_gave_up_total` | counter | `reason`: `max_retries`, `deadline`, `over_cap`, `not_replayable`, `budget` |
 
 mod backoff;
 mod budget;

@@ -93,9 +93,7 @@ impl<C, P> Shared<C, P> {
             }
         };
         if !self.budget.withdraw_at(now) {
-            tracing::debug!(outcome = class.outcome.as_str(), "retry: budget exhausted");
-            self.metrics.budget_exhausted();
-            return Decision::Return;
+            return self.give_up(GaveUp::Budget, class);
         }
         if from_server {
             self.metrics.server_delay(delay);
@@ -202,20 +200,31 @@ where
 
     fn call(&mut self, mut request: Req) -> Self::Future {
         let shared = &self.shared;
-        let now = Instant::now();
-        // Keep the request's place in line: queues inside order retried
-        // attempts by this first arrival, not by when the retry was sent.
-        if request.arrival().is_none() {
-            request.set_arrival(now);
-        }
-        if let Some(total) = shared.config.total_timeout {
-            if request.deadline().is_none() {
-                if let Some(deadline) = now.checked_add(total) {
-                    request.set_deadline(deadline);
+        let needs_deadline = shared.config.total_timeout.is_some() && request.deadline().is_none();
+        // A request already dated by a layer outside (the deadline layer
+        // sets it) is stamped with that instant, which is when it entered
+        // the stack: the clock is read only when it is not.
+        let now = match request.arrival() {
+            Some(arrival) if !needs_deadline => arrival,
+            arrival => {
+                let now = Instant::now();
+                // Keep the request's place in line: queues inside order
+                // retried attempts by this first arrival, not by when the
+                // retry was sent.
+                if arrival.is_none() {
+                    request.set_arrival(now);
                 }
+                now
+            }
+        };
+        if needs_deadline {
+            if let Some(deadline) = shared.config.total_timeout.and_then(|t| now.checked_add(t)) {
+                request.set_deadline(deadline);
             }
         }
         let deadline = request.deadline();
+        // Dated at the arrival when there is one: a deposit older than the
+        // budget's ttl is simply not counted.
         shared.budget.deposit_at(now);
         shared.metrics.attempt();
         let copy = if shared.config.max_retries > 0 {
@@ -226,7 +235,11 @@ where
         // The ready service takes this call; the clone (not yet ready) is
         // kept for retries and polled ready before each.
         let service = self.inner.clone();
-        let future = self.inner.call(request);
-        ResponseFuture::new(future, service, copy, self.shared.clone(), deadline)
+        let span = super::future::attempt_span(1);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        ResponseFuture::new(future, service, copy, self.shared.clone(), deadline, span)
     }
 }

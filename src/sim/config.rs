@@ -252,6 +252,41 @@ impl Latency {
     };
 }
 
+/// A window of time when the upstream is down: every request received in
+/// it is answered with `status` after its time to first token, without
+/// reaching the rate limits (a provider that is down meters nothing).
+///
+/// Times count from the upstream's start: the moment it was built, on
+/// tokio's clock (build it inside the runtime whose clock drives it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    /// When the outage begins, from the upstream's start.
+    pub start: Duration,
+    /// How long it lasts; greater than zero.
+    pub length: Duration,
+    /// The status every request gets meanwhile, a 5xx (`503` is typical,
+    /// `529` a provider-wide overload).
+    pub status: u16,
+}
+
+impl Outage {
+    /// Whether `elapsed` (time since the upstream's start) falls in the
+    /// outage: `[start, start + length)`.
+    pub fn covers(&self, elapsed: Duration) -> bool {
+        elapsed >= self.start && elapsed - self.start < self.length
+    }
+}
+
+/// Latency spikes: a share of admitted requests whose time to first token
+/// grows by an extra delay (a cold replica, a long queue at the provider).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencySpikes {
+    /// The probability in `[0, 1]` that an admitted request is slowed.
+    pub rate: f64,
+    /// The extra time to first token of a slowed request, in seconds.
+    pub extra: Dist,
+}
+
 /// Everything the simulated upstream does, as a plain value.
 ///
 /// Build it with [`Upstream::builder`](super::Upstream::builder) or fill the
@@ -276,6 +311,16 @@ pub struct UpstreamConfig {
     /// [`Upstream::log`](super::Upstream::log) and
     /// [`Upstream::peak`](super::Upstream::peak) (default true).
     pub record_log: bool,
+    /// Windows of time when the upstream is down (default none).
+    pub outages: Vec<Outage>,
+    /// Whether a request refused with a rate-limit `429` still spends one
+    /// request of the request limit (default false). Some providers work
+    /// this way ("unsuccessful requests contribute to your per-minute
+    /// limit"), so a client that resends at once keeps its own window full.
+    pub count_refused: bool,
+    /// Latency spikes (default none). When set, every request makes two
+    /// more random draws (so setting it changes later draws of a seed).
+    pub latency_spikes: Option<LatencySpikes>,
 }
 
 impl Default for UpstreamConfig {
@@ -288,6 +333,9 @@ impl Default for UpstreamConfig {
             default_max_tokens: 256,
             tokens_per_chunk: 1,
             record_log: true,
+            outages: Vec::new(),
+            count_refused: false,
+            latency_spikes: None,
         }
     }
 }
@@ -344,6 +392,26 @@ impl UpstreamConfig {
                 "tokens_per_chunk",
                 "must be greater than zero",
             ));
+        }
+        for outage in &self.outages {
+            if outage.length.is_zero() {
+                return Err(ConfigError::new(
+                    "outage",
+                    "length must be greater than zero",
+                ));
+            }
+            if !(500..=599).contains(&outage.status) {
+                return Err(ConfigError::new("outage", "status must be a 5xx"));
+            }
+        }
+        if let Some(spikes) = &self.latency_spikes {
+            if !(0.0..=1.0).contains(&spikes.rate) {
+                return Err(ConfigError::new(
+                    "latency_spikes",
+                    "rate must be a rate in [0, 1]",
+                ));
+            }
+            spikes.extra.validate("latency_spikes", false)?;
         }
         Ok(())
     }
@@ -473,6 +541,31 @@ impl UpstreamBuilder {
     /// Whether to keep a log of every request received.
     pub fn record_log(mut self, record: bool) -> Self {
         self.config.record_log = record;
+        self
+    }
+
+    /// Adds an outage: from `start` (after the upstream is built) for
+    /// `length`, every request is answered with `status` (a 5xx).
+    pub fn outage(mut self, start: Duration, length: Duration, status: u16) -> Self {
+        self.config.outages.push(Outage {
+            start,
+            length,
+            status,
+        });
+        self
+    }
+
+    /// Whether requests refused with a rate-limit `429` still spend one
+    /// request of the request limit (see [`UpstreamConfig::count_refused`]).
+    pub fn count_refused(mut self, count: bool) -> Self {
+        self.config.count_refused = count;
+        self
+    }
+
+    /// Slows a share `rate` of admitted requests: their time to first token
+    /// grows by a draw of `extra` (seconds).
+    pub fn latency_spikes(mut self, rate: f64, extra: Dist) -> Self {
+        self.config.latency_spikes = Some(LatencySpikes { rate, extra });
         self
     }
 

@@ -169,6 +169,18 @@ impl KeyLimiter {
         (verdict, self.views(limits, now))
     }
 
+    /// Spends one request of the request limit on a refused request, for an
+    /// upstream where refusals count against the limit.
+    pub(crate) fn charge_refused(&mut self, limits: &Limits, now: Instant) {
+        if limits.requests.is_none() {
+            return;
+        }
+        match &mut self.state {
+            State::Window { log, .. } => log.push_back((now, 0)),
+            State::Bucket { requests, .. } => *requests -= 1.0,
+        }
+    }
+
     /// The state of both limits at `now` (after any admission).
     fn views(&self, limits: &Limits, now: Instant) -> Views {
         match &self.state {

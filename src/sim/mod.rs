@@ -7,7 +7,8 @@
 //! `429`, `retry-after` and `x-ratelimit-*` headers, takes time to answer
 //! (time to first token, then tokens at a rate, from seeded distributions),
 //! and injects faults at configured rates: `500`, `503`, `529`, hangs,
-//! connection resets, and `429` quota errors that never succeed on retry.
+//! connection resets, and `429` quota errors that never succeed on retry;
+//! and, when configured, latency spikes and outage windows ([`Outage`]).
 //! It counts what it received ([`Upstream::stats`]) and keeps a per-key log
 //! ([`Upstream::log`], [`Upstream::peak`]), so a test can assert how many
 //! requests really reached it, how many were in flight at once, and whether
@@ -98,7 +99,8 @@ mod typed;
 mod upstream;
 
 pub use self::config::{
-    Dist, Faults, Latency, LimitMode, Limits, TokenCharge, UpstreamBuilder, UpstreamConfig,
+    Dist, Faults, Latency, LatencySpikes, LimitMode, Limits, Outage, TokenCharge, UpstreamBuilder,
+    UpstreamConfig,
 };
 pub use self::http::{SimBody, MODEL};
 #[cfg(feature = "sim-server")]

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// When it was built: outages count from here.
+    epoch: Instant,
 }
 
 struct Inner {
@@ -100,6 +102,12 @@ pub struct FaultCounts {
     pub reset: u64,
     /// Non-retryable `429` quota errors.
     pub quota_429: u64,
+    /// Requests answered with an error because they arrived during an
+    /// [`Outage`](super::Outage) (not counted in [`total`](Self::total)).
+    pub outage: u64,
+    /// Admitted requests slowed by a latency spike (not counted in
+    /// [`total`](Self::total): they still answer).
+    pub latency_spike: u64,
 }
 
 impl FaultCounts {
@@ -229,6 +237,7 @@ impl Upstream {
                 }),
                 in_flight: AtomicU64::new(0),
                 max_in_flight: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -236,6 +245,23 @@ impl Upstream {
     /// Its configuration.
     pub fn config(&self) -> &UpstreamConfig {
         &self.shared.config
+    }
+
+    /// When it was built (on tokio's clock): [`Outage`](super::Outage)s
+    /// count from here.
+    pub fn started_at(&self) -> Instant {
+        self.shared.epoch
+    }
+
+    /// The outage covering `at`, if any: its status.
+    fn outage_at(&self, at: Instant) -> Option<u16> {
+        let elapsed = at.saturating_duration_since(self.shared.epoch);
+        self.shared
+            .config
+            .outages
+            .iter()
+            .find(|o| o.covers(elapsed))
+            .map(|o| o.status)
     }
 
     /// A snapshot of the counters.
@@ -345,6 +371,13 @@ impl Upstream {
             .sample(&mut inner.rng)
             .clamp(0.0, 1.0);
         let completion_tokens = ((max_tokens as f64 * fraction).round() as u64).min(max_tokens);
+        // Drawn only when spikes are set, so a seed without them keeps the
+        // draws it always had.
+        let spike = cfg.latency_spikes.and_then(|s| {
+            let roll = inner.rng.f64();
+            let extra = secs(s.extra.sample(&mut inner.rng));
+            (roll < s.rate).then_some(extra)
+        });
 
         let fault = {
             let mut acc = 0.0;
@@ -373,7 +406,17 @@ impl Upstream {
             TokenCharge::Requested => prompt_tokens.saturating_add(max_tokens),
             TokenCharge::Used => prompt_tokens.saturating_add(completion_tokens),
         };
-        let (kind, views, admitted) = if fault == Some("quota_429") {
+        let (kind, views, admitted) = if let Some(status) = self.outage_at(now) {
+            inner.stats.faults.outage += 1;
+            (
+                PlanKind::Status {
+                    status,
+                    after: ttft,
+                },
+                Views::default(),
+                false,
+            )
+        } else if fault == Some("quota_429") {
             inner.stats.faults.quota_429 += 1;
             (PlanKind::Quota, Views::default(), false)
         } else {
@@ -381,6 +424,9 @@ impl Upstream {
             match verdict {
                 Err(Refusal::NotYet { retry_after }) => {
                     inner.stats.rate_limited += 1;
+                    if cfg.count_refused {
+                        state.limiter.charge_refused(&cfg.limits, now);
+                    }
                     (PlanKind::RateLimited { retry_after }, views, false)
                 }
                 Err(Refusal::TooLarge { limit }) => {
@@ -390,6 +436,13 @@ impl Upstream {
                 Ok(()) => {
                     inner.stats.admitted += 1;
                     let f = &mut inner.stats.faults;
+                    let ttft = match spike {
+                        Some(extra) => {
+                            f.latency_spike += 1;
+                            ttft + extra
+                        }
+                        None => ttft,
+                    };
                     let kind = match fault {
                         Some("error_500") => {
                             f.error_500 += 1;

@@ -100,9 +100,16 @@ impl Default for ConcurrencyConfig {
 }
 
 impl ConcurrencyConfig {
-    pub(crate) fn layer(&self) -> Result<Option<ConcurrencyLimitLayer>, ConfigError> {
+    /// The layer, and whether it limits anything. The part cannot simply be
+    /// left out: it changes the response type (an `http::Response` body then
+    /// holds its permit), so when disabled it is a limiter without a limit.
+    pub(crate) fn layer(&self) -> Result<(ConcurrencyLimitLayer, bool), ConfigError> {
         if !self.enabled {
-            return Ok(None);
+            let unlimited = ConcurrencyLimitLayer::builder()
+                .max_in_flight(crate::concurrency::MAX_PERMITS)
+                .build_shared()
+                .map_err(|e| e.in_section("concurrency"))?;
+            return Ok((unlimited, false));
         }
         let mut builder = ConcurrencyLimitLayer::builder()
             .max_in_flight(self.max_in_flight)
@@ -114,7 +121,7 @@ impl ConcurrencyConfig {
         };
         builder
             .build_shared()
-            .map(Some)
+            .map(|layer| (layer, true))
             .map_err(|e| e.in_section("concurrency"))
     }
 }
@@ -473,11 +480,19 @@ impl Default for TimeoutConfig {
 }
 
 impl TimeoutConfig {
-    pub(crate) fn layer(&self) -> Result<Option<TimeoutLayer>, ConfigError> {
-        if !self.enabled || (self.attempt, self.first_chunk, self.idle) == (None, None, None) {
-            return Ok(None);
-        }
+    /// The layer, and whether it has a timeout of its own. Like the
+    /// concurrency part, it changes the response type (the body enforces its
+    /// timeouts), so when disabled it is a layer with no timeouts, which
+    /// still ends an attempt at the request's deadline.
+    pub(crate) fn layer(&self) -> Result<(TimeoutLayer, bool), ConfigError> {
         let mut b = TimeoutLayer::builder();
+        let on = self.enabled && (self.attempt, self.first_chunk, self.idle) != (None, None, None);
+        if !on {
+            return b
+                .build()
+                .map(|layer| (layer, false))
+                .map_err(|e| e.in_section("timeout"));
+        }
         if let Some(t) = self.attempt {
             b = b.attempt(t);
         }
@@ -487,7 +502,9 @@ impl TimeoutConfig {
         if let Some(t) = self.idle {
             b = b.idle(t);
         }
-        b.build().map(Some).map_err(|e| e.in_section("timeout"))
+        b.build()
+            .map(|layer| (layer, true))
+            .map_err(|e| e.in_section("timeout"))
     }
 }
 

@@ -41,9 +41,15 @@ pub struct LlmStack<C = DefaultClassifier, P = CloneRequest, F = Identity> {
     pub(super) fallback: F,
     pub(super) retry: Option<RetryLayer<C, P>>,
     pub(super) breaker: Option<CircuitBreakerLayer<C>>,
-    pub(super) concurrency: Option<ConcurrencyLimitLayer>,
+    /// Always in place (it changes the response type); `concurrency_on`
+    /// says whether it limits.
+    pub(super) concurrency: ConcurrencyLimitLayer,
+    pub(super) concurrency_on: bool,
     pub(super) rate: Option<RateLimitLayer<C>>,
-    pub(super) timeout: Option<TimeoutLayer>,
+    /// Always in place, like `concurrency`; `timeout_on` says whether it has
+    /// timeouts of its own.
+    pub(super) timeout: TimeoutLayer,
+    pub(super) timeout_on: bool,
 }
 
 impl LlmStack {
@@ -94,7 +100,12 @@ impl<C, P, F> LlmStack<C, P, F> {
     /// The concurrency limit (its [`stats`](ConcurrencyLimitLayer::stats)
     /// give in-flight and queued now). `None` when it is off.
     pub fn concurrency(&self) -> Option<&ConcurrencyLimitLayer> {
-        self.concurrency.as_ref()
+        self.concurrency_on.then_some(&self.concurrency)
+    }
+
+    /// The attempt timeout layer. `None` when it is off.
+    pub fn timeout(&self) -> Option<&TimeoutLayer> {
+        self.timeout_on.then_some(&self.timeout)
     }
 
     /// The retry layer (its [`budget`](RetryLayer::budget)). `None` when
@@ -119,9 +130,9 @@ where
                 None => Either::Right(inner),
             }
         }
-        let s = part(&self.timeout, inner);
+        let s = self.timeout.layer(inner);
         let s = part(&self.rate, s);
-        let s = part(&self.concurrency, s);
+        let s = self.concurrency.layer(s);
         let s = part(&self.breaker, s);
         let s = part(&self.retry, s);
         let s = self.fallback.layer(s);
@@ -138,8 +149,10 @@ impl<C: Clone, P: Clone, F: Clone> Clone for LlmStack<C, P, F> {
             retry: self.retry.clone(),
             breaker: self.breaker.clone(),
             concurrency: self.concurrency.clone(),
+            concurrency_on: self.concurrency_on,
             rate: self.rate.clone(),
             timeout: self.timeout.clone(),
+            timeout_on: self.timeout_on,
         }
     }
 }
@@ -151,9 +164,9 @@ impl<C, P, F> fmt::Debug for LlmStack<C, P, F> {
             .field("fallback", &std::any::type_name::<F>())
             .field("retry", &self.retry.is_some())
             .field("breaker", &self.breaker.is_some())
-            .field("concurrency", &self.concurrency)
+            .field("concurrency", &self.concurrency())
             .field("rate", &self.rate.is_some())
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.timeout())
             .finish()
     }
 }
@@ -226,6 +239,8 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
         C: Clone,
     {
         let c = &self.config;
+        let (concurrency, concurrency_on) = c.concurrency.layer()?;
+        let (timeout, timeout_on) = c.timeout.layer()?;
         Ok(LlmStack {
             deadline: c.deadline_layer()?,
             fallback: self.fallback,
@@ -233,9 +248,11 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
             breaker: c
                 .breaker
                 .layer(self.classifier.clone(), self.on_breaker_change.as_ref())?,
-            concurrency: c.concurrency.layer()?,
+            concurrency,
+            concurrency_on,
             rate: c.rate.layer(self.classifier)?,
-            timeout: c.timeout.layer()?,
+            timeout,
+            timeout_on,
         })
     }
 }

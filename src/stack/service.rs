@@ -13,14 +13,16 @@ use crate::rate::RateLimit;
 use crate::retry::Retry;
 use crate::timeout::{SetDeadline, Timeout};
 
-/// Each optional part is an `Either`: the layer's service, or the service
-/// below it as it is. A branch per part per call is all that an absent part
-/// costs.
+/// Each optional part that keeps the response type is an `Either`: the
+/// layer's service, or the service below it as it is. A branch per call is
+/// all that an absent part costs. The attempt timeout and the concurrency
+/// limit change the response type (a body enforces timeouts and holds its
+/// permit), so they are always in place, without a limit when disabled.
 type Part<L, S> = Either<L, S>;
 
-pub(super) type AttemptPart<S> = Part<Timeout<S>, S>;
+pub(super) type AttemptPart<S> = Timeout<S>;
 pub(super) type RatePart<S, C> = Part<RateLimit<AttemptPart<S>, C>, AttemptPart<S>>;
-pub(super) type QueuePart<S, C> = Part<ConcurrencyLimit<RatePart<S, C>>, RatePart<S, C>>;
+pub(super) type QueuePart<S, C> = ConcurrencyLimit<RatePart<S, C>>;
 pub(super) type BreakerPart<S, C> = Part<CircuitBreaker<QueuePart<S, C>, C>, QueuePart<S, C>>;
 /// The stack up to the retry layer: what the fallback part wraps.
 pub type RetryPart<S, C, P> = Part<Retry<BreakerPart<S, C>, C, P>, BreakerPart<S, C>>;

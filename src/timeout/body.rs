@@ -139,12 +139,19 @@ pub trait TimeoutResponse: Sized {
     /// The response type that enforces the timeouts.
     type Output;
 
+    /// Whether the response has a body the timeouts apply to (default
+    /// `true`). `false` lets the timeout layer skip preparing them: a
+    /// [`Complete`] response is returned as it is.
+    const HAS_BODY: bool = true;
+
     /// Applies `timeouts` to the rest of the response.
     fn with_body_timeouts(self, timeouts: BodyTimeouts) -> Self::Output;
 }
 
 impl<T: Complete> TimeoutResponse for T {
     type Output = T;
+
+    const HAS_BODY: bool = false;
 
     #[inline]
     fn with_body_timeouts(self, _timeouts: BodyTimeouts) -> T {

@@ -25,6 +25,11 @@ use crate::request::LlmRequest;
 /// `now + after`: this layer's time is an upper bound. Without `after` the
 /// layer only enforces deadlines the caller set.
 ///
+/// With `after`, a request without an [`Arrival`](crate::request::Arrival)
+/// also gets the call's instant as its arrival: the retry layer and the
+/// queues inside read it instead of the clock (the request arrived when it
+/// entered the stack).
+///
 /// Place it outermost (outside fallback and retry), so one deadline bounds
 /// every attempt. Request types whose [`LlmRequest::set_deadline`] is the
 /// default no-op do not carry the deadline inwards; the enforcement here
@@ -63,7 +68,7 @@ impl DeadlineLayer {
         DeadlineLayer {
             after: Some(after),
             enforce: true,
-            metrics: TimeoutMetrics::new("deadline"),
+            metrics: TimeoutMetrics::new("deadline", None),
         }
     }
 
@@ -72,6 +77,7 @@ impl DeadlineLayer {
         DeadlineLayerBuilder {
             after: None,
             enforce: true,
+            metrics_name: None,
         }
     }
 }
@@ -103,6 +109,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineLayerBuilder {
     after: Option<Duration>,
     enforce: bool,
+    metrics_name: Option<&'static str>,
 }
 
 impl DeadlineLayerBuilder {
@@ -121,8 +128,19 @@ impl DeadlineLayerBuilder {
         self
     }
 
+    /// Adds the label `name="<name>"` to this layer's metrics, so two
+    /// instances can be told apart. Fixed at build: no cost per request.
+    /// Must not be empty. Default: no `name` label.
+    pub fn metrics_name(mut self, name: &'static str) -> Self {
+        self.metrics_name = Some(name);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<DeadlineLayer, ConfigError> {
+        if let Some(name) = self.metrics_name {
+            crate::telemetry::check_name(name)?;
+        }
         if self.after == Some(Duration::ZERO) {
             return Err(ConfigError::new("after", "must be longer than zero"));
         }
@@ -135,7 +153,7 @@ impl DeadlineLayerBuilder {
         Ok(DeadlineLayer {
             after: self.after,
             enforce: self.enforce,
-            metrics: TimeoutMetrics::new("deadline"),
+            metrics: TimeoutMetrics::new("deadline", self.metrics_name),
         })
     }
 }
@@ -187,7 +205,16 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
-        let ours = self.after.and_then(|d| Instant::now().checked_add(d));
+        let ours = self.after.and_then(|d| {
+            let now = Instant::now();
+            // The layer is outermost and reads the clock anyway: date the
+            // request's arrival too, so the layers inside (retry, queues)
+            // need not read it again.
+            if request.arrival().is_none() {
+                request.set_arrival(now);
+            }
+            now.checked_add(d)
+        });
         let deadline = match (request.deadline(), ours) {
             (Some(theirs), Some(ours)) if ours < theirs => {
                 request.set_deadline(ours);

@@ -18,8 +18,15 @@ use crate::error::{Error, TimeoutKind};
 
 pin_project! {
     /// One timer, or none: the earliest of the timeouts that apply.
+    ///
+    /// The timer is made lazily: `Due` holds only the instant, and the
+    /// tokio `Sleep` is created (and registered) the first time the inner
+    /// future is found pending. A response that is ready on its first poll
+    /// (a cache hit, a rejection from a layer inside) never touches the
+    /// timer wheel; the instant it fires at is the same either way.
     #[project = TimerProj]
     pub(crate) enum Timer {
+        Due { at: Instant, kind: TimeoutKind },
         Armed { #[pin] sleep: Sleep, kind: TimeoutKind },
         Off,
     }
@@ -28,6 +35,7 @@ pin_project! {
 impl Timer {
     /// A timer for the earliest of `candidates`; a tie goes to the later
     /// entry, so list `Total` last: it is the one that must not be retried.
+    #[inline]
     pub(crate) fn earliest(candidates: &[Option<(Instant, TimeoutKind)>]) -> Timer {
         let mut best: Option<(Instant, TimeoutKind)> = None;
         for c in candidates.iter().flatten() {
@@ -37,33 +45,37 @@ impl Timer {
             }
         }
         match best {
-            Some((at, kind)) => Timer::Armed {
-                sleep: tokio::time::sleep_until(at),
-                kind,
-            },
+            Some((at, kind)) => Timer::Due { at, kind },
             None => Timer::Off,
         }
     }
 
-    /// `Ready(kind)` when the timer fired.
-    fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimeoutKind> {
+    /// `Ready(kind)` when the timer fired. Arms it on the first call.
+    fn poll_fired(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimeoutKind> {
+        if let Timer::Due { at, kind } = *self {
+            self.set(Timer::Armed {
+                sleep: tokio::time::sleep_until(at),
+                kind,
+            });
+        }
         match self.project() {
             TimerProj::Armed { sleep, kind } => sleep.poll(cx).map(|()| *kind),
-            TimerProj::Off => Poll::Pending,
+            TimerProj::Due { .. } | TimerProj::Off => Poll::Pending,
         }
     }
 }
 
 impl fmt::Debug for Timer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Timer::Armed { sleep, kind } => f
-                .debug_struct("Armed")
-                .field("deadline", &sleep.deadline())
-                .field("kind", kind)
-                .finish(),
-            Timer::Off => f.write_str("Off"),
-        }
+        let (at, kind) = match self {
+            Timer::Due { at, kind } => (*at, kind),
+            Timer::Armed { sleep, kind } => (sleep.deadline(), kind),
+            Timer::Off => return f.write_str("Off"),
+        };
+        f.debug_struct("Armed")
+            .field("deadline", &at)
+            .field("kind", kind)
+            .finish()
     }
 }
 

@@ -3,13 +3,14 @@
 use std::sync::{Arc, Once};
 
 use crate::error::TimeoutKind;
-use crate::telemetry::{self, Counter, Kind, Unit};
+use crate::telemetry::{self, Counter, Scope};
 
 pub(crate) const TIMEOUTS_TOTAL: &str = "llm_sluice_timeouts_total";
 
 static DESCRIBE: Once = Once::new();
 
-/// One counter per timeout kind, resolved once per layer.
+/// One counter per timeout kind (the `reason` label), resolved once per
+/// layer.
 #[derive(Clone)]
 pub(crate) struct TimeoutMetrics {
     attempt: Counter,
@@ -19,18 +20,16 @@ pub(crate) struct TimeoutMetrics {
 }
 
 impl TimeoutMetrics {
-    pub(crate) fn new(layer: &'static str) -> Arc<Self> {
+    /// Handles labelled `layer="<layer>"` (`timeout` or `deadline`) and
+    /// `name`, if given.
+    pub(crate) fn new(layer: &'static str, name: Option<&'static str>) -> Arc<Self> {
         DESCRIBE.call_once(|| {
-            telemetry::describe(&[(
-                Kind::Counter,
-                TIMEOUTS_TOTAL,
-                Unit::Count,
-                "Timeouts that fired, by kind: attempt, first_chunk, idle, total.",
-            )])
+            telemetry::describe("timeout");
+            telemetry::describe("deadline");
         });
-        let counter = |kind: TimeoutKind| {
-            Counter::new(TIMEOUTS_TOTAL, &[("layer", layer), ("kind", kind.as_str())])
-        };
+        let scope = Scope::new(layer, name);
+        let counter =
+            |kind: TimeoutKind| Counter::new(TIMEOUTS_TOTAL, &scope, &[("reason", kind.as_str())]);
         Arc::new(TimeoutMetrics {
             attempt: counter(TimeoutKind::Attempt),
             first_chunk: counter(TimeoutKind::FirstChunk),

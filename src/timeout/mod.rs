@@ -111,9 +111,10 @@
 //!
 //! # Metrics
 //!
-//! `llm_sluice_timeouts_total{layer, kind}` counts timeouts that fired, with
-//! `layer` `timeout` or `deadline` and `kind` `attempt`, `first_chunk`,
-//! `idle` or `total`.
+//! `llm_sluice_timeouts_total{layer, reason}` counts timeouts that fired,
+//! with `layer` `timeout` or `deadline` and `reason` `attempt`,
+//! `first_chunk`, `idle` or `total` (plus `name` with
+//! [`metrics_name`](TimeoutLayerBuilder::metrics_name)).
 
 mod body;
 mod deadline;

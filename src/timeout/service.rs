@@ -90,7 +90,9 @@ where
             after(t.attempt).map(|at| (at, TimeoutKind::Attempt)),
             total.map(|at| (at, TimeoutKind::Total)),
         ]);
-        let body = if t.first_chunk.is_some() || t.idle.is_some() || total.is_some() {
+        let body = if S::Response::HAS_BODY
+            && (t.first_chunk.is_some() || t.idle.is_some() || total.is_some())
+        {
             BodyTimeouts {
                 first_chunk: t.first_chunk,
                 idle: t.idle,

@@ -499,7 +499,7 @@ async fn metrics_show_the_counters() {
     assert!(m.header("content-type").starts_with("text/plain"));
     // the recorder is shared by every test in this process: at least ours
     assert!(
-        metric_sum(&m.body, "llm_sluice_rate_admitted_total") >= 2.0,
+        metric_sum(&m.body, "llm_sluice_admitted_total{layer=\"rate\"}") >= 2.0,
         "{}",
         m.body
     );

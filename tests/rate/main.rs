@@ -1036,11 +1036,17 @@ fn metrics_report_admissions_rejections_refunds_and_cooldowns() {
             .copied()
             .unwrap_or_else(|| panic!("{name} missing in {seen:?}"))
     };
-    assert_eq!(get("llm_sluice_rate_admitted_total{}"), 2.0);
-    assert_eq!(get("llm_sluice_rate_tokens_reserved_total{}"), 729.0);
-    assert_eq!(get("llm_sluice_rate_tokens_refunded_total{}"), 200.0);
-    assert_eq!(get("llm_sluice_rate_cooldowns_total{}"), 1.0);
-    assert_eq!(get("llm_sluice_rate_wait_seconds{}"), 2.0);
+    assert_eq!(get("llm_sluice_admitted_total{layer=rate}"), 2.0);
+    assert_eq!(
+        get("llm_sluice_rate_tokens_reserved_total{layer=rate}"),
+        729.0
+    );
+    assert_eq!(
+        get("llm_sluice_rate_tokens_refunded_total{layer=rate}"),
+        200.0
+    );
+    assert_eq!(get("llm_sluice_rate_cooldowns_total{layer=rate}"), 1.0);
+    assert_eq!(get("llm_sluice_rate_wait_seconds{layer=rate}"), 2.0);
     assert_eq!(
         get("llm_sluice_rejected_total{layer=rate,reason=too_large}"),
         1.0

@@ -1058,7 +1058,7 @@ fn metrics_count_attempts_retries_delays_and_exhaustion() {
         Some(DebugValue::Counter(1))
     ));
     assert!(matches!(
-        find("llm_sluice_retry_budget_exhausted_total", None),
+        find("llm_sluice_retry_gave_up_total", Some(("reason", "budget"))),
         Some(DebugValue::Counter(1))
     ));
     match find("llm_sluice_retry_server_delay_seconds", None) {
@@ -1325,4 +1325,33 @@ mod http_headers {
         assert_eq!(res.status(), 200);
         assert_eq!(times.lock().unwrap().len(), 2, "back-pressure is retried");
     }
+}
+
+// ===== the clock read on the first attempt =====
+
+#[tokio::test(start_paused = true)]
+async fn deposit_is_dated_at_the_requests_arrival() {
+    let start = Instant::now();
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0).unwrap();
+    let mut svc = builder()
+        .budget(budget.clone())
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|_: RequestMeta| {
+            future::ready(Ok::<_, BoxError>(Reply::status(200)))
+        }));
+    tokio::time::advance(Duration::from_secs(30)).await;
+
+    // Dated by a layer outside 30 s ago, older than the budget's ttl: the
+    // deposit lands in a slot that has expired, and no clock was needed.
+    let stale = RequestMeta {
+        arrival: Some(start),
+        ..RequestMeta::new()
+    };
+    call(&mut svc, stale).await.unwrap();
+    assert_eq!(budget.available(), 0);
+
+    // Without an arrival the layer reads the clock and the deposit counts.
+    call(&mut svc, RequestMeta::new()).await.unwrap();
+    assert_eq!(budget.available(), 1);
 }

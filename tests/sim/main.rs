@@ -14,6 +14,8 @@ use llm_sluice::sim::{
 };
 use llm_sluice::{LlmRequest, Usage};
 use proptest::prelude::*;
+
+mod outage;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Service, ServiceExt};

@@ -2,6 +2,7 @@
 //! part optional; `StackConfig` from files; `ServiceBuilderExt`.
 
 mod config;
+mod http;
 
 use std::time::Duration;
 

@@ -557,7 +557,7 @@ fn timeouts_are_counted_by_kind() {
         let k = key.key();
         let is_attempt = k.name() == "llm_sluice_timeouts_total"
             && k.labels()
-                .any(|l| l.key() == "kind" && l.value() == "attempt")
+                .any(|l| l.key() == "reason" && l.value() == "attempt")
             && k.labels()
                 .any(|l| l.key() == "layer" && l.value() == "timeout");
         match value {
@@ -632,3 +632,41 @@ proptest::proptest! {
 // keep the `Future` import used on all feature sets
 #[allow(dead_code)]
 fn _assert_future<F: Future>(_: F) {}
+
+// ===== what the success path costs =====
+
+#[tokio::test(start_paused = true)]
+async fn deadline_layer_dates_the_arrival_and_keeps_an_earlier_one() {
+    let svc =
+        DeadlineLayer::new(secs(30)).layer(tower::service_fn(|req: RequestMeta| async move {
+            Ok::<_, BoxError>(req.arrival)
+        }));
+    let now = Instant::now();
+    assert_eq!(
+        svc.clone().oneshot(RequestMeta::new()).await.unwrap(),
+        Some(now)
+    );
+
+    advance(secs(5)).await;
+    let dated = RequestMeta {
+        arrival: Some(now),
+        ..RequestMeta::new()
+    };
+    assert_eq!(svc.oneshot(dated).await.unwrap(), Some(now));
+}
+
+/// The timers are made only when the inner future is pending: a response
+/// ready on its first poll never needs tokio's timer, so it completes even
+/// outside a runtime (making a `Sleep` there would panic).
+#[test]
+fn ready_response_never_arms_a_timer() {
+    let ready = tower::service_fn(|_: RequestMeta| async { Ok::<_, BoxError>(()) });
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(DeadlineLayer::new(secs(30)))
+        .layer(TimeoutLayer::builder().attempt(secs(5)).build().unwrap())
+        .service(ready);
+    let reply = futures::executor::block_on(async {
+        svc.ready().await.unwrap().call(RequestMeta::new()).await
+    });
+    assert!(reply.is_ok());
+}

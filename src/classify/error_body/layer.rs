@@ -19,6 +19,7 @@ pub(super) const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct ErrorBodyLayer {
     pub(super) max_body_bytes: usize,
+    metrics_name: Option<&'static str>,
 }
 
 impl ErrorBodyLayer {
@@ -26,6 +27,7 @@ impl ErrorBodyLayer {
     pub const fn new() -> Self {
         ErrorBodyLayer {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            metrics_name: None,
         }
     }
 
@@ -33,6 +35,7 @@ impl ErrorBodyLayer {
     pub const fn builder() -> ErrorBodyLayerBuilder {
         ErrorBodyLayerBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            metrics_name: None,
         }
     }
 
@@ -52,7 +55,11 @@ impl<S> Layer<S> for ErrorBodyLayer {
     type Service = ErrorBodyService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorBodyService::new(inner, self.max_body_bytes, Arc::new(Metrics::new()))
+        ErrorBodyService::new(
+            inner,
+            self.max_body_bytes,
+            Arc::new(Metrics::new(self.metrics_name)),
+        )
     }
 }
 
@@ -71,6 +78,7 @@ impl<S> Layer<S> for ErrorBodyLayer {
 #[derive(Debug, Clone)]
 pub struct ErrorBodyLayerBuilder {
     max_body_bytes: usize,
+    metrics_name: Option<&'static str>,
 }
 
 impl ErrorBodyLayerBuilder {
@@ -82,8 +90,19 @@ impl ErrorBodyLayerBuilder {
         self
     }
 
+    /// Adds the label `name="<name>"` to this layer's metrics, so two
+    /// instances can be told apart. Fixed at build: no cost per request.
+    /// Must not be empty. Default: no `name` label.
+    pub const fn metrics_name(mut self, name: &'static str) -> Self {
+        self.metrics_name = Some(name);
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<ErrorBodyLayer, ConfigError> {
+        if let Some(name) = self.metrics_name {
+            crate::telemetry::check_name(name)?;
+        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::new(
                 "max_body_bytes",
@@ -92,6 +111,7 @@ impl ErrorBodyLayerBuilder {
         }
         Ok(ErrorBodyLayer {
             max_body_bytes: self.max_body_bytes,
+            metrics_name: self.metrics_name,
         })
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Once;
 
-use crate::telemetry::{describe, Counter, Kind, Unit};
+use crate::telemetry::{describe, Counter, Scope};
 
 const ERROR_BODIES: &str = "llm_sluice_error_bodies_total";
 
@@ -19,22 +19,13 @@ pub(super) struct Metrics {
 }
 
 impl Metrics {
-    pub(super) fn new() -> Self {
+    /// Handles labelled `layer="error_body"` (and `name`, if given).
+    pub(super) fn new(name: Option<&'static str>) -> Self {
         static DESCRIBE: Once = Once::new();
-        DESCRIBE.call_once(|| {
-            describe(&[(
-                Kind::Counter,
-                ERROR_BODIES,
-                Unit::Count,
-                "Non-2xx response bodies read by ErrorBodyLayer, by what came of reading them.",
-            )]);
-        });
-        let counter = |outcome: &'static str| {
-            Counter::new(
-                ERROR_BODIES,
-                &[("layer", "error_body"), ("outcome", outcome)],
-            )
-        };
+        DESCRIBE.call_once(|| describe("error_body"));
+        let scope = Scope::new("error_body", name);
+        let counter =
+            |outcome: &'static str| Counter::new(ERROR_BODIES, &scope, &[("outcome", outcome)]);
         Metrics {
             parsed: counter("parsed"),
             unparsed: counter("unparsed"),

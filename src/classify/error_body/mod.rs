@@ -89,6 +89,9 @@
 //! non-2xx bodies the layer looked at: `parsed` (an `ErrorCode` was found),
 //! `unparsed` (read whole, no error code), `too_large` (over the limit, by
 //! size hint or while reading) and `failed` (the body failed while read).
+//! A layer built with
+//! [`metrics_name`](crate::classify::ErrorBodyLayerBuilder::metrics_name)
+//! adds a `name` label.
 //!
 //! # Cancel safety
 //!
