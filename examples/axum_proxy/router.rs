@@ -1,0 +1,622 @@
+//! The proxy itself: settings, the llm-sluice stack around the HTTP client,
+//! and the axum router. Kept apart from `main.rs` so the end-to-end test
+//! (`tests/proxy`) can include it with `#[path]` and drive the same code.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use llm_sluice::breaker::CircuitHandle;
+use llm_sluice::classify::ErrorBodyLayer;
+use llm_sluice::rate::RateLimitHandle;
+use llm_sluice::{
+    ConcurrencyLimitLayer, ConfigError, Deadline, Error, LlmStack, PartitionKey, Priority,
+    StackConfig, TokenEstimate,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{json, Value};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// The header that sets a request's priority: `low`, `normal`, `high` or
+/// `critical` (default `normal`).
+pub const PRIORITY_HEADER: &str = "x-priority";
+/// The header that sets a request's deadline, in milliseconds from its
+/// arrival. The stack's `deadline` is the default and the upper bound: its
+/// layer keeps an earlier deadline and tightens a later one.
+pub const DEADLINE_HEADER: &str = "x-deadline-ms";
+/// The response header naming the model a request was routed to.
+pub const ROUTED_HEADER: &str = "x-routed-model";
+/// The model name that asks the proxy to choose (as does no model at all).
+pub const AUTO_MODEL: &str = "auto";
+
+/// Everything the proxy needs to know.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Base URL of the upstream, `http://host:port` (a path prefix is kept:
+    /// `http://host/openai` forwards to `http://host/openai/v1/...`).
+    pub upstream: String,
+    /// Sent upstream as `Authorization: Bearer` instead of the caller's key,
+    /// when set. Without it the caller's key is passed through.
+    pub upstream_key: Option<String>,
+    /// Which model a request for [`AUTO_MODEL`] goes to.
+    pub routing: Routing,
+    /// Output tokens assumed for a request that sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// The llm-sluice stack; the rate budgets are per caller key.
+    pub stack: StackConfig,
+}
+
+impl ProxyConfig {
+    /// A proxy for `upstream` with the default routing and
+    /// [`default_stack`](Self::default_stack).
+    pub fn new(upstream: impl Into<String>) -> Self {
+        ProxyConfig {
+            upstream: upstream.into(),
+            upstream_key: None,
+            routing: Routing::default(),
+            default_max_tokens: 256,
+            stack: Self::default_stack(),
+        }
+    }
+
+    /// `StackConfig::default()` with what a proxy in front of one provider
+    /// account adds: a 120 s deadline, 60 requests and 60,000 tokens a
+    /// minute per caller key, and a short, small rate queue.
+    ///
+    /// The rate window sits inside the concurrency limit, so a request
+    /// waiting for its key's window holds an upstream slot. Keeping
+    /// `rate.max_waiters` (16) well below `concurrency.max_in_flight` (64)
+    /// and `rate.max_wait` (5 s) short is what stops one key's flood from
+    /// occupying the slots other keys need: past 16 waiters, a flooding key
+    /// gets 429 at once.
+    pub fn default_stack() -> StackConfig {
+        let mut stack = StackConfig::default();
+        stack.deadline = Some(Duration::from_secs(120));
+        stack.rate.requests_per_minute = Some(60);
+        stack.rate.tokens_per_minute = Some(60_000);
+        stack.rate.max_wait = Some(Duration::from_secs(5));
+        stack.rate.max_waiters = 16;
+        stack
+    }
+}
+
+/// The complexity rule: a request for [`AUTO_MODEL`] (or for no model) goes
+/// to `strong` if its prompt has at least `strong_from_chars` characters or
+/// contains one of `keywords` (case-insensitive), else to `cheap`. A request
+/// that names another model is sent as it is.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// The cheaper model, for short and simple prompts.
+    pub cheap: String,
+    /// The stronger model.
+    pub strong: String,
+    /// Prompt length (characters) from which a request counts as complex.
+    pub strong_from_chars: usize,
+    /// Words that mark a prompt as complex, lowercase.
+    pub keywords: Vec<String>,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            cheap: "sim-1-mini".into(),
+            strong: "sim-1".into(),
+            strong_from_chars: 2_000,
+            keywords: [
+                "step by step",
+                "prove",
+                "analyze",
+                "analyse",
+                "refactor",
+                "debug",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Routing {
+    /// The model for a prompt.
+    pub fn choose(&self, prompt: &str) -> &str {
+        let lower = prompt.to_lowercase();
+        if prompt.chars().count() >= self.strong_from_chars
+            || self.keywords.iter().any(|k| lower.contains(k.as_str()))
+        {
+            &self.strong
+        } else {
+            &self.cheap
+        }
+    }
+}
+
+/// The recorder behind `GET /metrics`, installed once per process.
+///
+/// The layers resolve their metric handles when they are built, so call this
+/// before [`Proxy::new`]. Returns `None` if another recorder was installed
+/// first.
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}
+
+type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Body>, BoxError>;
+
+/// The proxy: its router and handles on the stack's live state.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    /// The routes, ready for `axum::serve`.
+    pub router: Router,
+    /// The per-key rate windows (admitted, waiting, keys), if enabled.
+    pub rate: Option<RateLimitHandle>,
+    /// The circuit breaker, if enabled.
+    pub breaker: Option<CircuitHandle>,
+}
+
+struct AppState {
+    stack: Stack,
+    client: Client<HttpConnector, Full<Bytes>>,
+    config: ProxyConfig,
+    chat_uri: Uri,
+    models_uri: Uri,
+    metrics: Option<PrometheusHandle>,
+    rate: Option<RateLimitHandle>,
+    breaker: Option<CircuitHandle>,
+    concurrency: Option<ConcurrencyLimitLayer>,
+    /// `Bearer <upstream key>`, when the proxy has a key of its own.
+    upstream_auth: Option<HeaderValue>,
+}
+
+impl AppState {
+    /// The `Authorization` sent upstream: the proxy's own key, or the
+    /// caller's header as it came (already checked by [`api_key`]).
+    fn upstream_auth(&self, headers: &HeaderMap) -> HeaderValue {
+        match (&self.upstream_auth, headers.get(header::AUTHORIZATION)) {
+            (Some(own), _) | (None, Some(own)) => own.clone(),
+            (None, None) => HeaderValue::from_static(""),
+        }
+    }
+}
+
+impl Proxy {
+    /// Builds the stack and the routes; a bad setting is a [`ConfigError`]
+    /// naming it. `metrics` serves `GET /metrics` (404 without it).
+    pub fn new(
+        config: ProxyConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Proxy, ConfigError> {
+        let base = config.upstream.trim_end_matches('/');
+        let uri = |path: &str| match format!("{base}{path}").parse::<Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => Ok(uri),
+            _ => Err(ConfigError::new(
+                "upstream",
+                "must be an http:// URL with a host",
+            )),
+        };
+        let (chat_uri, models_uri) = (uri("/v1/chat/completions")?, uri("/v1/models")?);
+        let upstream_auth = match &config.upstream_key {
+            None => None,
+            Some(key) => match HeaderValue::try_from(format!("Bearer {key}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                Err(_) => return Err(ConfigError::new("upstream_key", "must be printable ASCII")),
+            },
+        };
+        // deadline -> retry -> breaker -> concurrency -> rate -> timeout
+        let stack = LlmStack::from_config(&config.stack)?;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let service = ServiceBuilder::new()
+            .map_response(|res: Response<_>| res.map(Body::new))
+            .layer(stack.clone())
+            // reads error bodies, so a spent quota (a 429 that never
+            // succeeds) is not retried
+            .layer(ErrorBodyLayer::new())
+            .service(client.clone());
+        let state = Arc::new(AppState {
+            stack: BoxCloneSyncService::new(service),
+            client,
+            chat_uri,
+            models_uri,
+            upstream_auth,
+            metrics,
+            rate: stack.rate_handle(),
+            breaker: stack.breaker_handle(),
+            concurrency: stack.concurrency().cloned(),
+            config,
+        });
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(models))
+            .route("/health", get(health))
+            .route("/metrics", get(render_metrics))
+            .with_state(state.clone());
+        Ok(Proxy {
+            router,
+            rate: state.rate.clone(),
+            breaker: state.breaker.clone(),
+        })
+    }
+}
+
+/// An error in the OpenAI-compatible shape:
+/// `{"error": {"message", "type", "param", "code"}}`.
+fn api_error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<Body> {
+    let body =
+        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
+    let mut res = Response::new(Body::from(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The caller's API key from `Authorization: Bearer <key>`.
+fn api_key(headers: &HeaderMap) -> Option<PartitionKey> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then(|| PartitionKey::new(key))
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut res = api_error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "invalid_api_key",
+        "Missing API key: send `Authorization: Bearer <key>`.",
+    );
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+fn bad_request(message: &str) -> Response<Body> {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "invalid_request",
+        message,
+    )
+}
+
+fn priority(headers: &HeaderMap) -> Result<Priority, &'static str> {
+    let Some(value) = headers.get(PRIORITY_HEADER) else {
+        return Ok(Priority::NORMAL);
+    };
+    match value.to_str().map(str::to_ascii_lowercase).as_deref() {
+        Ok("low") => Ok(Priority::LOW),
+        Ok("normal") => Ok(Priority::NORMAL),
+        Ok("high") => Ok(Priority::HIGH),
+        Ok("critical") => Ok(Priority::CRITICAL),
+        _ => Err("x-priority must be low, normal, high or critical"),
+    }
+}
+
+/// The longest deadline a caller may ask for.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
+fn deadline(headers: &HeaderMap) -> Result<Option<Duration>, &'static str> {
+    let Some(value) = headers.get(DEADLINE_HEADER) else {
+        return Ok(None);
+    };
+    match value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms).min(MAX_DEADLINE))),
+        _ => Err("x-deadline-ms must be a positive number of milliseconds"),
+    }
+}
+
+/// The text of every message: strings, and the `text` of content parts.
+pub fn prompt_text(body: &Value) -> String {
+    fn push(out: &mut String, content: &Value) {
+        match content {
+            Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            Value::Array(parts) => parts.iter().for_each(|p| push(out, p)),
+            Value::Object(part) => part.get("text").into_iter().for_each(|t| push(out, t)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        for message in messages {
+            if let Some(content) = message.get("content") {
+                push(&mut out, content);
+            }
+        }
+    }
+    out
+}
+
+/// The token estimate: prompt characters / 4 (rounded up), plus the output
+/// budget (`max_completion_tokens`, else `max_tokens`, else
+/// `default_max_tokens`) times the number of choices `n`.
+pub fn estimate_tokens(body: &Value, prompt: &str, default_max_tokens: u64) -> u64 {
+    let prompt = prompt.chars().count() as u64;
+    let output = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .unwrap_or(default_max_tokens);
+    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    prompt
+        .div_ceil(4)
+        .saturating_add(output.saturating_mul(choices))
+}
+
+/// Headers that belong to one connection, not to the message. The length
+/// goes too: the server frames the body again.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+/// An upstream response, passed through: status, headers (rate-limit
+/// headers included) and a body that streams as it arrives.
+fn pass_through(mut upstream: Response<Body>) -> Response<Body> {
+    let headers = upstream.headers_mut();
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    upstream
+}
+
+/// Whole seconds for `retry-after`, rounded up, at least 1.
+fn retry_after_secs(delay: Duration) -> u64 {
+    let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// This library's errors as HTTP statuses; anything else is the upstream
+/// failing to answer (502).
+pub fn error_response(err: &BoxError) -> Response<Body> {
+    let (status, kind, code, retry_after) = match err.downcast_ref::<Error>() {
+        Some(Error::RateLimited { retry_after }) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            Some(retry_after.unwrap_or(Duration::from_secs(1))),
+        ),
+        Some(Error::Overloaded { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "overloaded",
+            Some(Duration::from_secs(1)),
+        ),
+        Some(Error::QueueTimeout { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "queue_timeout",
+            Some(Duration::from_secs(1)),
+        ),
+        Some(Error::CircuitOpen { retry_after }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "upstream_unavailable",
+            Some(*retry_after),
+        ),
+        Some(Error::Timeout { .. }) => {
+            (StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout", None)
+        }
+        Some(Error::DeadlineExceeded) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "deadline_exceeded",
+            None,
+        ),
+        Some(Error::RequestTooLarge { .. }) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            None,
+        ),
+        Some(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            None,
+        ),
+        None => (
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "upstream_error",
+            None,
+        ),
+    };
+    let mut res = api_error(status, kind, code, &err.to_string());
+    if let Some(delay) = retry_after {
+        let h = res.headers_mut();
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(delay)),
+        );
+        h.insert(
+            "retry-after-ms",
+            HeaderValue::from(delay.as_millis() as u64),
+        );
+    }
+    res
+}
+
+fn count(route: &'static str, status: StatusCode) {
+    let status = match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        529 => "529",
+        _ => "other",
+    };
+    metrics::counter!("proxy_responses_total", "route" => route, "status" => status).increment(1);
+}
+
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    let res = chat(&state, &headers, body).await;
+    count("chat_completions", res.status());
+    res
+}
+
+async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+    let Some(key) = api_key(headers) else {
+        return unauthorized();
+    };
+    let (priority, deadline) = match (priority(headers), deadline(headers)) {
+        (Ok(p), Ok(d)) => (p, d),
+        (Err(message), _) | (_, Err(message)) => return bad_request(message),
+    };
+    let mut json: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return bad_request("the body must be a JSON object"),
+    };
+    let prompt = prompt_text(&json);
+    let tokens = estimate_tokens(&json, &prompt, state.config.default_max_tokens);
+    let routed = match json.get("model").and_then(Value::as_str) {
+        None | Some(AUTO_MODEL) => {
+            let model = state.config.routing.choose(&prompt).to_owned();
+            json["model"] = Value::String(model.clone());
+            Some(model)
+        }
+        Some(_) => None,
+    };
+    let body = if routed.is_some() {
+        Bytes::from(json.to_string())
+    } else {
+        body
+    };
+    tracing::info!(key = ?key, tokens, priority = priority.level_name(), model = ?routed, "chat completion");
+
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = state.chat_uri.clone();
+    let h = req.headers_mut();
+    h.insert(header::AUTHORIZATION, state.upstream_auth(headers));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(accept) = headers.get(header::ACCEPT) {
+        h.insert(header::ACCEPT, accept.clone());
+    }
+    let ext = req.extensions_mut();
+    ext.insert(key);
+    ext.insert(TokenEstimate(tokens));
+    ext.insert(priority);
+    if let Some(after) = deadline {
+        ext.insert(Deadline(tokio::time::Instant::now() + after));
+    }
+
+    match state.stack.clone().oneshot(req).await {
+        Ok(upstream) => {
+            let mut res = pass_through(upstream);
+            if let Some(model) = routed.and_then(|m| HeaderValue::try_from(m).ok()) {
+                res.headers_mut().insert(ROUTED_HEADER, model);
+            }
+            res
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "chat completion refused");
+            error_response(&err)
+        }
+    }
+}
+
+/// `GET /v1/models`: the upstream's list, fetched with the caller's key (or
+/// the upstream key). Listing spends no token budget, so it bypasses the
+/// stack.
+async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response<Body> {
+    if api_key(&headers).is_none() {
+        count("models", StatusCode::UNAUTHORIZED);
+        return unauthorized();
+    }
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.uri_mut() = state.models_uri.clone();
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, state.upstream_auth(&headers));
+    let res = match state.client.request(req).await {
+        Ok(res) => pass_through(res.map(Body::new)),
+        Err(err) => error_response(&err.into()),
+    };
+    count("models", res.status());
+    res
+}
+
+/// `GET /health`: the proxy is up; what its stack holds now.
+async fn health(State(state): State<Arc<AppState>>) -> Response<Body> {
+    let rate = state.rate.as_ref().map(RateLimitHandle::stats);
+    let conc = state
+        .concurrency
+        .as_ref()
+        .and_then(ConcurrencyLimitLayer::stats);
+    let body = json!({
+        "status": "ok",
+        "circuit": state.breaker.as_ref().map(|b| b.state().to_string()),
+        "in_flight": conc.map(|s| s.in_flight),
+        "queued": conc.map(|s| s.queued),
+        "rate_waiting": rate.map(|r| r.waiting),
+        "keys": rate.map(|r| r.partitions),
+    });
+    let mut res = Response::new(Body::from(body.to_string()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response<Body> {
+    let Some(handle) = &state.metrics else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            "no metrics recorder",
+        );
+    };
+    handle.run_upkeep();
+    let mut res = Response::new(Body::from(handle.render()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}
