@@ -1,4 +1,9 @@
 //! The retry layer's per-attempt span, seen by a small recording subscriber.
+//!
+//! In a test binary of its own: `tracing` caches each callsite's interest
+//! process-wide, and a callsite first hit by another test's thread while no
+//! subscriber was registered could be cached as "never" in a race with this
+//! test's `set_default`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +17,10 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-use super::{Reply, Step, Upstream};
+#[path = "../metrics/upstream.rs"]
+mod upstream;
+
+use upstream::{Reply, Step, Upstream};
 
 type Fields = BTreeMap<String, String>;
 
