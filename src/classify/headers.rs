@@ -215,7 +215,7 @@ impl Decimal<'_> {
         // frac < 1e19 and unit <= 3.6e12: the product fits a u128.
         let scaled = frac * unit;
         let mut frac_nanos = scaled / scale;
-        if scaled % scale != 0 || dropped.iter().any(|&d| d != b'0') {
+        if !scaled.is_multiple_of(scale) || dropped.iter().any(|&d| d != b'0') {
             frac_nanos += 1;
         }
         nanos = nanos.checked_add(frac_nanos)?;

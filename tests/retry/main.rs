@@ -1039,7 +1039,7 @@ fn metrics_count_attempts_retries_delays_and_exhaustion() {
             .iter()
             .find(|(key, ..)| {
                 key.key().name() == name
-                    && label.map_or(true, |(k, v)| {
+                    && label.is_none_or(|(k, v)| {
                         key.key().labels().any(|l| l.key() == k && l.value() == v)
                     })
             })

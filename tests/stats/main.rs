@@ -490,7 +490,7 @@ async fn counts_from_many_threads_add_up() {
     let stats = Stats::new();
     let svc = stats.layer().layer(tower::service_fn(|n: u32| async move {
         tokio::task::yield_now().await;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             Err::<String, BoxError>(Box::new(Error::Overloaded { queued: 0 }))
         } else {
             Ok(String::new())

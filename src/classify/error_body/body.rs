@@ -118,7 +118,7 @@ impl<B: Body> Body for ErrorBody<B> {
         self.chunks.is_empty()
             && self.error.is_none()
             && self.trailers.is_none()
-            && self.rest.as_ref().map_or(true, |rest| rest.is_end_stream())
+            && self.rest.as_ref().is_none_or(|rest| rest.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
