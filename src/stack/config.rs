@@ -27,7 +27,8 @@ use super::duration::{opt_serde, plain as dur_serde};
 ///
 /// With the `serde` feature the configuration reads from TOML, JSON or any
 /// serde format; missing fields take their defaults, unknown fields are
-/// refused, durations are written as `"30s"`, `"1m 30s"`, `"250ms"`:
+/// refused, durations are written as `"30s"`, `"1m 30s"`, `"250ms"`, and
+/// `"off"` turns off an optional one whose default is on:
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
@@ -367,7 +368,21 @@ impl BreakerConfig {
             let callback = callback.clone();
             b = b.on_state_change(move |change| callback(change));
         }
-        b.build().map(Some).map_err(|e| e.in_section("breaker"))
+        b.build().map(Some).map_err(|e| {
+            // two builder settings are two fields each in the configuration
+            // (the builder's reason says which half is wrong; tests/stack
+            // checks each mapping)
+            let field = match (e.field(), e.reason()) {
+                ("slow_call", r) if r.starts_with("rate") => "slow_call_rate",
+                ("slow_call", _) => "slow_call_threshold",
+                ("open_duration_backoff", r) if r.starts_with("multiplier") => {
+                    "open_duration_multiplier"
+                }
+                ("open_duration_backoff", _) => "max_open_duration",
+                (other, _) => other,
+            };
+            ConfigError::new(field, e.reason().to_owned()).in_section("breaker")
+        })
     }
 }
 

@@ -50,10 +50,18 @@ pub(crate) mod plain {
     }
 }
 
-/// `#[serde(with = "opt_serde")]` for an `Option<Duration>`: `null` or a
-/// missing field is `None`.
+/// `#[serde(with = "opt_serde")]` for an `Option<Duration>`: `"off"` (or
+/// `null` where the format has one) is `None`.
+///
+/// A missing field takes the section's default, which is `Some` for some
+/// settings (the attempt timeout, aging), and TOML has no `null`: `"off"` is
+/// how a file turns such a setting off, and how `None` is written back, so a
+/// configuration round-trips through every format.
 pub(crate) mod opt_serde {
     use super::*;
+
+    /// The word for "no duration", in both directions.
+    const OFF: &str = "off";
 
     struct OptionVisitor;
 
@@ -61,7 +69,7 @@ pub(crate) mod opt_serde {
         type Value = Option<Duration>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration or null")
+            f.write_str("a duration, or \"off\"")
         }
 
         fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
@@ -73,14 +81,33 @@ pub(crate) mod opt_serde {
         }
 
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(DurationVisitor).map(Some)
+            d.deserialize_any(OptionVisitor)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.trim().eq_ignore_ascii_case(OFF) {
+                return Ok(None);
+            }
+            DurationVisitor.visit_str(v).map(Some)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            DurationVisitor.visit_u64(v).map(Some)
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            DurationVisitor.visit_i64(v).map(Some)
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            DurationVisitor.visit_f64(v).map(Some)
         }
     }
 
     pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.collect_str(&humantime::format_duration(*d)),
-            None => s.serialize_none(),
+            None => s.serialize_str(OFF),
         }
     }
 

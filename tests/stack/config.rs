@@ -112,3 +112,19 @@ fn values_that_parse_but_are_invalid_fail_at_build_naming_the_field() {
         (Some("breaker"), "half_open_probes")
     );
 }
+
+#[test]
+fn off_turns_off_a_setting_whose_default_is_on_and_round_trips() {
+    let text = "[timeout]\nattempt = \"off\"\n\n[concurrency]\naging = \"off\"\n";
+    let config: StackConfig = toml::from_str(text).unwrap();
+    assert_eq!(config.timeout.attempt, None, "the default is 120 s");
+    assert_eq!(config.concurrency.aging, None, "the default is 5 s");
+    assert_eq!(config.timeout.idle, StackConfig::default().timeout.idle);
+    let written = toml::to_string(&config).unwrap();
+    assert!(written.contains("attempt = \"off\""), "{written}");
+    assert_eq!(toml::from_str::<StackConfig>(&written).unwrap(), config);
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(serde_json::from_str::<StackConfig>(&json).unwrap(), config);
+    let null: StackConfig = serde_json::from_str(r#"{"timeout": {"attempt": null}}"#).unwrap();
+    assert_eq!(null.timeout.attempt, None);
+}

@@ -67,7 +67,7 @@ fn the_default_configuration_has_every_part_but_the_window() {
 #[test]
 fn invalid_values_name_their_section_and_field() {
     type Edit = fn(&mut StackConfig);
-    let cases: [(Edit, Option<&str>, &str); 8] = [
+    let cases: [(Edit, Option<&str>, &str); 12] = [
         (
             |c| c.rate.tokens_per_minute = Some(0),
             Some("rate"),
@@ -90,6 +90,32 @@ fn invalid_values_name_their_section_and_field() {
             |c| c.breaker.failure_rate = Some(1.5),
             Some("breaker"),
             "failure_rate",
+        ),
+        (
+            |c| {
+                c.breaker.slow_call_threshold = Some(Duration::from_secs(5));
+                c.breaker.slow_call_rate = 1.5;
+            },
+            Some("breaker"),
+            "slow_call_rate",
+        ),
+        (
+            |c| c.breaker.slow_call_threshold = Some(Duration::ZERO),
+            Some("breaker"),
+            "slow_call_threshold",
+        ),
+        (
+            |c| c.breaker.open_duration_multiplier = Some(0.5),
+            Some("breaker"),
+            "open_duration_multiplier",
+        ),
+        (
+            |c| {
+                c.breaker.open_duration_multiplier = Some(2.0);
+                c.breaker.max_open_duration = Duration::from_secs(1);
+            },
+            Some("breaker"),
+            "max_open_duration",
         ),
         (
             |c| c.retry.budget_ratio = -1.0,
