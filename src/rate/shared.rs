@@ -430,28 +430,13 @@ impl<C, St: RateStore> Shared<C, St> {
                 let g = &mut *guard;
                 if g.cached.generation == generation {
                     if let Some(global) = &g.cached.limits {
-                        let verdict = self.store.check(&mut state.window, demand, limits, now);
-                        if let Verdict::Never { amount, limit } = verdict {
-                            return Attempt::Never { amount, limit };
-                        }
-                        return match verdict.and(self.store.check(
+                        return self.attempt_both(
+                            &mut state.window,
                             &mut g.window,
                             demand,
-                            global,
+                            (limits, global),
                             now,
-                        )) {
-                            Verdict::Fits => Attempt::Admitted {
-                                part: self.store.reserve(&mut state.window, demand, limits, now),
-                                global: Some(self.store.reserve(
-                                    &mut g.window,
-                                    demand,
-                                    global,
-                                    now,
-                                )),
-                            },
-                            Verdict::NotUntil(at) => Attempt::Wait(at),
-                            Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
-                        };
+                        );
                     }
                 }
             }
@@ -479,18 +464,13 @@ impl<C, St: RateStore> Shared<C, St> {
             global: guard.1.is_some(),
         };
         let (limits, global_limits) = &*guard;
-        let verdict = self.store.check(&mut state.window, demand, limits, now);
-        if let Verdict::Never { amount, limit } = verdict {
-            return Attempt::Never { amount, limit };
-        }
         match global_limits {
-            None => match verdict {
-                Verdict::Fits => Attempt::Admitted {
-                    part: self.store.reserve(&mut state.window, demand, limits, now),
-                    global: None,
-                },
-                Verdict::NotUntil(at) => Attempt::Wait(at),
-                Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
+            None => match self
+                .store
+                .try_reserve(&mut state.window, demand, limits, now)
+            {
+                Ok(part) => Attempt::Admitted { part, global: None },
+                Err(verdict) => Attempt::refused(verdict, now),
             },
             Some(global) => {
                 // Lock order: partition, then global.
@@ -500,15 +480,38 @@ impl<C, St: RateStore> Shared<C, St> {
                     limits: Some(*global),
                     global: false,
                 };
-                match verdict.and(self.store.check(&mut g.window, demand, global, now)) {
-                    Verdict::Fits => Attempt::Admitted {
-                        part: self.store.reserve(&mut state.window, demand, limits, now),
-                        global: Some(self.store.reserve(&mut g.window, demand, global, now)),
-                    },
-                    Verdict::NotUntil(at) => Attempt::Wait(at),
-                    Verdict::Never { amount, limit } => Attempt::Never { amount, limit },
-                }
+                self.attempt_both(
+                    &mut state.window,
+                    &mut g.window,
+                    demand,
+                    (limits, global),
+                    now,
+                )
             }
+        }
+    }
+
+    /// Admits `demand` into a partition's window and the global one, in both
+    /// or in neither. A demand that can never fit the partition fails
+    /// without looking at the global window.
+    fn attempt_both(
+        &self,
+        part: &mut St::Window,
+        global: &mut St::Window,
+        demand: &Demand,
+        (part_limits, global_limits): (&Limits, &Limits),
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
+        let verdict = self.store.check(part, demand, part_limits, now);
+        if let Verdict::Never { amount, limit } = verdict {
+            return Attempt::Never { amount, limit };
+        }
+        match verdict.and(self.store.check(global, demand, global_limits, now)) {
+            Verdict::Fits => Attempt::Admitted {
+                part: self.store.reserve(part, demand, part_limits, now),
+                global: Some(self.store.reserve(global, demand, global_limits, now)),
+            },
+            refused => Attempt::refused(refused, now),
         }
     }
 
