@@ -65,10 +65,7 @@ pub trait RateStore: Send + Sync + 'static {
         limits: &Limits,
         now: Instant,
     ) -> Result<Self::Ticket, Verdict> {
-        match self.check(window, demand, limits, now) {
-            Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
-            verdict => Err(verdict),
-        }
+        check_then_reserve(self, window, demand, limits, now)
     }
 
     /// Replaces a reservation's amounts with `actual`, at the reservation's
@@ -109,6 +106,23 @@ pub trait RateStore: Send + Sync + 'static {
         limits: &Limits,
         now: Instant,
     );
+}
+
+/// [`RateStore::try_reserve`] in two steps: the full `check` (cooldowns,
+/// server clamps, the verdict's wait), then `reserve` if it fits. The trait's
+/// default, and the memory store's path whenever its one-pass fast path
+/// cannot decide.
+fn check_then_reserve<St: RateStore + ?Sized>(
+    store: &St,
+    window: &mut St::Window,
+    demand: &Demand,
+    limits: &Limits,
+    now: Instant,
+) -> Result<St::Ticket, Verdict> {
+    match store.check(window, demand, limits, now) {
+        Verdict::Fits => Ok(store.reserve(window, demand, limits, now)),
+        verdict => Err(verdict),
+    }
 }
 
 /// The state of one scope as the partition map sees it.
@@ -337,10 +351,7 @@ impl RateStore for MemoryStore {
         now: Instant,
     ) -> Result<MemoryTicket, Verdict> {
         if window.feedback {
-            return match self.check(window, demand, limits, now) {
-                Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
-                verdict => Err(verdict),
-            };
+            return check_then_reserve(self, window, demand, limits, now);
         }
         let t = window.time(now);
         let mask = limits.mask();
@@ -351,10 +362,7 @@ impl RateStore for MemoryStore {
             let log = &mut window.logs[i];
             log.expire(t, span);
             if log.sum().saturating_add(amounts[i]) > limit {
-                return match self.check(window, demand, limits, now) {
-                    Verdict::Fits => Ok(self.reserve(window, demand, limits, now)),
-                    verdict => Err(verdict),
-                };
+                return check_then_reserve(self, window, demand, limits, now);
             }
         }
         Ok(window.push(t, &amounts))
