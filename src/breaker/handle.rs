@@ -15,7 +15,7 @@ use crate::request::PartitionKey;
 /// [`CircuitBreakerLayer::handle`]: super::CircuitBreakerLayer::handle
 #[derive(Clone)]
 pub struct CircuitHandle {
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl fmt::Debug for CircuitHandle {

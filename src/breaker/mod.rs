@@ -149,7 +149,7 @@ pub mod future;
 mod handle;
 mod layer;
 mod service;
-mod shared;
+pub(crate) mod shared;
 mod state;
 mod window;
 

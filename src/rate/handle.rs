@@ -28,6 +28,9 @@ pub(crate) trait Control: Send + Sync {
         value: Option<u64>,
     ) -> Result<(), ConfigError>;
     fn stats(&self) -> RateStats;
+    /// Requests waiting for room now: one atomic read (`stats` walks every
+    /// partition).
+    fn waiting(&self) -> usize;
     fn evict_idle(&self) -> usize;
 }
 

@@ -219,6 +219,7 @@
 
 pub mod future;
 mod handle;
+pub(crate) use handle::Control;
 mod layer;
 mod limits;
 mod service;

@@ -935,6 +935,10 @@ where
         }
     }
 
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     fn evict_idle(&self) -> usize {
         let evicted = self.partitions.evict_idle(Instant::now());
         let live = self.partitions.len();

@@ -121,10 +121,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::breaker::shared::Registry;
 use crate::breaker::{CircuitHandle, CircuitState};
 use crate::concurrency::limiter::Limiter;
 use crate::concurrency::ConcurrencyLimitLayer;
-use crate::rate::RateLimitHandle;
+use crate::rate::{Control, RateLimitHandle};
 use recorder::Recorder;
 
 /// Counts requests by outcome and keeps latency percentiles; a cheap,
@@ -143,10 +144,24 @@ struct Inner {
 }
 
 #[derive(Default)]
+/// The live state shown in snapshots, held weakly: a part whose services and
+/// layers are all gone drops out, and rebuilding a stack against the same
+/// `Stats` replaces its parts instead of adding to them.
 struct Attached {
     limiters: Vec<Weak<Limiter>>,
-    breakers: Vec<CircuitHandle>,
-    rates: Vec<RateLimitHandle>,
+    breakers: Vec<Weak<Registry>>,
+    rates: Vec<Weak<dyn Control>>,
+}
+
+/// Keeps a weak reference to `item` in `list`, once, dropping dead ones.
+fn attach_weak<T: ?Sized>(list: &mut Vec<Weak<T>>, item: &Arc<T>) {
+    list.retain(|w| w.strong_count() > 0);
+    if !list
+        .iter()
+        .any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(item)))
+    {
+        list.push(Arc::downgrade(item));
+    }
 }
 
 impl Default for Stats {
@@ -183,17 +198,21 @@ impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let (counts, end_to_end, queue_wait) = self.inner.recorder.merged();
         let mut snapshot = StatsSnapshot::from_counts(&counts, &end_to_end, &queue_wait);
-        let mut attached = self.inner.attached.lock();
-        attached.limiters.retain(|l| l.strong_count() > 0);
+        let attached = self.inner.attached.lock();
         for limiter in attached.limiters.iter().filter_map(Weak::upgrade) {
             let live = limiter.stats();
             *snapshot.in_flight.get_or_insert(0) += live.in_flight;
             *snapshot.queued.get_or_insert(0) += live.queued;
         }
-        for rate in &attached.rates {
-            *snapshot.rate_waiting.get_or_insert(0) += rate.stats().waiting;
+        for rate in attached.rates.iter().filter_map(Weak::upgrade) {
+            *snapshot.rate_waiting.get_or_insert(0) += rate.waiting();
         }
-        snapshot.breakers = attached.breakers.iter().map(breaker_stats).collect();
+        snapshot.breakers = attached
+            .breakers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|registry| breaker_stats(&CircuitHandle { registry }))
+            .collect();
         snapshot
     }
 
@@ -221,29 +240,23 @@ impl Stats {
     }
 
     /// Shows the state of a circuit breaker layer's breakers, from its
-    /// [`handle`](crate::CircuitBreakerLayer::handle).
+    /// [`handle`](crate::CircuitBreakerLayer::handle). Held weakly, and
+    /// once however often it is attached.
     pub fn attach_breaker(&self, handle: CircuitHandle) {
-        self.inner.attached.lock().breakers.push(handle);
+        attach_weak(&mut self.inner.attached.lock().breakers, &handle.registry);
     }
 
     /// Shows how many requests wait for room in a rate limiter, from its
-    /// [`handle`](crate::RateLimitLayer::handle).
+    /// [`handle`](crate::RateLimitLayer::handle). Held weakly, and once
+    /// however often it is attached.
     pub fn attach_rate(&self, handle: RateLimitHandle) {
-        self.inner.attached.lock().rates.push(handle);
+        attach_weak(&mut self.inner.attached.lock().rates, &handle.control);
     }
 
     /// Attaches one limiter (kept weakly: a limiter whose services are all
     /// gone drops out).
     pub(crate) fn attach_limiter(&self, limiter: &Arc<Limiter>) {
-        let mut attached = self.inner.attached.lock();
-        attached.limiters.retain(|l| l.strong_count() > 0);
-        if !attached
-            .limiters
-            .iter()
-            .any(|l| std::ptr::eq(l.as_ptr(), Arc::as_ptr(limiter)))
-        {
-            attached.limiters.push(Arc::downgrade(limiter));
-        }
+        attach_weak(&mut self.inner.attached.lock().limiters, limiter);
     }
 
     /// Keeps one queue wait.

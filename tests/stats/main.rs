@@ -452,7 +452,9 @@ fn sleeper_meta() -> impl Service<RequestMeta, Response = String, Error = BoxErr
 #[tokio::test(start_paused = true)]
 async fn display_prints_a_table() {
     let stats = Stats::new();
-    stats.attach_breaker(CircuitBreakerLayer::builder().build().unwrap().handle());
+    // attached weakly: the breaker shows while its layer lives
+    let breaker = CircuitBreakerLayer::builder().build().unwrap();
+    stats.attach_breaker(breaker.handle());
     let mut svc = stats.layer().layer(sleeper());
     for ms in [1, 20, 300, 4000] {
         svc.ready().await.unwrap().call(ms).await.unwrap();
@@ -512,4 +514,28 @@ async fn counts_from_many_threads_add_up() {
     assert_eq!(snap.outcomes.success, 300);
     assert_eq!(snap.rejected.queue_full, 100);
     assert_eq!(snap.end_to_end.count, 400);
+}
+
+#[test]
+fn attached_parts_count_once_and_drop_out_with_their_layers() {
+    let stats = Stats::new();
+    let breaker = CircuitBreakerLayer::builder().build().unwrap();
+    let rate = RateLimitLayer::builder()
+        .requests_per_minute(10)
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        stats.attach_breaker(breaker.handle());
+        stats.attach_rate(rate.handle());
+    }
+    let both = stats.snapshot();
+    assert_eq!(both.breakers.len(), 1, "attached twice, shown once");
+    assert_eq!(both.rate_waiting, Some(0));
+
+    // a stack rebuilt against the same Stats replaces its parts: the old
+    // ones are not kept alive nor counted
+    drop((breaker, rate));
+    let gone = stats.snapshot();
+    assert!(gone.breakers.is_empty(), "{:?}", gone.breakers);
+    assert_eq!(gone.rate_waiting, None);
 }
