@@ -566,18 +566,19 @@ fn summary() {
     println!("llm-sluice / semaphore: {:.2}x", cpu[2] / cpu[1]);
 }
 
-/// `STACK_PROFILE=1`: only the llm-sluice stack, uncontended, for a
-/// profiler to watch.
-fn profile() {
+/// `STACK_PROFILE=N`: only N calls (5,000,000 if N is not a number) of the
+/// llm-sluice stack, uncontended, for a profiler to watch (`perf record`,
+/// or `valgrind --tool=callgrind` with a small N for instruction counts).
+fn profile(calls_wanted: Option<u64>) {
     let rt = current_thread();
     let _guard = rt.enter();
     let mut svc = sluice();
-    rt.block_on(calls(&mut svc, 5_000_000));
+    rt.block_on(calls(&mut svc, calls_wanted.unwrap_or(5_000_000)));
 }
 
 fn main() {
-    if std::env::var_os("STACK_PROFILE").is_some() {
-        return profile();
+    if let Some(n) = std::env::var_os("STACK_PROFILE") {
+        return profile(n.to_str().and_then(|n| n.parse().ok()));
     }
     if std::env::var_os("STACK_SUMMARY_ONLY").is_none() {
         let mut c = Criterion::default().configure_from_args();

@@ -61,6 +61,7 @@
 
 pub mod breaker;
 pub mod classify;
+mod clock;
 pub mod concurrency;
 mod error;
 pub mod fallback;

@@ -2,13 +2,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower::BoxError;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::shared::Registry;
 use crate::classify::Classify;
+use crate::clock;
 use crate::error::Error;
 use crate::request::LlmRequest;
 
@@ -91,6 +91,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
+        let _scope = clock::enter();
         let breaker = match &*self.registry {
             Registry::Single(breaker) => breaker.clone(),
             keyed => keyed.breaker(request.partition().as_ref()),
@@ -98,7 +99,7 @@ where
         match breaker.admit() {
             Ok(permit) => {
                 // The clock is read only when slow calls are configured.
-                let started = permit.breaker().timed().then(Instant::now);
+                let started = permit.breaker().timed().then(clock::now);
                 ResponseFuture::called(
                     self.inner.call(request),
                     permit,

@@ -51,9 +51,10 @@ pin_project! {
             future: S::Future,
             permit: Option<Permit>,
         },
-        // Refused at `call`; the error is returned on the first poll.
+        // Refused at `call`, or the inner service had failed; the error is
+        // returned on the first poll.
         Rejected {
-            error: Option<Error>,
+            error: Option<BoxError>,
         },
         Done,
     }
@@ -70,6 +71,16 @@ impl<S: Service<R>, R> ResponseFuture<S, R> {
         }
     }
 
+    /// Admitted at `call` and already handed to the (ready) inner service.
+    pub(crate) fn called(future: S::Future, permit: Permit) -> Self {
+        ResponseFuture {
+            state: State::Called {
+                future,
+                permit: Some(permit),
+            },
+        }
+    }
+
     pub(crate) fn queued(svc: S, request: R, waiter: Waiter) -> Self {
         ResponseFuture {
             state: State::Queued {
@@ -81,6 +92,10 @@ impl<S: Service<R>, R> ResponseFuture<S, R> {
     }
 
     pub(crate) fn rejected(error: Error) -> Self {
+        Self::failed(Box::new(error))
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Rejected { error: Some(error) },
         }
@@ -150,7 +165,7 @@ where
                 StateProj::Rejected { error } => {
                     let error = error.take().expect("error taken only on completion");
                     state.set(State::Done);
-                    return Poll::Ready(Err(Box::new(error)));
+                    return Poll::Ready(Err(error));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::{Instant, Sleep};
 
+use crate::clock;
 use crate::request::{LlmRequest, Priority};
 use crate::stats::Stats;
 use crate::telemetry::{self, Counter, Gauge, Histogram, Scope};
@@ -144,12 +145,15 @@ impl Limiter {
     }
 
     /// The fast path of admission: a permit if one is free and the request
-    /// has no deadline. One compare-and-swap, no lock, no clock read, no
-    /// allocation. A free permit means nobody live is waiting, so taking it
-    /// barges past no one. `None`: go through [`admit`](Self::admit).
+    /// is not past its deadline. One compare-and-swap, no lock, no
+    /// allocation, and a clock read only for a request with a deadline (one
+    /// shared with the layers around, see `crate::clock`). A free permit
+    /// means nobody live is waiting, so taking it barges past no one.
+    /// `None`: go through [`admit`](Self::admit).
     #[inline]
     pub(crate) fn try_admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Option<Permit> {
-        if request.deadline().is_none() && self.try_acquire() {
+        let in_time = request.deadline().is_none_or(|d| d > clock::now());
+        if in_time && self.try_acquire() {
             Some(self.fresh_permit())
         } else {
             None
@@ -161,7 +165,7 @@ impl Limiter {
     pub(crate) fn admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Admission {
         let deadline = request.deadline();
         if let Some(deadline) = deadline {
-            if deadline <= Instant::now() {
+            if deadline <= clock::now() {
                 return self.reject(
                     Error::DeadlineExceeded,
                     Reason::Deadline,

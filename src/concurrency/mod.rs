@@ -138,11 +138,15 @@
 //! high-priority caller needs, and would block every caller behind an inner
 //! service that is not ready.
 //!
-//! The tower contract is kept for the inner service: the response future
-//! owns a clone of it (hence `S: Clone`, cheap for HTTP clients, which are
-//! handles) and, once it holds a permit, drives that clone's `poll_ready`
-//! to readiness before calling it. A not-ready inner service therefore delays
-//! only requests that already hold a permit, and does so while holding it.
+//! The tower contract is kept for the inner service. `poll_ready` passes the
+//! caller's poll on to it without waiting: when the inner service is ready
+//! and `call` admits the request at once, the request goes straight to it.
+//! Otherwise the response future owns a clone of it (hence `S: Clone`, cheap
+//! for HTTP clients, which are handles) and, once it holds a permit, drives
+//! that clone's `poll_ready` to readiness before calling it. A not-ready
+//! inner service therefore delays only requests that already hold a permit,
+//! and does so while holding it. An error from the inner `poll_ready` is
+//! returned by the next request's future.
 //!
 //! # Holding the permit until the response is done
 //!

@@ -7,6 +7,7 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::limiter::{Admission, Limiter, LimiterStats, Permit};
+use crate::clock;
 use crate::hold::HoldGuard;
 use crate::request::LlmRequest;
 
@@ -22,11 +23,28 @@ use crate::request::LlmRequest;
 pub struct ConcurrencyLimit<S> {
     inner: S,
     limiter: Arc<Limiter>,
+    /// What `inner` last answered to `poll_ready`, until it is called.
+    inner_ready: Readiness,
+}
+
+/// What the inner service answered to the `poll_ready` that
+/// [`ConcurrencyLimit::poll_ready`] passed on to it.
+enum Readiness {
+    /// Not asked since the last call, or not ready.
+    Unknown,
+    /// Ready: a request admitted at once goes straight to it.
+    Ready,
+    /// Failed: the next request gets the error.
+    Failed(BoxError),
 }
 
 impl<S> ConcurrencyLimit<S> {
     pub(crate) fn from_limiter(inner: S, limiter: Arc<Limiter>) -> Self {
-        ConcurrencyLimit { inner, limiter }
+        ConcurrencyLimit {
+            inner,
+            limiter,
+            inner_ready: Readiness::Unknown,
+        }
     }
 
     /// The limiter's current counts.
@@ -55,6 +73,8 @@ impl<S: Clone> Clone for ConcurrencyLimit<S> {
         ConcurrencyLimit {
             inner: self.inner.clone(),
             limiter: Arc::clone(&self.limiter),
+            // A clone is a new service: it has not been polled.
+            inner_ready: Readiness::Unknown,
         }
     }
 }
@@ -81,15 +101,41 @@ where
 
     /// Always ready: whether a request may run depends on its priority,
     /// which is known only at `call`.
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    ///
+    /// It also asks the inner service, without waiting for it: if that is
+    /// ready now, a request admitted at once in [`call`](Self::call) goes
+    /// straight to it, with no clone of it and no second readiness check; if
+    /// it failed, the next request's future returns its error. If it is not
+    /// ready, the request's future drives a clone of it once it holds a
+    /// permit, as always.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if matches!(self.inner_ready, Readiness::Unknown) {
+            self.inner_ready = match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Readiness::Ready,
+                Poll::Ready(Err(error)) => Readiness::Failed(error.into()),
+                Poll::Pending => Readiness::Unknown,
+            };
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: R) -> Self::Future {
+        let _scope = clock::enter();
+        let ready = match std::mem::replace(&mut self.inner_ready, Readiness::Unknown) {
+            Readiness::Ready => true,
+            Readiness::Unknown => false,
+            Readiness::Failed(error) => return ResponseFuture::failed(error),
+        };
         if let Some(permit) = self.limiter.try_admit(&request) {
+            if ready {
+                return ResponseFuture::called(self.inner.call(request), permit);
+            }
             return ResponseFuture::admitted(self.inner.clone(), request, permit);
         }
         match self.limiter.admit(&request) {
+            Admission::Permit(permit) if ready => {
+                ResponseFuture::called(self.inner.call(request), permit)
+            }
             Admission::Permit(permit) => {
                 ResponseFuture::admitted(self.inner.clone(), request, permit)
             }

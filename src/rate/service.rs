@@ -11,6 +11,7 @@ use super::limits::Demand;
 use super::shared::{Enter, Shared};
 use super::store::{MemoryStore, RateStore};
 use crate::classify::{Classify, DefaultClassifier};
+use crate::clock;
 use crate::request::LlmRequest;
 
 /// Keeps calls inside sliding-window request and token budgets. Made by
@@ -96,6 +97,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let _scope = clock::enter();
         let demand = Demand::estimate(request.token_estimate());
         let key = request.partition();
         let entered = self.shared.enter(

@@ -18,6 +18,7 @@ use super::limits::{Budget, Demand, Limits};
 use super::store::{RateStore, WindowState};
 use super::window::Verdict;
 use crate::classify::{Classification, Outcome};
+use crate::clock;
 use crate::error::{ConfigError, Error};
 use crate::partition::{Idle, Partitions};
 use crate::request::{PartitionKey, Priority};
@@ -561,7 +562,7 @@ impl<C, St: RateStore> Shared<C, St> {
         arrival: Option<Instant>,
         deadline: Option<Instant>,
     ) -> Enter<C, St> {
-        let now = Instant::now();
+        let now = clock::now();
         let slot_ref = self.slot_ref(key, now);
         let slot = self.resolve(&slot_ref);
         let metrics = self.metrics(slot);

@@ -30,12 +30,14 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // A clone of the inner service, for retries.
-        service: S,
+        // A clone of the inner service for retries, made from the shared
+        // template at the first retry (boxed: the success path, which never
+        // makes one, does not carry its size).
+        service: Option<Box<S>>,
         // A copy of the request for the next attempt, if it can be replayed
         // and retries remain.
         request: Option<Req>,
-        shared: Arc<Shared<C, P>>,
+        shared: Arc<Shared<C, P, S>>,
         retries: u32,
         deadline: Option<Instant>,
         // The current attempt's `llm_sluice.attempt` span (disabled, and
@@ -68,15 +70,14 @@ where
 {
     pub(crate) fn new(
         future: S::Future,
-        service: S,
         request: Option<Req>,
-        shared: Arc<Shared<C, P>>,
+        shared: Arc<Shared<C, P, S>>,
         deadline: Option<Instant>,
         span: tracing::Span,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
-            service,
+            service: None,
             request,
             shared,
             retries: 0,
@@ -93,7 +94,7 @@ where
 
 impl<S, C, P, Req> Future for ResponseFuture<S, C, P, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
     P: Replay<Req>,
@@ -142,12 +143,15 @@ where
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
-                    ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
+                    let shared = &**this.shared;
+                    let service = this
+                        .service
+                        .get_or_insert_with(|| Box::new(shared.template.lock().clone()));
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
                     let request = this
                         .request
                         .take()
                         .expect("a retry is decided only with a request copy");
-                    let shared = &**this.shared;
                     if *this.retries < shared.config.max_retries {
                         *this.request = shared.replay.replay(&request);
                     }
@@ -155,7 +159,7 @@ where
                     *this.span = attempt_span(*this.retries + 1);
                     let future = {
                         let _entered = this.span.enter();
-                        this.service.call(request)
+                        service.call(request)
                     };
                     this.state.set(State::Called { future });
                 }

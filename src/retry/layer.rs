@@ -71,13 +71,14 @@ impl<C, P> RetryLayer<C, P> {
     }
 }
 
-impl<S, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
+impl<S: Clone, C: Clone, P: Clone> Layer<S> for RetryLayer<C, P> {
     type Service = Retry<S, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Retry::new(
-            inner,
+            inner.clone(),
             Arc::new(Shared {
+                template: parking_lot::Mutex::new(inner),
                 config: self.config,
                 classifier: self.classifier.clone(),
                 replay: self.replay.clone(),

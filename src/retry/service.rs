@@ -15,6 +15,7 @@ use super::metrics::{GaveUp, Metrics};
 use super::policy::OverCap;
 use super::replay::Replay;
 use crate::classify::{Classification, Classify};
+use crate::clock;
 use crate::request::LlmRequest;
 
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +28,12 @@ pub(crate) struct Config {
 }
 
 /// What one service (and its response futures) shares.
-pub(crate) struct Shared<C, P> {
+pub(crate) struct Shared<C, P, S> {
+    /// A clone of the inner service, never called: retries are sent
+    /// through clones of it. A response future that is never retried (the
+    /// success path) then costs no clone of the whole stack inside, only
+    /// the reference count of this `Arc`, which it holds anyway.
+    pub(crate) template: Mutex<S>,
     pub(crate) config: Config,
     pub(crate) classifier: C,
     pub(crate) replay: P,
@@ -45,7 +51,7 @@ pub(crate) enum Decision {
     RetryAt(Instant),
 }
 
-impl<C, P> Shared<C, P> {
+impl<C, P, S> Shared<C, P, S> {
     /// Decides whether a classified result is retried and when. `retries` is
     /// how many retries were made already; `replayable` whether a copy of the
     /// request exists.
@@ -127,17 +133,17 @@ impl<C, P> Shared<C, P> {
 /// Retries failed calls to the inner service. Made by
 /// [`RetryLayer`](super::RetryLayer); see the [module docs](super).
 ///
-/// The inner service must be `Clone`: each response future keeps a clone to
-/// send retries through (put a `tower::buffer::Buffer` in front of one that
-/// is not). Errors are boxed: the inner service's errors pass through inside
+/// The inner service must be `Clone`: a response future that retries sends
+/// its retries through a clone of it (put a `tower::buffer::Buffer` in front
+/// of one that is not). The clone is made only when a retry is decided. Errors are boxed: the inner service's errors pass through inside
 /// the box unchanged.
 pub struct Retry<S, C, P> {
     inner: S,
-    shared: Arc<Shared<C, P>>,
+    shared: Arc<Shared<C, P, S>>,
 }
 
 impl<S, C, P> Retry<S, C, P> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<C, P>>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<C, P, S>>) -> Self {
         Retry { inner, shared }
     }
 
@@ -199,6 +205,7 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
+        let _scope = clock::enter();
         let shared = &self.shared;
         let needs_deadline = shared.config.total_timeout.is_some() && request.deadline().is_none();
         // A request already dated by a layer outside (the deadline layer
@@ -207,7 +214,7 @@ where
         let now = match request.arrival() {
             Some(arrival) if !needs_deadline => arrival,
             arrival => {
-                let now = Instant::now();
+                let now = clock::now();
                 // Keep the request's place in line: queues inside order
                 // retried attempts by this first arrival, not by when the
                 // retry was sent.
@@ -232,14 +239,13 @@ where
         } else {
             None
         };
-        // The ready service takes this call; the clone (not yet ready) is
-        // kept for retries and polled ready before each.
-        let service = self.inner.clone();
+        // The ready service takes this call; a retry goes through a clone
+        // of the shared template, made when it is decided.
         let span = super::future::attempt_span(1);
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        ResponseFuture::new(future, service, copy, self.shared.clone(), deadline, span)
+        ResponseFuture::new(future, copy, self.shared.clone(), deadline, span)
     }
 }

@@ -127,6 +127,7 @@ impl<C, P, F> LlmStack<C, P, F> {
 
 impl<S, C, P, F> Layer<S> for LlmStack<C, P, F>
 where
+    S: Clone,
     C: Clone,
     P: Clone,
     F: Layer<super::service::RetryPart<S, C, P>>,

@@ -2,13 +2,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
 use tower::BoxError;
 use tower_service::Service;
 
 use super::future::{Recording, ResponseFuture};
 use super::Stats;
 use crate::classify::Classify;
+use crate::clock;
 use crate::hold::HoldGuard;
 
 /// Records each request's outcome and end-to-end time. Made by
@@ -90,8 +90,9 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
+        let _scope = clock::enter();
         let shard = Arc::clone(self.stats.recorder().shard());
-        let recording = Recording::start(shard, Instant::now());
+        let recording = Recording::start(shard, clock::now());
         ResponseFuture::new(self.inner.call(request), recording, self.classifier.clone())
     }
 }

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::{DeadlineFuture, Timer};
 use super::metrics::TimeoutMetrics;
+use crate::clock;
 use crate::error::{ConfigError, TimeoutKind};
 use crate::request::LlmRequest;
 
@@ -205,8 +205,10 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
+        // The layers inside reuse this reading (see `crate::clock`).
+        let _scope = clock::enter();
         let ours = self.after.and_then(|d| {
-            let now = Instant::now();
+            let now = clock::now();
             // The layer is outermost and reads the clock anyway: date the
             // request's arrival too, so the layers inside (retry, queues)
             // need not read it again.

@@ -2,7 +2,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower::BoxError;
 use tower_service::Service;
 
@@ -10,6 +9,7 @@ use super::body::{BodyTimeouts, TimeoutResponse};
 use super::future::{ResponseFuture, Timer};
 use super::layer::Timeouts;
 use super::metrics::TimeoutMetrics;
+use crate::clock;
 use crate::error::TimeoutKind;
 use crate::request::LlmRequest;
 
@@ -72,14 +72,11 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let _scope = clock::enter();
         let t = &self.timeouts;
         let deadline = request.deadline();
         let needs_now = t.attempt.is_some() || t.total.is_some();
-        let now = if needs_now {
-            Some(Instant::now())
-        } else {
-            None
-        };
+        let now = if needs_now { Some(clock::now()) } else { None };
         let after = |d: Option<Duration>| now.zip(d).and_then(|(now, d)| now.checked_add(d));
 
         let total = match (after(t.total), deadline) {

@@ -291,6 +291,27 @@ async fn inner_poll_ready_is_driven_before_call() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_admitted_at_once_goes_straight_to_a_ready_inner_service() {
+    let (mut svc, mut handle) = limited(1, 1);
+    // `call` polls the (ready) mock first: the request reaches it inside
+    // `call`, before its future is polled.
+    let mut f1 = call(&mut svc, req(1, Priority::NORMAL));
+    let (r, tx) = next_request(&mut handle);
+    assert_eq!(r.tokens, 1);
+    assert_eq!(svc.stats().in_flight, 1);
+    // A queued one gets a clone and waits for the permit.
+    let mut f2 = call(&mut svc, req(2, Priority::NORMAL));
+    assert_pending!(f2.poll());
+    no_request(&mut handle);
+    tx.send_response("one".into());
+    assert_ready_ok!(f1.poll());
+    assert!(f2.is_woken());
+    assert_pending!(f2.poll());
+    let (r, _tx) = next_request(&mut handle);
+    assert_eq!(r.tokens, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn poll_ready_is_ready_even_when_full() {
     let (mut svc, _handle) = limited(1, 0);
     let mut f1 = call(&mut svc, req(1, Priority::NORMAL));

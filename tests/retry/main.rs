@@ -938,10 +938,10 @@ async fn response_future_drop_releases_the_attempt_in_flight() {
     assert!(svc.ready().await.is_ok());
     let mut fut = tokio_test::task::spawn(svc.call(RequestMeta::new()));
     assert_pending!(fut.poll());
-    // here, the service, the future's clone of it, the attempt
+    // here, the service, its retry template, the attempt
     assert_eq!(Arc::strong_count(&guard), 4, "the attempt holds it");
     drop(fut);
-    assert_eq!(Arc::strong_count(&guard), 2, "only the service's");
+    assert_eq!(Arc::strong_count(&guard), 3, "only the service's two");
 }
 
 #[tokio::test(start_paused = true)]
@@ -955,12 +955,33 @@ async fn response_future_drop_during_backoff_releases_everything() {
     assert!(svc.ready().await.is_ok());
     let mut fut = tokio_test::task::spawn(svc.call(RequestMeta::new()));
     assert_pending!(fut.poll(), "waiting out the backoff");
-    // the service and the future's clone of it
+    // here, the service and its retry template: the failed attempt is gone
+    // and the clone for the retry is made only when the wait is over
     assert_eq!(Arc::strong_count(&guard), 3);
     drop(fut);
-    assert_eq!(Arc::strong_count(&guard), 2);
+    assert_eq!(Arc::strong_count(&guard), 3);
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert_eq!(Arc::strong_count(&guard), 2, "no attempt after the drop");
+    assert_eq!(Arc::strong_count(&guard), 3, "no attempt after the drop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn response_future_drop_during_a_retry_releases_its_clone_and_attempt() {
+    let guard = Arc::new(());
+    let held = Held {
+        guard: guard.clone(),
+        fail_first: Arc::new(AtomicUsize::new(0)),
+    };
+    let mut svc = builder().jitter(Jitter::None).build().unwrap().layer(held);
+    assert!(svc.ready().await.is_ok());
+    let mut fut = tokio_test::task::spawn(svc.call(RequestMeta::new()));
+    assert_pending!(fut.poll(), "waiting out the backoff");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_pending!(fut.poll(), "the retry is in flight");
+    // the service, its retry template, the future's clone for the retry,
+    // and the retry in flight
+    assert_eq!(Arc::strong_count(&guard), 5);
+    drop(fut);
+    assert_eq!(Arc::strong_count(&guard), 3, "only the service's two");
 }
 
 // ===== config =====
