@@ -50,6 +50,11 @@ impl Timer {
         }
     }
 
+    /// Whether there is nothing to time.
+    pub(crate) fn is_off(&self) -> bool {
+        matches!(self, Timer::Off)
+    }
+
     /// `Ready(kind)` when the timer fired. Arms it on the first call.
     fn poll_fired(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TimeoutKind> {
         if let Timer::Due { at, kind } = *self {
@@ -93,7 +98,9 @@ pin_project! {
         #[pin]
         timer: Timer,
         body: BodyTimeouts,
-        metrics: Arc<TimeoutMetrics>,
+        // Counts a timeout of the call, or goes to the body with `body`;
+        // `None` when neither can happen.
+        metrics: Option<Arc<TimeoutMetrics>>,
         _response: PhantomData<fn() -> Res>,
     }
 }
@@ -103,7 +110,7 @@ impl<F, Res> ResponseFuture<F, Res> {
         inner: F,
         timer: Timer,
         body: BodyTimeouts,
-        metrics: Arc<TimeoutMetrics>,
+        metrics: Option<Arc<TimeoutMetrics>>,
     ) -> Self {
         ResponseFuture {
             inner,
@@ -127,12 +134,21 @@ where
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(match result {
-                Ok(response) => Ok(response.with_body_timeouts(std::mem::take(this.body))),
+                Ok(response) => {
+                    let mut body = std::mem::take(this.body);
+                    if !body.is_none() {
+                        // The body's timeouts count where the call's would.
+                        body.metrics = this.metrics.take();
+                    }
+                    Ok(response.with_body_timeouts(body))
+                }
                 Err(err) => Err(err.into()),
             });
         }
         let kind = std::task::ready!(this.timer.poll_fired(cx));
-        this.metrics.fired(kind);
+        if let Some(metrics) = this.metrics {
+            metrics.fired(kind);
+        }
         tracing::debug!(kind = kind.as_str(), "request timed out");
         Poll::Ready(Err(Box::new(Error::Timeout { kind })))
     }

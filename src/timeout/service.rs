@@ -94,11 +94,15 @@ where
                 first_chunk: t.first_chunk,
                 idle: t.idle,
                 total,
-                metrics: Some(self.metrics.clone()),
+                // the future hands its handle on with the response
+                metrics: None,
             }
         } else {
             BodyTimeouts::none()
         };
-        ResponseFuture::new(self.inner.call(request), timer, body, self.metrics.clone())
+        // One handle per request at most, and none when nothing can time
+        // out (a stack whose attempt timeout is off keeps the layer).
+        let metrics = (!timer.is_off() || !body.is_none()).then(|| self.metrics.clone());
+        ResponseFuture::new(self.inner.call(request), timer, body, metrics)
     }
 }

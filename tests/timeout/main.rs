@@ -568,6 +568,51 @@ fn timeouts_are_counted_by_kind() {
     assert_eq!(attempts, Some(3));
 }
 
+#[test]
+fn body_timeouts_are_counted_by_the_layer() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let layer = TimeoutLayer::builder().idle(secs(5)).build().unwrap();
+            let (tx, mut body) = streamed(layer, RequestMeta::new()).await;
+            chunk(&tx, "data: {}\n\n");
+            assert!(matches!(poll_frame(&mut body), Poll::Ready(Some(Ok(_)))));
+            advance(secs(5)).await;
+            assert_eq!(
+                body_error_kind(poll_frame(&mut body)),
+                Some(TimeoutKind::Idle)
+            );
+        });
+    });
+    let counted = |reason: &str| {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| {
+                let k = key.key();
+                let hit = k.name() == "llm_sluice_timeouts_total"
+                    && k.labels()
+                        .any(|l| l.key() == "reason" && l.value() == reason)
+                    && k.labels()
+                        .any(|l| l.key() == "layer" && l.value() == "timeout");
+                match value {
+                    DebugValue::Counter(n) if hit => Some(n),
+                    _ => None,
+                }
+            })
+    };
+    assert_eq!(counted("idle"), Some(1));
+}
+
 // ---- property: a body fails exactly on the first gap that is too long ------
 
 proptest::proptest! {
