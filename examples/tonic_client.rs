@@ -21,7 +21,7 @@
 //! gRPC puts its status in `grpc-status`, not in the HTTP status: in the
 //! headers of a "trailers-only" response (how a unary call that fails
 //! before any message answers, interceptor refusals included) and otherwise
-//! in the trailers. [`GrpcClassifier`] below reads the headers, so layers
+//! in the trailers. llm-sluice's `GrpcClassifier` reads the headers, so layers
 //! classify a failed unary call when its response arrives; a status sent in
 //! the trailers of a streamed response comes after every layer has
 //! classified the call and counts as the success the headers said.
@@ -44,9 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use llm_sluice::breaker::CircuitState;
-use llm_sluice::classify::{
-    classify_error, Classification, Classify, DefaultClassifier, ErrorRef, Outcome,
-};
+use llm_sluice::classify::{Classify, GrpcClassifier};
 use llm_sluice::retry::{ReplayBodies, ReplayBody};
 use llm_sluice::{Error, LlmStack, StackConfig};
 use tokio::time::Instant;
@@ -293,71 +291,6 @@ async fn main() -> Result<(), BoxError> {
     let _ = stop.send(());
     server.await??;
     checks.finish("tonic_client")
-}
-
-/// Classifies a gRPC call by its `grpc-status`.
-///
-/// Reads the status from the response headers (a trailers-only response);
-/// a response without one is a success so far. The HTTP status still
-/// counts: a proxy's 503 is a server error whatever gRPC would have said.
-/// Errors (transport, this crate's own) are classified as usual.
-///
-/// | gRPC code | outcome | retried |
-/// |---|---|---|
-/// | OK, none | success | no |
-/// | UNAVAILABLE | server error | yes |
-/// | RESOURCE_EXHAUSTED | rate limited (`grpc-retry-pushback-ms` as the delay) | yes |
-/// | DEADLINE_EXCEEDED | timeout | yes |
-/// | INTERNAL, UNKNOWN, DATA_LOSS | server error | no |
-/// | ABORTED | client error | yes |
-/// | any other | client error | no |
-///
-/// A negative or malformed pushback means "do not retry" (gRPC's A6 retry
-/// design), which overrides the table.
-#[derive(Debug, Clone, Copy, Default)]
-struct GrpcClassifier;
-
-impl<B> Classify<http::Response<B>> for GrpcClassifier {
-    fn classify(&self, result: Result<&http::Response<B>, ErrorRef<'_>>) -> Classification {
-        let res = match result {
-            Ok(res) => res,
-            Err(err) => return classify_error(err),
-        };
-        if res.status() != http::StatusCode::OK {
-            return DefaultClassifier.classify(Ok(res));
-        }
-        let Some(code) = res
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok())
-            .map(Code::from)
-        else {
-            return Classification::success(None);
-        };
-        let (outcome, retry) = match code {
-            Code::Ok => return Classification::success(None),
-            Code::Unavailable => (Outcome::ServerError, None),
-            Code::ResourceExhausted => (
-                Outcome::RateLimited {
-                    quota_exhausted: false,
-                },
-                None,
-            ),
-            Code::DeadlineExceeded => (Outcome::Timeout, None),
-            Code::Internal | Code::Unknown | Code::DataLoss => (Outcome::ServerError, Some(false)),
-            Code::Aborted => (Outcome::ClientError, Some(true)),
-            _ => (Outcome::ClientError, None),
-        };
-        let mut class = Classification::new(outcome).with_should_retry(retry);
-        if let Some(pushback) = res.headers().get("grpc-retry-pushback-ms") {
-            match pushback.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
-                Some(ms) => class = class.with_retry_after(Some(Duration::from_millis(ms))),
-                None => class = class.with_should_retry(Some(false)),
-            }
-        }
-        class
-    }
 }
 
 /// Buffers a request body so the retry layer can send it again.

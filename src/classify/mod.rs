@@ -31,10 +31,15 @@
 //! A 429 is a spent quota rather than back-pressure when its error body's
 //! code says so ([`is_quota_exhausted`]); [`ErrorBodyLayer`] (feature `http`)
 //! reads error bodies and records the code as an [`ErrorCode`] extension.
+//!
+//! gRPC calls answer HTTP 200 and carry their status in `grpc-status`:
+//! [`GrpcClassifier`] (feature `http`) classifies them by it.
 
 #[cfg(feature = "http")]
 pub mod error_body;
 mod error_code;
+#[cfg(feature = "http")]
+mod grpc;
 pub mod headers;
 #[cfg(feature = "http")]
 pub mod http;
@@ -43,6 +48,8 @@ mod usage;
 #[cfg(feature = "http")]
 pub use error_body::{ErrorBody, ErrorBodyLayer, ErrorBodyLayerBuilder, ErrorBodyService};
 pub use error_code::{is_quota_exhausted, ErrorCode};
+#[cfg(feature = "http")]
+pub use grpc::GrpcClassifier;
 pub use usage::{LimitState, RateLimitState, Usage};
 
 use std::error::Error as StdError;
