@@ -86,9 +86,6 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        if let Some(permit) = self.limiter.try_admit(&request) {
-            return ResponseFuture::admitted(self.inner.clone(), request, permit);
-        }
         match self.limiter.admit(&request) {
             Admission::Permit(permit) => {
                 ResponseFuture::admitted(self.inner.clone(), request, permit)
