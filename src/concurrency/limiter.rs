@@ -5,15 +5,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::{Instant, Sleep};
 
+use super::queue::{Key, Node, Queue, GRANTED, LEFT, WAITING};
 use crate::request::{LlmRequest, Priority};
 use crate::stats::Stats;
 use crate::telemetry::{self, Counter, Gauge, Histogram, Scope};
@@ -27,10 +27,6 @@ pub(crate) struct Config {
     pub(crate) max_queue_wait: Duration,
     pub(crate) aging: Option<Duration>,
 }
-
-/// A queue position: the static ordering key, then a sequence number that
-/// breaks ties in arrival order and makes every key unique.
-type Key = (i64, u64);
 
 /// Times in ordering keys are microseconds from the limiter's creation,
 /// clamped to ±(2^53 - 1) µs (about 285 years), and so is `aging`: every key
@@ -63,7 +59,7 @@ pub(crate) const MAX_PERMITS: usize = usize::MAX / ONE;
 struct State {
     /// Waiters by position. Every waiter in it is `WAITING` or `EXPIRED`;
     /// one removed by a releaser has been `GRANTED` a permit.
-    queue: BTreeMap<Key, Slot>,
+    queue: Queue,
     /// The waiters whose wait ends after `max_queue_wait`, in arrival order,
     /// which is also the order their time runs out (`now` is read under the
     /// lock): a FIFO instead of a sorted index. Entries are removed lazily:
@@ -79,45 +75,6 @@ struct State {
     /// What `timer` is armed for.
     timer_at: Option<Instant>,
     next_seq: u64,
-}
-
-struct Slot {
-    node: Arc<Node>,
-    /// The waiter's deadline, if it is in `deadlines`.
-    deadline: Option<Instant>,
-}
-
-/// What a waiter shares with the limiter: its state and its waker, both
-/// readable without the lock, so a waiter's polls (the first, which
-/// registers the waker, and the one that finds the permit) take no lock.
-/// The state changes only under the lock.
-struct Node {
-    state: AtomicU8,
-    waker: AtomicWaker,
-}
-
-/// In the queue, waiting.
-const WAITING: u8 = 0;
-/// Removed from the queue by a releaser: the permit is the waiter's.
-const GRANTED: u8 = 1;
-/// The timer saw its time run out: skipped by releases, fails when polled.
-const EXPIRED: u8 = 2;
-/// Removed from the queue by its own waiter (dropped or failed).
-const LEFT: u8 = 3;
-
-impl Node {
-    /// Under the lock (or for a hint): whether it still waits.
-    fn is_waiting(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == WAITING
-    }
-
-    /// Under the lock: marks it expired and takes its waker, if it waits.
-    fn expire(&self, wakers: &mut Vec<Waker>) {
-        if self.is_waiting() {
-            self.state.store(EXPIRED, Ordering::Release);
-            wakers.extend(self.waker.take());
-        }
-    }
 }
 
 impl State {
@@ -143,13 +100,10 @@ impl State {
         }
     }
 
-    /// Takes the waker of the first waiting waiter, to hand it a duty (arm
-    /// the timer). One never polled has none yet, but will poll.
+    /// Takes the waker of a waiting waiter, to hand it a duty (arm the
+    /// timer). One never polled has none yet, but will poll.
     fn first_waiting_waker(&self) -> Option<Waker> {
-        self.queue
-            .values()
-            .find(|slot| slot.node.is_waiting())
-            .and_then(|slot| slot.node.waker.take())
+        self.queue.any_waiting().and_then(|node| node.waker.take())
     }
 }
 
@@ -204,7 +158,7 @@ impl Limiter {
         Arc::new_cyclic(|weak| Limiter {
             permits: AtomicUsize::new(config.max_in_flight.min(MAX_PERMITS) * ONE),
             state: Mutex::new(State {
-                queue: BTreeMap::new(),
+                queue: Queue::default(),
                 waits: VecDeque::new(),
                 deadlines: BTreeMap::new(),
                 timer: None,
@@ -273,17 +227,15 @@ impl Limiter {
         let seq = state.next_seq;
         state.next_seq += 1;
         let key = (order, seq);
-        let node = Arc::new(Node {
-            state: AtomicU8::new(WAITING),
-            waker: AtomicWaker::new(),
-        });
         let wait_end = now + self.config.max_queue_wait;
+        let deadline = deadline.filter(|deadline| *deadline <= wait_end);
+        let node = Arc::new(Node::new(deadline));
         let (expires, deadline_bound) = match deadline {
-            Some(deadline) if deadline <= wait_end => {
+            Some(deadline) => {
                 state.deadlines.insert((deadline, seq), Arc::clone(&node));
                 (deadline, true)
             }
-            _ => {
+            None => {
                 // Keep `waits` in order even if the clock stepped back.
                 let expires = state
                     .waits
@@ -296,13 +248,7 @@ impl Limiter {
                 (expires, false)
             }
         };
-        state.queue.insert(
-            key,
-            Slot {
-                node: Arc::clone(&node),
-                deadline: deadline_bound.then_some(expires),
-            },
-        );
+        let in_tail = state.queue.insert(key, Arc::clone(&node));
         if state.timer_at.is_none_or(|at| expires < at) {
             self.arm_pending.store(true, Ordering::Release);
         }
@@ -313,6 +259,7 @@ impl Limiter {
             limiter: Arc::clone(self),
             node,
             key,
+            in_tail,
             enqueued: now,
             priority,
             deadline_bound,
@@ -371,18 +318,19 @@ impl Limiter {
     }
 
     /// Under the lock: removes a waiter's entry (it leaves: dropped, or
-    /// failed after expiring). Returns whether it was there.
-    fn remove_waiter(&self, state: &mut State, key: Key) -> bool {
-        let Some(slot) = state.queue.remove(&key) else {
-            return false;
-        };
-        slot.node.state.store(LEFT, Ordering::Release);
-        if let Some(deadline) = slot.deadline {
-            state.deadlines.remove(&(deadline, key.1));
+    /// failed after expiring).
+    fn remove_waiter(&self, state: &mut State, waiter: &Waiter) {
+        let node = &*waiter.node;
+        if !state.queue.remove(waiter.key, node, waiter.in_tail) {
+            return;
         }
+        node.state.store(LEFT, Ordering::Release);
+        if let Some(deadline) = node.deadline {
+            state.deadlines.remove(&(deadline, waiter.key.1));
+        }
+        state.queue.pop_dead_tail();
         state.pop_dead_waits();
         self.unmark_if_empty(state);
-        true
     }
 
     #[inline]
@@ -463,29 +411,18 @@ impl Limiter {
     fn release_locked(&self, mut guard: MutexGuard<'_, State>) {
         let state = &mut *guard;
         // The first waiter that still waits: nearly always the head.
-        let granted = match state.queue.first_entry() {
-            Some(head) if head.get().node.is_waiting() => Some(head.remove_entry()),
-            Some(_) => {
-                let key = state
-                    .queue
-                    .iter()
-                    .find(|(_, slot)| slot.node.is_waiting())
-                    .map(|(key, _)| *key);
-                key.and_then(|key| state.queue.remove_entry(&key))
-            }
-            None => None,
-        };
-        match granted {
-            Some(((_, seq), slot)) => {
-                slot.node.state.store(GRANTED, Ordering::Release);
-                if let Some(deadline) = slot.deadline {
+        match state.queue.pop_first_waiting() {
+            Some(((_, seq), node)) => {
+                node.state.store(GRANTED, Ordering::Release);
+                if let Some(deadline) = node.deadline {
                     state.deadlines.remove(&(deadline, seq));
                 }
+                state.queue.pop_dead_tail();
                 state.pop_dead_waits();
                 self.unmark_if_empty(state);
                 drop(guard);
                 self.metrics.queue_depth.decrement(1.0);
-                slot.node.waker.wake();
+                node.waker.wake();
             }
             None => {
                 // No live waiter: back to the pool (and the bit cleared if
@@ -663,6 +600,8 @@ pub(crate) struct Waiter {
     limiter: Arc<Limiter>,
     node: Arc<Node>,
     key: Key,
+    /// Where the queue put it (see [`Queue::insert`]).
+    in_tail: bool,
     enqueued: Instant,
     priority: Priority,
     /// The wait ends at the request's deadline.
@@ -701,7 +640,7 @@ impl Waiter {
     fn give_up(&mut self) -> Error {
         let limiter = &self.limiter;
         let mut guard = limiter.state.lock();
-        limiter.remove_waiter(&mut guard, self.key);
+        limiter.remove_waiter(&mut guard, self);
         drop(guard);
         self.done = true;
         limiter.metrics.queue_depth.decrement(1.0);
@@ -749,7 +688,7 @@ impl Drop for Waiter {
             limiter.release_locked(guard);
             return;
         }
-        limiter.remove_waiter(&mut guard, self.key);
+        limiter.remove_waiter(&mut guard, self);
         // If this waiter was to arm the timer, hand that on.
         let duty = if limiter.arm_pending.load(Ordering::Relaxed) {
             guard.first_waiting_waker()

@@ -195,6 +195,7 @@
 pub mod future;
 mod layer;
 pub(crate) mod limiter;
+mod queue;
 mod service;
 
 pub use layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_AGING};
