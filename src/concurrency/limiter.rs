@@ -107,12 +107,30 @@ impl State {
     }
 }
 
+/// Keeps a value on cache lines of its own: the permit word and the lock are
+/// written by every core, the settings next to them only read.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// One concurrency limiter. Every clone of a service (and, for a shared
 /// layer, every service the layer made) points to the same one.
+///
+/// Its `Padded` fields align it to 64 bytes, which also puts it on a cache
+/// line apart from its `Arc`'s reference counts (written by every clone and
+/// drop of a service, permit or waiter on any core): reading the settings
+/// then misses no cache line.
 pub(crate) struct Limiter {
     /// Free permits and the `WAITERS` bit, see [`WAITERS`].
-    permits: AtomicUsize,
-    state: Mutex<State>,
+    permits: Padded<AtomicUsize>,
+    state: Padded<Mutex<State>>,
     config: Config,
     /// `aging` in microseconds (at least 1); `None` for strict priority.
     aging_micros: Option<i64>,
@@ -156,15 +174,17 @@ pub(crate) enum Admission {
 impl Limiter {
     pub(crate) fn new(config: Config, metrics: Metrics) -> Arc<Self> {
         Arc::new_cyclic(|weak| Limiter {
-            permits: AtomicUsize::new(config.max_in_flight.min(MAX_PERMITS) * ONE),
-            state: Mutex::new(State {
+            permits: Padded(AtomicUsize::new(
+                config.max_in_flight.min(MAX_PERMITS) * ONE,
+            )),
+            state: Padded(Mutex::new(State {
                 queue: Queue::default(),
                 waits: VecDeque::new(),
                 deadlines: BTreeMap::new(),
                 timer: None,
                 timer_at: None,
                 next_seq: 0,
-            }),
+            })),
             aging_micros: config.aging.map(|a| micros(a).max(1)),
             config,
             epoch: Instant::now(),
@@ -256,14 +276,13 @@ impl Limiter {
         self.metrics.queue_depth.increment(1.0);
 
         Admission::Queued(Waiter {
-            limiter: Arc::clone(self),
+            limiter: Some(Arc::clone(self)),
             node,
             key,
             in_tail,
             enqueued: now,
             priority,
             deadline_bound,
-            done: false,
         })
     }
 
@@ -597,7 +616,9 @@ impl fmt::Debug for Permit {
 /// (the entry was removed by a releaser), the permit goes on to the next
 /// waiter, so a cancelled waiter never swallows a permit.
 pub(crate) struct Waiter {
-    limiter: Arc<Limiter>,
+    /// `None` once the wait has ended: the entry is gone and any permit it
+    /// had was taken (moved into the [`Permit`]).
+    limiter: Option<Arc<Limiter>>,
     node: Arc<Node>,
     key: Key,
     /// Where the queue put it (see [`Queue::insert`]).
@@ -606,8 +627,6 @@ pub(crate) struct Waiter {
     priority: Priority,
     /// The wait ends at the request's deadline.
     deadline_bound: bool,
-    /// The entry is gone and any permit it had was taken.
-    done: bool,
 }
 
 impl Waiter {
@@ -616,7 +635,7 @@ impl Waiter {
     /// Takes no lock unless the timer must be armed or the wait failed: the
     /// waker is registered in the waiter's node, and a grant is seen there.
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Error>> {
-        debug_assert!(!self.done, "polled after the wait ended");
+        let limiter = self.limiter.as_ref().expect("polled after the wait ended");
         let mut state = self.node.state.load(Ordering::Acquire);
         if state == WAITING {
             // Register, then look again: a grant or expiry in between either
@@ -624,8 +643,8 @@ impl Waiter {
             self.node.waker.register(cx.waker());
             state = self.node.state.load(Ordering::Acquire);
         }
-        if self.limiter.arm_pending.load(Ordering::Acquire) {
-            self.limiter.arm_from_poll();
+        if limiter.arm_pending.load(Ordering::Acquire) {
+            limiter.arm_from_poll();
             state = self.node.state.load(Ordering::Acquire);
         }
         match state {
@@ -638,11 +657,10 @@ impl Waiter {
     /// Time is up: leave the queue and say why.
     #[cold]
     fn give_up(&mut self) -> Error {
-        let limiter = &self.limiter;
+        let limiter = self.limiter.take().expect("polled after the wait ended");
         let mut guard = limiter.state.lock();
         limiter.remove_waiter(&mut guard, self);
         drop(guard);
-        self.done = true;
         limiter.metrics.queue_depth.decrement(1.0);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
@@ -663,25 +681,22 @@ impl Waiter {
         error
     }
 
+    /// The permit is ours: the limiter handle moves into it.
     fn take_grant(&mut self) -> Permit {
-        self.done = true;
-        let limiter = &self.limiter;
+        let limiter = self.limiter.take().expect("polled after the wait ended");
         limiter.metrics.admitted.increment(1);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
         limiter.metrics.stats_queue_wait(waited);
-        Permit {
-            limiter: Arc::clone(limiter),
-        }
+        Permit { limiter }
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.done {
+        let Some(limiter) = self.limiter.take() else {
             return;
-        }
-        let limiter = &self.limiter;
+        };
         let mut guard = limiter.state.lock();
         if self.node.state.load(Ordering::Relaxed) == GRANTED {
             // Granted but never observed: pass the permit on.
