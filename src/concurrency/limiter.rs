@@ -1,11 +1,11 @@
 //! The shared limiter state: free permits and the priority queue, under one
 //! lock, plus the RAII values that own a permit or a queue entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::time::{Instant, Sleep};
 
+use super::queue::{Key, Node, Queue, GRANTED, LEFT, WAITING};
 use crate::clock;
 use crate::request::{LlmRequest, Priority};
 use crate::stats::Stats;
@@ -27,10 +28,6 @@ pub(crate) struct Config {
     pub(crate) max_queue_wait: Duration,
     pub(crate) aging: Option<Duration>,
 }
-
-/// A queue position: the static ordering key, then a sequence number that
-/// breaks ties in arrival order and makes every key unique.
-type Key = (i64, u64);
 
 /// Times in ordering keys are microseconds from the limiter's creation,
 /// clamped to ±(2^53 - 1) µs (about 285 years), and so is `aging`: every key
@@ -61,13 +58,19 @@ const ONE: usize = 2;
 pub(crate) const MAX_PERMITS: usize = usize::MAX / ONE;
 
 struct State {
-    /// Waiters by position. A waiter removed by someone else has been
-    /// *granted* a permit.
-    queue: BTreeMap<Key, Slot>,
-    /// When each waiter's time runs out, by `(instant, seq)`, to its queue
-    /// key. A waiter whose time has run out is gone from here, and its
-    /// slot's `expires` is `None`.
-    expiries: BTreeMap<(Instant, u64), i64>,
+    /// Waiters by position. Every waiter in it is `WAITING` or `EXPIRED`;
+    /// one removed by a releaser has been `GRANTED` a permit.
+    queue: Queue,
+    /// The waiters whose wait ends after `max_queue_wait`, in arrival order,
+    /// which is also the order their time runs out (`now` is read under the
+    /// lock): a FIFO instead of a sorted index. Entries are removed lazily:
+    /// one whose node is no longer `WAITING` is dropped when it reaches the
+    /// front, or when dead entries outnumber live ones (so it stays within
+    /// twice the queue plus a constant).
+    waits: VecDeque<(Instant, Arc<Node>)>,
+    /// The waiters whose own deadline ends the wait, by `(deadline, seq)`:
+    /// removed eagerly, so all are `WAITING`.
+    deadlines: BTreeMap<(Instant, u64), Arc<Node>>,
     /// The one timer of this limiter, armed for the earliest expiry.
     timer: Option<Pin<Box<Sleep>>>,
     /// What `timer` is armed for.
@@ -75,21 +78,60 @@ struct State {
     next_seq: u64,
 }
 
-struct Slot {
-    /// Woken on a grant or on expiry.
-    waker: Option<Waker>,
-    /// When the wait ends; `None` once the timer has seen it end (the
-    /// waiter has *expired*: it is skipped by releases and fails when
-    /// polled).
-    expires: Option<Instant>,
+impl State {
+    /// Drops dead entries from the front of `waits`.
+    fn pop_dead_waits(&mut self) {
+        while self
+            .waits
+            .front()
+            .is_some_and(|(_, node)| !node.is_waiting())
+        {
+            self.waits.pop_front();
+        }
+    }
+
+    /// The earliest time a waiter's wait ends, if anyone waits with one.
+    fn next_expiry(&mut self) -> Option<Instant> {
+        self.pop_dead_waits();
+        let wait = self.waits.front().map(|(at, _)| *at);
+        let deadline = self.deadlines.first_key_value().map(|(k, _)| k.0);
+        match (wait, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes the waker of a waiting waiter, to hand it a duty (arm the
+    /// timer). One never polled has none yet, but will poll.
+    fn first_waiting_waker(&self) -> Option<Waker> {
+        self.queue.any_waiting().and_then(|node| node.waker.take())
+    }
+}
+
+/// Keeps a value on cache lines of its own: the permit word and the lock are
+/// written by every core, the settings next to them only read.
+#[repr(align(64))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// One concurrency limiter. Every clone of a service (and, for a shared
 /// layer, every service the layer made) points to the same one.
+///
+/// Its `Padded` fields align it to 64 bytes, which also puts it on a cache
+/// line apart from its `Arc`'s reference counts (written by every clone and
+/// drop of a service, permit or waiter on any core): reading the settings
+/// then misses no cache line.
 pub(crate) struct Limiter {
     /// Free permits and the `WAITERS` bit, see [`WAITERS`].
-    permits: AtomicUsize,
-    state: Mutex<State>,
+    permits: Padded<AtomicUsize>,
+    state: Padded<Mutex<State>>,
     config: Config,
     /// `aging` in microseconds (at least 1); `None` for strict priority.
     aging_micros: Option<i64>,
@@ -98,6 +140,11 @@ pub(crate) struct Limiter {
     metrics: Metrics,
     /// Registered with `timer`; runs [`Limiter::on_timer`].
     timer_waker: Waker,
+    /// Set (under the lock) when the timer must be armed for an earlier
+    /// expiry than it is armed for; the next waiter poll that sees it arms
+    /// the timer (from the waiter's runtime) and clears it. Polls that do
+    /// not see it take no lock.
+    arm_pending: AtomicBool,
 }
 
 /// Wakes the limiter when its timer fires.
@@ -128,40 +175,33 @@ pub(crate) enum Admission {
 impl Limiter {
     pub(crate) fn new(config: Config, metrics: Metrics) -> Arc<Self> {
         Arc::new_cyclic(|weak| Limiter {
-            permits: AtomicUsize::new(config.max_in_flight.min(MAX_PERMITS) * ONE),
-            state: Mutex::new(State {
-                queue: BTreeMap::new(),
-                expiries: BTreeMap::new(),
+            permits: Padded(AtomicUsize::new(
+                config.max_in_flight.min(MAX_PERMITS) * ONE,
+            )),
+            state: Padded(Mutex::new(State {
+                queue: Queue::default(),
+                waits: VecDeque::new(),
+                deadlines: BTreeMap::new(),
                 timer: None,
                 timer_at: None,
                 next_seq: 0,
-            }),
+            })),
             aging_micros: config.aging.map(|a| micros(a).max(1)),
             config,
             epoch: Instant::now(),
             metrics,
             timer_waker: Waker::from(Arc::new(TimerWake(weak.clone()))),
+            arm_pending: AtomicBool::new(false),
         })
     }
 
-    /// The fast path of admission: a permit if one is free and the request
-    /// is not past its deadline. One compare-and-swap, no lock, no
-    /// allocation, and a clock read only for a request with a deadline (one
-    /// shared with the layers around, see `crate::clock`). A free permit
-    /// means nobody live is waiting, so taking it barges past no one.
-    /// `None`: go through [`admit`](Self::admit).
+    /// Admits, queues or rejects a request. Never blocks; when a permit is
+    /// free, takes it with one compare-and-swap: no lock, no allocation, and
+    /// no clock read unless the request has a deadline (then one, to reject
+    /// it if it is already past, shared with the layers around: see
+    /// `crate::clock`). A free permit means nobody live is waiting, so
+    /// taking it barges past no one.
     #[inline]
-    pub(crate) fn try_admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Option<Permit> {
-        let in_time = request.deadline().is_none_or(|d| d > clock::now());
-        if in_time && self.try_acquire() {
-            Some(self.fresh_permit())
-        } else {
-            None
-        }
-    }
-
-    /// Admits, queues or rejects a request. Never blocks, never allocates
-    /// when a permit is free.
     pub(crate) fn admit<R: LlmRequest>(self: &Arc<Self>, request: &R) -> Admission {
         let deadline = request.deadline();
         if let Some(deadline) = deadline {
@@ -173,60 +213,78 @@ impl Limiter {
                 );
             }
         }
-
         if self.try_acquire() {
             return Admission::Permit(self.fresh_permit());
         }
+        self.enqueue(request.priority(), request.arrival(), deadline)
+    }
 
-        // Slow path, under the lock: try again (a permit may have been
-        // released since), else join the queue, marking it non-empty first.
-        let mut state = self.state.lock();
-        let priority = request.priority();
+    /// The slow path of admission, under the lock: tries again (a permit
+    /// may have been released since), else joins the queue, marking it
+    /// non-empty first, or is shed.
+    #[inline(never)]
+    fn enqueue(
+        self: &Arc<Self>,
+        priority: Priority,
+        arrival: Option<Instant>,
+        deadline: Option<Instant>,
+    ) -> Admission {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
         let queued = state.queue.len();
         if queued >= self.config.max_queued {
             if self.try_acquire() {
-                drop(state);
+                drop(guard);
                 return Admission::Permit(self.fresh_permit());
             }
-            drop(state);
+            drop(guard);
             return self.reject(Error::Overloaded { queued }, Reason::QueueFull, priority);
         }
         if self.acquire_or_mark_waiters() {
-            drop(state);
+            drop(guard);
             return Admission::Permit(self.fresh_permit());
         }
         let now = Instant::now();
-        let arrival = request.arrival().unwrap_or(now);
-        let order = self.order_key(priority, arrival);
-        let mut expires = now + self.config.max_queue_wait;
-        let mut deadline_bound = false;
-        if let Some(deadline) = deadline {
-            if deadline <= expires {
-                expires = deadline;
-                deadline_bound = true;
-            }
-        }
+        let order = self.order_key(priority, arrival.unwrap_or(now));
         let seq = state.next_seq;
         state.next_seq += 1;
         let key = (order, seq);
-        state.queue.insert(
-            key,
-            Slot {
-                waker: None,
-                expires: Some(expires),
-            },
-        );
-        state.expiries.insert((expires, seq), order);
-        drop(state);
+        let wait_end = now + self.config.max_queue_wait;
+        let deadline = deadline.filter(|deadline| *deadline <= wait_end);
+        let node = Arc::new(Node::new(deadline));
+        let (expires, deadline_bound) = match deadline {
+            Some(deadline) => {
+                state.deadlines.insert((deadline, seq), Arc::clone(&node));
+                (deadline, true)
+            }
+            None => {
+                // Keep `waits` in order even if the clock stepped back.
+                let expires = state
+                    .waits
+                    .back()
+                    .map_or(wait_end, |(last, _)| wait_end.max(*last));
+                if state.waits.len() >= 2 * queued + 32 {
+                    state.waits.retain(|(_, node)| node.is_waiting());
+                }
+                state.waits.push_back((expires, Arc::clone(&node)));
+                (expires, false)
+            }
+        };
+        let in_tail = state.queue.insert(key, Arc::clone(&node));
+        if state.timer_at.is_none_or(|at| expires < at) {
+            self.arm_pending.store(true, Ordering::Release);
+        }
+        drop(guard);
         self.metrics.queue_depth.increment(1.0);
 
         Admission::Queued(Waiter {
-            limiter: Arc::clone(self),
+            limiter: Some(Arc::clone(self)),
+            node,
             key,
+            in_tail,
             enqueued: now,
             priority,
             deadline_bound,
-            done: false,
         })
     }
 
@@ -271,11 +329,29 @@ impl Limiter {
         }
     }
 
-    /// Under the lock: clears the `WAITERS` bit once the queue is empty.
-    fn unmark_if_empty(&self, state: &State) {
+    /// Under the lock: clears the `WAITERS` bit (and the dead entries of
+    /// `waits`) once the queue is empty.
+    fn unmark_if_empty(&self, state: &mut State) {
         if state.queue.is_empty() {
             self.permits.fetch_and(!WAITERS, Ordering::Release);
+            state.waits.clear();
         }
+    }
+
+    /// Under the lock: removes a waiter's entry (it leaves: dropped, or
+    /// failed after expiring).
+    fn remove_waiter(&self, state: &mut State, waiter: &Waiter) {
+        let node = &*waiter.node;
+        if !state.queue.remove(waiter.key, node, waiter.in_tail) {
+            return;
+        }
+        node.state.store(LEFT, Ordering::Release);
+        if let Some(deadline) = node.deadline {
+            state.deadlines.remove(&(deadline, waiter.key.1));
+        }
+        state.queue.pop_dead_tail();
+        state.pop_dead_waits();
+        self.unmark_if_empty(state);
     }
 
     #[inline]
@@ -355,22 +431,19 @@ impl Limiter {
 
     fn release_locked(&self, mut guard: MutexGuard<'_, State>) {
         let state = &mut *guard;
-        let head = state
-            .queue
-            .iter()
-            .find(|(_, slot)| slot.expires.is_some())
-            .map(|(key, _)| *key);
-        match head.and_then(|key| state.queue.remove_entry(&key)) {
-            Some(((_, seq), slot)) => {
-                if let Some(expires) = slot.expires {
-                    state.expiries.remove(&(expires, seq));
+        // The first waiter that still waits: nearly always the head.
+        match state.queue.pop_first_waiting() {
+            Some(((_, seq), node)) => {
+                node.state.store(GRANTED, Ordering::Release);
+                if let Some(deadline) = node.deadline {
+                    state.deadlines.remove(&(deadline, seq));
                 }
+                state.queue.pop_dead_tail();
+                state.pop_dead_waits();
                 self.unmark_if_empty(state);
                 drop(guard);
                 self.metrics.queue_depth.decrement(1.0);
-                if let Some(waker) = slot.waker {
-                    waker.wake();
-                }
+                node.waker.wake();
             }
             None => {
                 // No live waiter: back to the pool (and the bit cleared if
@@ -397,35 +470,40 @@ impl Limiter {
     /// Marks every waiter whose time is up to `now` as expired (removes its
     /// expiry) and collects its waker.
     fn expire(state: &mut State, now: Instant, wakers: &mut Vec<Waker>) {
-        while let Some(entry) = state.expiries.first_entry() {
+        while state.waits.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, node)) = state.waits.pop_front() {
+                node.expire(wakers);
+            }
+        }
+        while let Some(entry) = state.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;
             }
-            let ((_, seq), order) = entry.remove_entry();
-            if let Some(slot) = state.queue.get_mut(&(order, seq)) {
-                slot.expires = None;
-                if let Some(waker) = slot.waker.take() {
-                    wakers.push(waker);
-                }
-            }
+            entry.remove().expire(wakers);
         }
     }
 
+    /// From a waiter's poll that saw `arm_pending`: arms the timer and wakes
+    /// any waiter that turned out to be due already.
+    #[cold]
+    fn arm_from_poll(&self) {
+        let mut wakers = Vec::new();
+        let mut guard = self.state.lock();
+        self.arm(&mut guard, &mut wakers);
+        drop(guard);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
     /// Arms the timer for the earliest expiry, unless it is armed for that
-    /// or earlier. Called from a waiter's `poll`, so a new `Sleep` always
-    /// belongs to the runtime that is running the waiter; an existing one is
-    /// replaced, never reset (it may belong to a runtime that is gone).
-    ///
-    /// Returns whether it expired any waiter (when a new timer was already
-    /// due).
-    fn arm(&self, state: &mut State, wakers: &mut Vec<Waker>) -> bool {
-        let mut expired = false;
-        loop {
-            let Some(&(next, _)) = state.expiries.first_key_value().map(|(k, _)| k) else {
-                return expired;
-            };
+    /// or earlier, and clears `arm_pending`. Called from a waiter's `poll`,
+    /// so a new `Sleep` always belongs to the runtime that is running the
+    /// waiter; an existing one is replaced, never reset (it may belong to a
+    /// runtime that is gone). A new timer that is already due expires the
+    /// waiters it was for (their wakers go to `wakers`).
+    fn arm(&self, state: &mut State, wakers: &mut Vec<Waker>) {
+        while let Some(next) = state.next_expiry() {
             if state.timer_at.is_some_and(|at| at <= next) {
-                return expired;
+                break;
             }
             let mut sleep = Box::pin(tokio::time::sleep_until(next));
             let mut cx = Context::from_waker(&self.timer_waker);
@@ -437,18 +515,18 @@ impl Limiter {
             if !fired {
                 state.timer = Some(sleep);
                 state.timer_at = Some(next);
-                return expired;
+                break;
             }
             state.timer = None;
             state.timer_at = None;
             Self::expire(state, Instant::now().max(next), wakers);
-            expired = true;
         }
+        self.arm_pending.store(false, Ordering::Release);
     }
 
     /// The timer fired: expire the waiters that are due and wake them. To
-    /// arm for the next expiry, wake the waiter it belongs to: it re-arms
-    /// from its own poll, in its own runtime.
+    /// arm for the next expiry, set `arm_pending` and wake a waiter: it
+    /// re-arms from its own poll, in its own runtime.
     fn on_timer(&self) {
         let mut wakers = Vec::new();
         let mut guard = self.state.lock();
@@ -456,14 +534,9 @@ impl Limiter {
         let sleep = state.timer.take();
         state.timer_at = None;
         Self::expire(state, Instant::now(), &mut wakers);
-        // Wake the first waiter that can re-arm (one never polled has no
-        // waker yet; skipping it still arms for the earliest expiry).
-        if let Some(waker) = state
-            .expiries
-            .iter()
-            .find_map(|(&(_, seq), &order)| state.queue.get(&(order, seq))?.waker.clone())
-        {
-            wakers.push(waker);
+        if state.next_expiry().is_some() {
+            self.arm_pending.store(true, Ordering::Release);
+            wakers.extend(state.first_waiting_waker());
         }
         drop(guard);
         drop(sleep);
@@ -545,52 +618,51 @@ impl fmt::Debug for Permit {
 /// (the entry was removed by a releaser), the permit goes on to the next
 /// waiter, so a cancelled waiter never swallows a permit.
 pub(crate) struct Waiter {
-    limiter: Arc<Limiter>,
+    /// `None` once the wait has ended: the entry is gone and any permit it
+    /// had was taken (moved into the [`Permit`]).
+    limiter: Option<Arc<Limiter>>,
+    node: Arc<Node>,
     key: Key,
+    /// Where the queue put it (see [`Queue::insert`]).
+    in_tail: bool,
     enqueued: Instant,
     priority: Priority,
-    /// `expires` is the request's deadline.
+    /// The wait ends at the request's deadline.
     deadline_bound: bool,
-    /// The entry is gone and any permit it had was taken.
-    done: bool,
 }
 
 impl Waiter {
     /// Waits for a permit, the queue wait, or the deadline, whichever first.
+    ///
+    /// Takes no lock unless the timer must be armed or the wait failed: the
+    /// waker is registered in the waiter's node, and a grant is seen there.
     pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Error>> {
-        debug_assert!(!self.done, "polled after the wait ended");
-        let limiter = &self.limiter;
-        let mut wakers = Vec::new();
-        let mut guard = limiter.state.lock();
-        let state = &mut *guard;
-        let Some(slot) = state.queue.get_mut(&self.key) else {
-            drop(guard);
-            return Poll::Ready(Ok(self.take_grant()));
-        };
-        if slot.expires.is_some() {
-            match &slot.waker {
-                Some(old) if old.will_wake(cx.waker()) => {}
-                _ => slot.waker = Some(cx.waker().clone()),
-            }
-            let expired_some = limiter.arm(state, &mut wakers);
-            if !expired_some
-                || state
-                    .queue
-                    .get(&self.key)
-                    .is_some_and(|slot| slot.expires.is_some())
-            {
-                drop(guard);
-                wakers.into_iter().for_each(Waker::wake);
-                return Poll::Pending;
-            }
+        let limiter = self.limiter.as_ref().expect("polled after the wait ended");
+        let mut state = self.node.state.load(Ordering::Acquire);
+        if state == WAITING {
+            // Register, then look again: a grant or expiry in between either
+            // shows in the state or wakes the waker just registered.
+            self.node.waker.register(cx.waker());
+            state = self.node.state.load(Ordering::Acquire);
         }
+        if limiter.arm_pending.load(Ordering::Acquire) {
+            limiter.arm_from_poll();
+            state = self.node.state.load(Ordering::Acquire);
+        }
+        match state {
+            WAITING => Poll::Pending,
+            GRANTED => Poll::Ready(Ok(self.take_grant())),
+            _ => Poll::Ready(Err(self.give_up())),
+        }
+    }
 
-        // Time is up.
-        state.queue.remove(&self.key);
-        limiter.unmark_if_empty(state);
+    /// Time is up: leave the queue and say why.
+    #[cold]
+    fn give_up(&mut self) -> Error {
+        let limiter = self.limiter.take().expect("polled after the wait ended");
+        let mut guard = limiter.state.lock();
+        limiter.remove_waiter(&mut guard, self);
         drop(guard);
-        wakers.into_iter().for_each(Waker::wake);
-        self.done = true;
         limiter.metrics.queue_depth.decrement(1.0);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
@@ -608,39 +680,42 @@ impl Waiter {
             ?waited,
             "queued request gave up: {error}"
         );
-        Poll::Ready(Err(error))
+        error
     }
 
+    /// The permit is ours: the limiter handle moves into it.
     fn take_grant(&mut self) -> Permit {
-        self.done = true;
-        let limiter = &self.limiter;
+        let limiter = self.limiter.take().expect("polled after the wait ended");
         limiter.metrics.admitted.increment(1);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
         limiter.metrics.stats_queue_wait(waited);
-        Permit {
-            limiter: Arc::clone(limiter),
-        }
+        Permit { limiter }
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.done {
+        let Some(limiter) = self.limiter.take() else {
+            return;
+        };
+        let mut guard = limiter.state.lock();
+        if self.node.state.load(Ordering::Relaxed) == GRANTED {
+            // Granted but never observed: pass the permit on.
+            limiter.release_locked(guard);
             return;
         }
-        let mut guard = self.limiter.state.lock();
-        let state = &mut *guard;
-        if let Some(slot) = state.queue.remove(&self.key) {
-            if let Some(expires) = slot.expires {
-                state.expiries.remove(&(expires, self.key.1));
-            }
-            self.limiter.unmark_if_empty(state);
-            drop(guard);
-            self.limiter.metrics.queue_depth.decrement(1.0);
+        limiter.remove_waiter(&mut guard, self);
+        // If this waiter was to arm the timer, hand that on.
+        let duty = if limiter.arm_pending.load(Ordering::Relaxed) {
+            guard.first_waiting_waker()
         } else {
-            // Granted but never observed: pass the permit on.
-            self.limiter.release_locked(guard);
+            None
+        };
+        drop(guard);
+        limiter.metrics.queue_depth.decrement(1.0);
+        if let Some(waker) = duty {
+            waker.wake();
         }
     }
 }

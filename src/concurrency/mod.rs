@@ -44,40 +44,54 @@
 //! # Algorithm
 //!
 //! One atomic word holds the free-permit count and a "someone may wait"
-//! bit; one [`parking_lot::Mutex`] guards the queue (a `BTreeMap` from a
-//! static ordering key plus a sequence number to the waiter's waker), an
-//! index of when each waiter's time runs out, and the limiter's one timer:
+//! bit; one [`parking_lot::Mutex`] guards the queue, an index of when each
+//! waiter's time runs out, and the limiter's one timer. Each waiter shares a
+//! small node with the limiter (its state and an `AtomicWaker`), so its own
+//! polls take no lock:
 //!
 //! - **Fast path.** If a permit is free (which implies nobody live waits),
 //!   `call` takes it with one compare-and-swap: no lock, no queue entry, no
-//!   timer, no clock read, no allocation. While nobody waits, a released
-//!   permit goes back with one compare-and-swap too.
-//! - **Queueing.** Otherwise the request gets an entry at once (so its place
-//!   is fixed by when `call` happened), or is shed if the queue is full. The
-//!   entry is owned by the response future.
+//!   timer, no allocation, and no clock read unless the request has a
+//!   deadline (then one, to reject it if it is already past). While nobody
+//!   waits, a released permit goes back with one compare-and-swap too.
+//! - **Queueing.** Otherwise the request gets an entry at once, under the
+//!   lock (so its place is fixed by when `call` happened), or is shed if the
+//!   queue is full. The entry is owned by the response future. Its polls
+//!   register the waker in the node and read the node's state, without the
+//!   lock.
 //! - **Hand-off.** The bit is set under the lock before a waiter's entry is
 //!   inserted and cleared once the queue is empty; a release that sees it
 //!   takes the lock. A released permit is never put back while someone waits:
-//!   it goes straight to the head of the queue, whose entry is removed and
-//!   whose waker (and only that one) is woken. No newcomer can barge in
-//!   between, and exactly one waiter is woken per freed permit. A waiter
-//!   whose time has run out (but that has not run yet to see it) is skipped:
-//!   the permit goes to the next one instead of to a request about to fail.
-//! - **One timer per limiter.** Queue waits and deadlines are kept in a
-//!   sorted index, and a single `tokio::time::Sleep` is armed for the
-//!   earliest. When it fires, the waiters that are due are woken (they fail
-//!   with `QueueTimeout` or `DeadlineExceeded`) and the timer is re-armed for
-//!   the next one. Compared with a `Sleep` per waiter this saves an
-//!   allocation and two timer-wheel operations per queued request, and about
-//!   a quarter of its memory (about 190 bytes a queued request beyond the
-//!   request itself, measured in `benches/concurrency.rs`). The `Sleep` is always created from a waiter's
+//!   it goes straight to the head of the queue, whose entry is removed, whose
+//!   node is marked granted and whose waker (and only that one) is woken. No
+//!   newcomer can barge in between, and exactly one waiter is woken per freed
+//!   permit. A waiter whose time has run out (but that has not run yet to see
+//!   it) is skipped: the permit goes to the next one instead of to a request
+//!   about to fail. The woken waiter finds the grant in its node, lock-free.
+//! - **One timer per limiter.** Waits bounded by `max_queue_wait` end in
+//!   arrival order, so they are kept in a FIFO; waits bounded by a request's
+//!   own deadline in a sorted index. A single `tokio::time::Sleep` is armed
+//!   for the earliest, from a waiter's poll, and only when an earlier expiry
+//!   appears (a flag tells the next poll to take the lock and arm it). When
+//!   it fires, the waiters that are due are woken (they fail with
+//!   `QueueTimeout` or `DeadlineExceeded`) and one waiter re-arms it for the
+//!   next. Compared with a `Sleep` per waiter this saves an allocation and
+//!   two timer-wheel operations per queued request, and memory: about 215
+//!   bytes a queued request beyond the request itself, measured in
+//!   `benches/concurrency.rs`. The `Sleep` is always created from a waiter's
 //!   poll, so it belongs to the runtime that runs the waiters.
 //!
-//! A sorted map (`O(log n)` insert, removal on cancel and pop) was chosen
-//! over a linked list of waiters (tokio's semaphore) because the queue is
-//! ordered by priority, not only by arrival, and over a heap because a
-//! cancelled waiter must be removed from the middle at once: a bounded queue
-//! must not fill with dead entries.
+//! The queue is a sorted map (`BTreeMap`: `O(log n)` insert, removal on
+//! cancel and pop) plus a sorted `VecDeque` tail that takes every key larger
+//! than all queued keys, which is nearly every key when requests share one
+//! priority; the head is the smaller of the two heads. So FIFO traffic
+//! queues and dequeues in `O(1)`, and mixed priorities are never worse than
+//! the map alone. An ordered structure was chosen over a linked list of
+//! waiters (tokio's semaphore) because the queue is ordered by priority, not
+//! only by arrival, and over a heap because a cancelled waiter must leave the
+//! middle at once: a bounded queue must not fill with dead entries (the tail
+//! removes lazily but counts exactly, and compacts when dead entries
+//! outnumber live ones).
 //!
 //! # Fairness and aging
 //!
@@ -199,6 +213,7 @@
 pub mod future;
 mod layer;
 pub(crate) mod limiter;
+mod queue;
 mod service;
 
 pub use layer::{ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, DEFAULT_AGING};

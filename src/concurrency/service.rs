@@ -126,12 +126,6 @@ where
             Readiness::Unknown => false,
             Readiness::Failed(error) => return ResponseFuture::failed(error),
         };
-        if let Some(permit) = self.limiter.try_admit(&request) {
-            if ready {
-                return ResponseFuture::called(self.inner.call(request), permit);
-            }
-            return ResponseFuture::admitted(self.inner.clone(), request, permit);
-        }
         match self.limiter.admit(&request) {
             Admission::Permit(permit) if ready => {
                 ResponseFuture::called(self.inner.call(request), permit)

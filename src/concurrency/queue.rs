@@ -1,0 +1,255 @@
+//! The waiters' queue: a sorted map plus an append-only tail.
+//!
+//! Waiters are served in key order (see `Limiter::order_key`). Most new keys
+//! are larger than every key already queued (one priority, arrival = now:
+//! FIFO), and most grants take the smallest. A `BTreeMap` pays `O(log n)`
+//! with a full node scan per level for exactly that case, so a key larger
+//! than every queued key is appended to `tail`, a `VecDeque` that therefore
+//! stays sorted; any other key (a higher priority, an older arrival) goes to
+//! `sorted`. The queue is the merge of the two: its head is the smaller of
+//! their heads. Single-priority traffic then queues and dequeues in `O(1)`;
+//! mixed traffic is never worse than the map alone.
+//!
+//! Tail entries leave lazily: one granted or gone is marked in its node
+//! (`GRANTED`/`LEFT`), counted out of `tail_live`, and dropped when it
+//! reaches the front, or when dead entries outnumber live ones at an insert
+//! (so the tail never holds more than twice the queue's peak length plus a
+//! constant, and `max_queued` bounds that).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use futures_util::task::AtomicWaker;
+use tokio::time::Instant;
+
+/// A queue position: the static ordering key, then a sequence number that
+/// breaks ties in arrival order and makes every key unique.
+pub(super) type Key = (i64, u64);
+
+/// What a waiter shares with the limiter: its state and its waker, both
+/// readable without the lock, so a waiter's polls (the first, which
+/// registers the waker, and the one that finds the permit) take no lock.
+/// The state changes only under the limiter's lock.
+pub(super) struct Node {
+    pub(super) state: AtomicU8,
+    pub(super) waker: AtomicWaker,
+    /// The request's deadline, if it (not `max_queue_wait`) ends the wait:
+    /// the node is then in the limiter's `deadlines` index.
+    pub(super) deadline: Option<Instant>,
+}
+
+/// In the queue, waiting.
+pub(super) const WAITING: u8 = 0;
+/// Removed from the queue by a releaser: the permit is the waiter's.
+pub(super) const GRANTED: u8 = 1;
+/// The timer saw its time run out: still queued, skipped by releases, fails
+/// when polled.
+pub(super) const EXPIRED: u8 = 2;
+/// Removed from the queue by its own waiter (dropped or failed).
+pub(super) const LEFT: u8 = 3;
+
+impl Node {
+    pub(super) fn new(deadline: Option<Instant>) -> Self {
+        Node {
+            state: AtomicU8::new(WAITING),
+            waker: AtomicWaker::new(),
+            deadline,
+        }
+    }
+
+    /// Under the lock: whether it still waits (not granted, expired or gone).
+    pub(super) fn is_waiting(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == WAITING
+    }
+
+    /// Under the lock: marks it expired and takes its waker, if it waits.
+    pub(super) fn expire(&self, wakers: &mut Vec<std::task::Waker>) {
+        if self.is_waiting() {
+            self.state.store(EXPIRED, Ordering::Release);
+            wakers.extend(self.waker.take());
+        }
+    }
+
+    /// Under the lock: whether it is still queued (waiting or expired).
+    fn is_queued(&self) -> bool {
+        matches!(self.state.load(Ordering::Relaxed), WAITING | EXPIRED)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Queue {
+    sorted: BTreeMap<Key, Arc<Node>>,
+    /// Sorted by key; every key larger than every key in `sorted` was at
+    /// the time it was appended.
+    tail: VecDeque<(Key, Arc<Node>)>,
+    /// Queued (not dead) entries of `tail`.
+    tail_live: usize,
+}
+
+impl Queue {
+    /// Waiters queued (waiting or expired).
+    pub(super) fn len(&self) -> usize {
+        self.sorted.len() + self.tail_live
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a node under `key`; returns whether it went to the tail (the
+    /// waiter passes that back to [`remove`](Self::remove)).
+    pub(super) fn insert(&mut self, key: Key, node: Arc<Node>) -> bool {
+        let after_sorted = self.sorted.last_key_value().is_none_or(|(k, _)| key > *k);
+        let after_tail = self.tail.back().is_none_or(|(k, _)| key > *k);
+        if after_sorted && after_tail {
+            if self.tail.len() >= 2 * self.tail_live + 32 {
+                self.tail.retain(|(_, node)| node.is_queued());
+            }
+            self.tail.push_back((key, node));
+            self.tail_live += 1;
+            true
+        } else {
+            self.sorted.insert(key, node);
+            false
+        }
+    }
+
+    /// Takes a queued waiter out (it leaves); the caller marks its node
+    /// `LEFT` right after. Returns whether it was queued.
+    pub(super) fn remove(&mut self, key: Key, node: &Node, in_tail: bool) -> bool {
+        if in_tail {
+            if !node.is_queued() {
+                return false;
+            }
+            self.tail_live -= 1;
+            true
+        } else {
+            self.sorted.remove(&key).is_some()
+        }
+    }
+
+    /// Takes the first waiter that still waits (skipping expired ones) out of
+    /// the queue; the caller marks its node `GRANTED` right after.
+    pub(super) fn pop_first_waiting(&mut self) -> Option<(Key, Arc<Node>)> {
+        self.pop_dead_tail();
+        let in_sorted = self
+            .sorted
+            .iter()
+            .find(|(_, node)| node.is_waiting())
+            .map(|(key, _)| *key);
+        let in_tail = self
+            .tail
+            .iter()
+            .position(|(_, node)| node.is_waiting())
+            .map(|at| (at, self.tail[at].0));
+        match (in_sorted, in_tail) {
+            (Some(key), Some((_, tail_key))) if key < tail_key => self.sorted.remove_entry(&key),
+            (Some(key), None) => self.sorted.remove_entry(&key),
+            (_, Some((at, key))) => {
+                self.tail_live -= 1;
+                let node = if at == 0 {
+                    self.tail.pop_front().map(|(_, node)| node)
+                } else {
+                    Some(Arc::clone(&self.tail[at].1))
+                };
+                node.map(|node| (key, node))
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The first node that still waits, in no particular order (any can
+    /// take a duty such as arming the timer).
+    pub(super) fn any_waiting(&self) -> Option<&Arc<Node>> {
+        self.tail
+            .iter()
+            .map(|(_, node)| node)
+            .chain(self.sorted.values())
+            .find(|node| node.is_waiting())
+    }
+
+    /// Drops dead entries from the front of the tail, and all of it once
+    /// nothing is queued.
+    pub(super) fn pop_dead_tail(&mut self) {
+        if self.tail_live == 0 {
+            self.tail.clear();
+            return;
+        }
+        while self.tail.front().is_some_and(|(_, node)| !node.is_queued()) {
+            self.tail.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random inserts (mostly increasing keys, some smaller), grants, leaves
+    /// and expiries against a `BTreeMap` model: the queue serves the same
+    /// waiter first every time and counts the same length.
+    #[test]
+    fn serves_in_key_order_like_a_sorted_map() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..50 {
+            let mut queue = Queue::default();
+            // key -> (node, in_tail)
+            let mut model: BTreeMap<Key, (Arc<Node>, bool)> = BTreeMap::new();
+            let mut seq = 0u64;
+            let mut clock = 0i64;
+            let mut peak = 0;
+            for _ in 0..400 {
+                match rng.u8(0..10) {
+                    0..=4 => {
+                        clock += rng.i64(0..3);
+                        let order = if rng.u8(0..4) == 0 {
+                            clock - rng.i64(0..50)
+                        } else {
+                            clock
+                        };
+                        let key = (order, seq);
+                        seq += 1;
+                        let node = Arc::new(Node::new(None));
+                        let in_tail = queue.insert(key, Arc::clone(&node));
+                        model.insert(key, (node, in_tail));
+                    }
+                    5..=6 => {
+                        let expected = model
+                            .iter()
+                            .find(|(_, (node, _))| node.is_waiting())
+                            .map(|(key, _)| *key);
+                        let got = queue.pop_first_waiting().map(|(key, node)| {
+                            node.state.store(GRANTED, Ordering::Relaxed);
+                            key
+                        });
+                        assert_eq!(got, expected);
+                        if let Some(key) = got {
+                            model.remove(&key);
+                        }
+                        queue.pop_dead_tail();
+                    }
+                    7 => {
+                        let pick = model.keys().nth(rng.usize(0..model.len().max(1)));
+                        if let Some(key) = pick.copied() {
+                            let (node, in_tail) = model.remove(&key).unwrap();
+                            assert!(queue.remove(key, &node, in_tail));
+                            node.state.store(LEFT, Ordering::Relaxed);
+                            queue.pop_dead_tail();
+                        }
+                    }
+                    _ => {
+                        let pick = model.values().nth(rng.usize(0..model.len().max(1)));
+                        if let Some((node, _)) = pick {
+                            node.expire(&mut Vec::new());
+                        }
+                    }
+                }
+                assert_eq!(queue.len(), model.len());
+                // Dead tail entries are bounded by the queue's peak length.
+                peak = peak.max(model.len());
+                assert!(queue.tail.len() <= 2 * peak + 33);
+            }
+        }
+    }
+}
