@@ -1,6 +1,7 @@
 //! The budgets of one scope (a partition, or the global budget).
 
 use std::fmt;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -145,17 +146,17 @@ impl Demand {
 
 /// The limits of one scope: a window length and up to six budgets.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(C)] // the mask and the first budgets in one cache line
+#[repr(C)] // the mask and the first budgets side by side (the window is cold)
 pub struct Limits {
     /// Bit `budget.index()` set when `budget` is.
     mask: u8,
-    window: Duration,
     /// Per budget: its limit (0 where unset) and the sliding interval it is
     /// counted over in nanoseconds (the window, or the burst interval
     /// `window * burst / limit`, rounded up). Side by side, so an admission
     /// reads one place per budget; the whole value is small enough that
     /// every partition keeps a copy.
     budgets: [(u64, u64); 6],
+    window: Duration,
 }
 
 impl Limits {
@@ -273,6 +274,114 @@ impl Limits {
     }
 }
 
+/// Words of one [`Limits`] in a [`LimitsCell`]: mask, six (limit, span)
+/// pairs, window seconds, window nanoseconds.
+const WORDS: usize = 15;
+
+/// The partition and global limits, readable without a lock (a sequence
+/// lock over atomic words).
+///
+/// Every admission reads the limits. A lock (even a read lock: two atomic
+/// read-modify-writes on one shared line) costs more than the admission's own
+/// work, and a copy per partition costs a cache miss per keyed admission in a
+/// large map; this one copy stays in every core's cache while the limits do
+/// not change. Writers are serialized by the caller (the limiter's write
+/// lock); a reader that overlaps a write sees an odd or changed sequence and
+/// reports `None`, and the caller takes the lock instead.
+pub(crate) struct LimitsCell {
+    seq: AtomicU64,
+    limits: [AtomicU64; WORDS],
+    /// Whether global limits are set (0 or 1), then their words.
+    has_global: AtomicU64,
+    global: [AtomicU64; WORDS],
+}
+
+impl LimitsCell {
+    pub(crate) fn new(limits: &Limits, global: Option<&Limits>) -> Self {
+        let cell = LimitsCell {
+            seq: AtomicU64::new(0),
+            limits: std::array::from_fn(|_| AtomicU64::new(0)),
+            has_global: AtomicU64::new(0),
+            global: std::array::from_fn(|_| AtomicU64::new(0)),
+        };
+        cell.write(limits, global);
+        cell
+    }
+
+    /// Publishes new limits. Callers must not write concurrently (hold the
+    /// limiter's write lock).
+    pub(crate) fn write(&self, limits: &Limits, global: Option<&Limits>) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        // Odd: a write is under way.
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        store_words(&self.limits, limits.to_words());
+        self.has_global
+            .store(u64::from(global.is_some()), Ordering::Relaxed);
+        if let Some(global) = global {
+            store_words(&self.global, global.to_words());
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The limits, or `None` while a write is under way.
+    #[inline]
+    pub(crate) fn read(&self) -> Option<(Limits, Option<Limits>)> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 == 1 {
+            return None;
+        }
+        let limits = load_words(&self.limits);
+        let global =
+            (self.has_global.load(Ordering::Relaxed) == 1).then(|| load_words(&self.global));
+        fence(Ordering::Acquire);
+        if self.seq.load(Ordering::Relaxed) != seq {
+            return None;
+        }
+        Some((
+            Limits::from_words(&limits),
+            global.map(|g| Limits::from_words(&g)),
+        ))
+    }
+}
+
+fn store_words(cells: &[AtomicU64; WORDS], words: [u64; WORDS]) {
+    for (cell, word) in cells.iter().zip(words) {
+        cell.store(word, Ordering::Relaxed);
+    }
+}
+
+#[inline(always)]
+fn load_words(cells: &[AtomicU64; WORDS]) -> [u64; WORDS] {
+    std::array::from_fn(|i| cells[i].load(Ordering::Relaxed))
+}
+
+impl Limits {
+    fn to_words(self) -> [u64; WORDS] {
+        let mut words = [0; WORDS];
+        words[0] = u64::from(self.mask);
+        for (i, (limit, span)) in self.budgets.into_iter().enumerate() {
+            words[1 + 2 * i] = limit;
+            words[2 + 2 * i] = span;
+        }
+        words[13] = self.window.as_secs();
+        words[14] = u64::from(self.window.subsec_nanos());
+        words
+    }
+
+    #[inline(always)]
+    fn from_words(words: &[u64; WORDS]) -> Self {
+        Limits {
+            // Written from a u8 by `to_words`; a torn read is discarded.
+            mask: words[0] as u8,
+            budgets: std::array::from_fn(|i| (words[1 + 2 * i], words[2 + 2 * i])),
+            // `subsec_nanos` is below 10^9, so this cannot carry (a torn
+            // read is discarded before it is used).
+            window: Duration::new(words[13], (words[14] % 1_000_000_000) as u32),
+        }
+    }
+}
+
 /// A duration in whole nanoseconds, saturating (settings are capped far
 /// below the 584 years a `u64` holds).
 pub(crate) fn duration_nanos(d: Duration) -> u64 {
@@ -310,6 +419,22 @@ mod tests {
             Duration::from_nanos(8_571_428_572)
         );
         assert_eq!(limits.span(Budget::Requests), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn limits_cell_round_trips_both_scopes() {
+        let mut limits = Limits::new(Duration::new(60, 123_456_789));
+        limits.set(Budget::Requests, Some(60));
+        limits.set(Budget::RequestBurst, Some(5));
+        limits.set(Budget::OutputTokens, Some(u64::MAX));
+        let mut global = Limits::new(Duration::from_secs(60));
+        global.set(Budget::Tokens, Some(1_000));
+        let cell = LimitsCell::new(&limits, None);
+        assert_eq!(cell.read(), Some((limits, None)));
+        cell.write(&limits, Some(&global));
+        assert_eq!(cell.read(), Some((limits, Some(global))));
+        cell.write(&global, None);
+        assert_eq!(cell.read(), Some((global, None)));
     }
 
     #[test]
