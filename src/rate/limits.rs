@@ -438,6 +438,44 @@ mod tests {
     }
 
     #[test]
+    fn limits_cell_readers_never_see_a_torn_write() {
+        // One writer flips between two sets; readers must see one of them
+        // whole (or `None`), never a mix.
+        let mut a = Limits::new(Duration::from_secs(60));
+        a.set(Budget::Requests, Some(1));
+        a.set(Budget::Tokens, Some(1));
+        let mut b = Limits::new(Duration::from_secs(1));
+        b.set(Budget::Requests, Some(u64::MAX));
+        b.set(Budget::InputTokens, Some(u64::MAX));
+        let cell = LimitsCell::new(&a, None);
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for _ in 0..20_000 {
+                        match cell.read() {
+                            Some((l, None)) => assert!(l == a || l == b, "torn: {l:?}"),
+                            Some((l, Some(g))) => {
+                                assert!(l == b && g == a, "torn: {l:?} {g:?}")
+                            }
+                            None => {}
+                        }
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            for i in 0..20_000 {
+                match i % 3 {
+                    0 => cell.write(&a, None),
+                    1 => cell.write(&b, None),
+                    _ => cell.write(&b, Some(&a)),
+                }
+            }
+        });
+        assert_eq!(seen.load(Ordering::Relaxed), 40_000);
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let mut limits = Limits::new(Duration::from_secs(60));
         limits.set(Budget::TokenBurst, Some(10));

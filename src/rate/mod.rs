@@ -80,9 +80,15 @@
 //! of them atomically (under the partition lock, then the global one).
 //!
 //! An admission that fits reads the clock once and takes only those locks:
-//! each partition keeps a copy of the limits, tagged with a generation that
-//! [`RateLimitHandle::set_limit`] bumps, so the limits' own lock is taken
-//! only after a change. Requests without a key touch no reference count.
+//! the limits are read from one lock-free copy (a sequence lock that
+//! [`RateLimitHandle::set_limit`] publishes to), so the limits' own lock is
+//! taken only while a change is being published. Requests without a key
+//! touch no partition map and no partition reference count.
+//!
+//! The clock is read even when the request carries its
+//! [`arrival`](crate::LlmRequest::arrival): an entry stamped earlier than the
+//! instant it was admitted would leave the window early, and an interval of
+//! length W could then hold more than the limit.
 //!
 //! Before the call only the estimate is known, so it is charged to every
 //! token budget (it bounds input, output and total alike).
