@@ -1,7 +1,6 @@
 //! The budgets of one scope (a partition, or the global budget).
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -274,114 +273,6 @@ impl Limits {
     }
 }
 
-/// Words of one [`Limits`] in a [`LimitsCell`]: mask, six (limit, span)
-/// pairs, window seconds, window nanoseconds.
-const WORDS: usize = 15;
-
-/// The partition and global limits, readable without a lock (a sequence
-/// lock over atomic words).
-///
-/// Every admission reads the limits. A lock (even a read lock: two atomic
-/// read-modify-writes on one shared line) costs more than the admission's own
-/// work, and a copy per partition costs a cache miss per keyed admission in a
-/// large map; this one copy stays in every core's cache while the limits do
-/// not change. Writers are serialized by the caller (the limiter's write
-/// lock); a reader that overlaps a write sees an odd or changed sequence and
-/// reports `None`, and the caller takes the lock instead.
-pub(crate) struct LimitsCell {
-    seq: AtomicU64,
-    limits: [AtomicU64; WORDS],
-    /// Whether global limits are set (0 or 1), then their words.
-    has_global: AtomicU64,
-    global: [AtomicU64; WORDS],
-}
-
-impl LimitsCell {
-    pub(crate) fn new(limits: &Limits, global: Option<&Limits>) -> Self {
-        let cell = LimitsCell {
-            seq: AtomicU64::new(0),
-            limits: std::array::from_fn(|_| AtomicU64::new(0)),
-            has_global: AtomicU64::new(0),
-            global: std::array::from_fn(|_| AtomicU64::new(0)),
-        };
-        cell.write(limits, global);
-        cell
-    }
-
-    /// Publishes new limits. Callers must not write concurrently (hold the
-    /// limiter's write lock).
-    pub(crate) fn write(&self, limits: &Limits, global: Option<&Limits>) {
-        let seq = self.seq.load(Ordering::Relaxed);
-        // Odd: a write is under way.
-        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        store_words(&self.limits, limits.to_words());
-        self.has_global
-            .store(u64::from(global.is_some()), Ordering::Relaxed);
-        if let Some(global) = global {
-            store_words(&self.global, global.to_words());
-        }
-        self.seq.store(seq.wrapping_add(2), Ordering::Release);
-    }
-
-    /// The limits, or `None` while a write is under way.
-    #[inline]
-    pub(crate) fn read(&self) -> Option<(Limits, Option<Limits>)> {
-        let seq = self.seq.load(Ordering::Acquire);
-        if seq & 1 == 1 {
-            return None;
-        }
-        let limits = load_words(&self.limits);
-        let global =
-            (self.has_global.load(Ordering::Relaxed) == 1).then(|| load_words(&self.global));
-        fence(Ordering::Acquire);
-        if self.seq.load(Ordering::Relaxed) != seq {
-            return None;
-        }
-        Some((
-            Limits::from_words(&limits),
-            global.map(|g| Limits::from_words(&g)),
-        ))
-    }
-}
-
-fn store_words(cells: &[AtomicU64; WORDS], words: [u64; WORDS]) {
-    for (cell, word) in cells.iter().zip(words) {
-        cell.store(word, Ordering::Relaxed);
-    }
-}
-
-#[inline(always)]
-fn load_words(cells: &[AtomicU64; WORDS]) -> [u64; WORDS] {
-    std::array::from_fn(|i| cells[i].load(Ordering::Relaxed))
-}
-
-impl Limits {
-    fn to_words(self) -> [u64; WORDS] {
-        let mut words = [0; WORDS];
-        words[0] = u64::from(self.mask);
-        for (i, (limit, span)) in self.budgets.into_iter().enumerate() {
-            words[1 + 2 * i] = limit;
-            words[2 + 2 * i] = span;
-        }
-        words[13] = self.window.as_secs();
-        words[14] = u64::from(self.window.subsec_nanos());
-        words
-    }
-
-    #[inline(always)]
-    fn from_words(words: &[u64; WORDS]) -> Self {
-        Limits {
-            // Written from a u8 by `to_words`; a torn read is discarded.
-            mask: words[0] as u8,
-            budgets: std::array::from_fn(|i| (words[1 + 2 * i], words[2 + 2 * i])),
-            // `subsec_nanos` is below 10^9, so this cannot carry (a torn
-            // read is discarded before it is used).
-            window: Duration::new(words[13], (words[14] % 1_000_000_000) as u32),
-        }
-    }
-}
-
 /// A duration in whole nanoseconds, saturating (settings are capped far
 /// below the 584 years a `u64` holds).
 pub(crate) fn duration_nanos(d: Duration) -> u64 {
@@ -419,60 +310,6 @@ mod tests {
             Duration::from_nanos(8_571_428_572)
         );
         assert_eq!(limits.span(Budget::Requests), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn limits_cell_round_trips_both_scopes() {
-        let mut limits = Limits::new(Duration::new(60, 123_456_789));
-        limits.set(Budget::Requests, Some(60));
-        limits.set(Budget::RequestBurst, Some(5));
-        limits.set(Budget::OutputTokens, Some(u64::MAX));
-        let mut global = Limits::new(Duration::from_secs(60));
-        global.set(Budget::Tokens, Some(1_000));
-        let cell = LimitsCell::new(&limits, None);
-        assert_eq!(cell.read(), Some((limits, None)));
-        cell.write(&limits, Some(&global));
-        assert_eq!(cell.read(), Some((limits, Some(global))));
-        cell.write(&global, None);
-        assert_eq!(cell.read(), Some((global, None)));
-    }
-
-    #[test]
-    fn limits_cell_readers_never_see_a_torn_write() {
-        // One writer flips between two sets; readers must see one of them
-        // whole (or `None`), never a mix.
-        let mut a = Limits::new(Duration::from_secs(60));
-        a.set(Budget::Requests, Some(1));
-        a.set(Budget::Tokens, Some(1));
-        let mut b = Limits::new(Duration::from_secs(1));
-        b.set(Budget::Requests, Some(u64::MAX));
-        b.set(Budget::InputTokens, Some(u64::MAX));
-        let cell = LimitsCell::new(&a, None);
-        let seen = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            for _ in 0..2 {
-                scope.spawn(|| {
-                    for _ in 0..20_000 {
-                        match cell.read() {
-                            Some((l, None)) => assert!(l == a || l == b, "torn: {l:?}"),
-                            Some((l, Some(g))) => {
-                                assert!(l == b && g == a, "torn: {l:?} {g:?}")
-                            }
-                            None => {}
-                        }
-                        seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                });
-            }
-            for i in 0..20_000 {
-                match i % 3 {
-                    0 => cell.write(&a, None),
-                    1 => cell.write(&b, None),
-                    _ => cell.write(&b, Some(&a)),
-                }
-            }
-        });
-        assert_eq!(seen.load(Ordering::Relaxed), 40_000);
     }
 
     #[test]

@@ -80,10 +80,9 @@
 //! of them atomically (under the partition lock, then the global one).
 //!
 //! An admission that fits reads the clock once and takes only those locks:
-//! the limits are read from one lock-free copy (a sequence lock that
-//! [`RateLimitHandle::set_limit`] publishes to), so the limits' own lock is
-//! taken only while a change is being published. Requests without a key
-//! touch no partition map and no partition reference count.
+//! each partition keeps a copy of the limits, tagged with a generation that
+//! [`RateLimitHandle::set_limit`] bumps, so the limits' own lock is taken
+//! only after a change. Requests without a key touch no reference count.
 //!
 //! The clock is read even when the request carries its
 //! [`arrival`](crate::LlmRequest::arrival): an entry stamped earlier than the

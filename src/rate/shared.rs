@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::handle::{Control, RateStats};
-use super::limits::{Budget, Demand, Limits, LimitsCell};
+use super::limits::{Budget, Demand, Limits};
 use super::store::{RateStore, WindowState};
 use super::window::Verdict;
 use crate::classify::{Classification, Outcome};
@@ -40,8 +40,8 @@ struct Entry {
 ///
 /// Laid out for a keyed admission, which finds the slot cold in a large
 /// map: the `Arc`'s counts, `metrics`, the lock, the queue's length and
-/// `admitted` share the first cache line; the window's header and first
-/// logs come right after.
+/// `admitted` share the first cache line; the cached limits' hot half the
+/// second; the window's header and first logs the next two.
 #[repr(C)]
 pub(crate) struct Slot<W> {
     /// The slot's own metric handles, with a `partition` label (only with
@@ -59,9 +59,25 @@ pub(crate) struct SlotState<W> {
     /// Requests admitted here, counted under the lock held anyway rather
     /// than in one atomic all admissions contend on.
     admitted: u64,
+    /// A copy of this scope's limits (for the global slot: the global
+    /// limits) as of limits generation `generation`, so an admission reads
+    /// them under the lock it holds anyway instead of taking the limits lock.
+    cached: CachedLimits,
     pub(crate) window: W,
     expiries: BTreeSet<(Instant, WaitKey)>,
 }
+
+/// A scope's copy of the limits. `generation == STALE` means never filled.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct CachedLimits {
+    generation: u64,
+    /// For a partition slot: whether global limits are set.
+    global: bool,
+    limits: Option<Limits>,
+}
+
+const STALE: u64 = u64::MAX;
 
 impl<W> Slot<W> {
     fn new(window: W, metrics: Option<Box<Metrics>>, retired: &Arc<AtomicU64>) -> Self {
@@ -72,6 +88,11 @@ impl<W> Slot<W> {
                 window,
                 queue: BTreeMap::new(),
                 expiries: BTreeSet::new(),
+                cached: CachedLimits {
+                    generation: STALE,
+                    global: false,
+                    limits: None,
+                },
                 admitted: 0,
             }),
         }
@@ -242,11 +263,11 @@ pub(crate) struct Settings {
 pub(crate) struct Shared<C, St: RateStore> {
     pub(crate) store: St,
     pub(crate) classifier: C,
-    /// The partition limits and the global ones, read together. Writers
-    /// hold it while they publish to `cell` too.
+    /// The partition limits and the global ones, read together.
     limits: RwLock<(Limits, Option<Limits>)>,
-    /// The same limits, read by admissions without a lock.
-    cell: LimitsCell,
+    /// Bumped (under the write lock) on every change of `limits`; slots
+    /// keep a copy tagged with the generation it was taken at.
+    generation: AtomicU64,
     partitions: Partitions<Slot<St::Window>>,
     global: Slot<St::Window>,
     max_wait: Duration,
@@ -326,7 +347,7 @@ impl<C, St: RateStore> Shared<C, St> {
             store,
             classifier,
             limits: RwLock::new((settings.limits, settings.global)),
-            cell: LimitsCell::new(&settings.limits, settings.global.as_ref()),
+            generation: AtomicU64::new(0),
             partitions,
             global,
             max_wait: settings.max_wait,
@@ -389,24 +410,70 @@ impl<C, St: RateStore> Shared<C, St> {
 
     /// Admits `demand` if both scopes have room, atomically.
     ///
-    /// Reads the limits from the lock-free cell (the limits lock only while
-    /// a change is being published).
-    #[inline]
+    /// Reads the limits from the copies the slots keep when those are
+    /// current (no limits lock taken), else from the limits lock, refreshing
+    /// the copies.
     fn attempt(
         &self,
         state: &mut SlotState<St::Window>,
         demand: &Demand,
         now: Instant,
     ) -> Attempt<St::Ticket> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if state.cached.generation == generation {
+            if let Some(limits) = &state.cached.limits {
+                if !state.cached.global {
+                    return match self
+                        .store
+                        .try_reserve(&mut state.window, demand, limits, now)
+                    {
+                        Ok(part) => Attempt::Admitted { part, global: None },
+                        Err(verdict) => Attempt::refused(verdict, now),
+                    };
+                }
+                // Lock order: partition, then global.
+                let mut guard = self.global.state.lock();
+                let g = &mut *guard;
+                if g.cached.generation == generation {
+                    if let Some(global) = &g.cached.limits {
+                        return self.attempt_both(
+                            &mut state.window,
+                            &mut g.window,
+                            demand,
+                            (limits, global),
+                            now,
+                        );
+                    }
+                }
+            }
+        }
+        self.attempt_locked(state, demand, now)
+    }
+
+    /// [`attempt`](Self::attempt) under the limits lock; refreshes the
+    /// slots' copies of the limits.
+    #[cold]
+    fn attempt_locked(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
         // Lock order: partition (held by the caller), limits (read), global.
-        let (limits, global) = match self.cell.read() {
-            Some(both) => both,
-            None => *self.limits.read(),
+        let guard = self.limits.read();
+        // Stable while the read lock is held: writers bump it under the
+        // write lock.
+        let generation = self.generation.load(Ordering::Acquire);
+        state.cached = CachedLimits {
+            generation,
+            limits: Some(guard.0),
+            global: guard.1.is_some(),
         };
-        match global {
+        let (limits, global_limits) = &*guard;
+        match global_limits {
             None => match self
                 .store
-                .try_reserve(&mut state.window, demand, &limits, now)
+                .try_reserve(&mut state.window, demand, limits, now)
             {
                 Ok(part) => Attempt::Admitted { part, global: None },
                 Err(verdict) => Attempt::refused(verdict, now),
@@ -414,11 +481,16 @@ impl<C, St: RateStore> Shared<C, St> {
             Some(global) => {
                 // Lock order: partition, then global.
                 let mut g = self.global.state.lock();
+                g.cached = CachedLimits {
+                    generation,
+                    limits: Some(*global),
+                    global: false,
+                };
                 self.attempt_both(
                     &mut state.window,
                     &mut g.window,
                     demand,
-                    (&limits, &global),
+                    (limits, global),
                     now,
                 )
             }
@@ -845,14 +917,14 @@ where
             next.set(budget, value);
             next.validate(true)?;
             current.1 = (!next.is_empty()).then_some(next);
-            self.cell.write(&current.0, current.1.as_ref());
+            self.generation.fetch_add(1, Ordering::Release);
         } else {
             let mut current = self.limits.write();
             let mut next = current.0;
             next.set(budget, value);
             next.validate(false)?;
             current.0 = next;
-            self.cell.write(&current.0, current.1.as_ref());
+            self.generation.fetch_add(1, Ordering::Release);
         }
         tracing::info!(?budget, ?value, global, "rate: limit changed");
         // Raised limits may let waiters in now; lowered ones move their
