@@ -16,10 +16,11 @@
 //!
 //! Requests without a key share the *unkeyed* state.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use tokio::time::{Duration, Instant};
@@ -61,8 +62,24 @@ struct Entry<V> {
     state: Arc<V>,
 }
 
+/// Whether `entry` is `key`. Keys are usually clones of one `Arc` (the
+/// caller's key was cloned into the map), so the pointers are compared
+/// first: `Arc<str>`'s own `==` always compares the bytes, which reads the
+/// string's memory (a cache miss per lookup in a large map).
+#[inline]
+fn same(entry: &PartitionKey, key: &PartitionKey) -> bool {
+    let (a, b) = (entry.as_str(), key.as_str());
+    std::ptr::eq(a, b) || a == b
+}
+
 pub(crate) struct Partitions<V> {
     shards: Box<[Shard<V>]>,
+    /// foldhash, seeded per map: several times faster than std's SipHash on
+    /// short keys, and what `hashbrown` itself defaults to. It is only
+    /// "minimally" DoS-resistant (a per-map random seed, no guarantee against
+    /// an attacker who can probe timings), which is enough here: the map is
+    /// bounded by `max` and split in shards, so colliding keys can slow
+    /// lookups in one shard but not grow memory.
     hasher: RandomState,
     max: usize,
     /// Keys with their own state, across all shards. Slots are reserved
@@ -83,7 +100,7 @@ impl<V: Idle> Partitions<V> {
         let overflow = Arc::new(make());
         Partitions {
             shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             max: max.max(1),
             live: AtomicUsize::new(0),
             fruitless_scan: Mutex::new(None),
@@ -104,7 +121,7 @@ impl<V: Idle> Partitions<V> {
         };
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
-        if let Some(entry) = shard.lock().find(hash, |e| e.key == *key) {
+        if let Some(entry) = shard.lock().find(hash, |e| same(&e.key, key)) {
             return (entry.state.clone(), Placement::Own);
         }
         if !self.reserve_slot() && (self.evict_idle_if_due(now) == 0 || !self.reserve_slot()) {
@@ -112,7 +129,7 @@ impl<V: Idle> Partitions<V> {
         }
         let mut table = shard.lock();
         // Another caller may have inserted the key since the first look.
-        if let Some(entry) = table.find(hash, |e| e.key == *key) {
+        if let Some(entry) = table.find(hash, |e| same(&e.key, key)) {
             self.live.fetch_sub(1, Ordering::Relaxed);
             return (entry.state.clone(), Placement::Own);
         }
@@ -192,7 +209,7 @@ impl<V: Idle> Partitions<V> {
         let hash = self.hasher.hash_one(key);
         self.shard(hash)
             .lock()
-            .find(hash, |e| e.key == *key)
+            .find(hash, |e| same(&e.key, key))
             .map(|e| e.state.clone())
     }
 

@@ -145,17 +145,17 @@ impl Demand {
 
 /// The limits of one scope: a window length and up to six budgets.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(C)] // the mask and the first budgets in one cache line
+#[repr(C)] // the mask and the first budgets side by side (the window is cold)
 pub struct Limits {
     /// Bit `budget.index()` set when `budget` is.
     mask: u8,
-    window: Duration,
     /// Per budget: its limit (0 where unset) and the sliding interval it is
     /// counted over in nanoseconds (the window, or the burst interval
     /// `window * burst / limit`, rounded up). Side by side, so an admission
     /// reads one place per budget; the whole value is small enough that
     /// every partition keeps a copy.
     budgets: [(u64, u64); 6],
+    window: Duration,
 }
 
 impl Limits {

@@ -84,6 +84,11 @@
 //! [`RateLimitHandle::set_limit`] bumps, so the limits' own lock is taken
 //! only after a change. Requests without a key touch no reference count.
 //!
+//! The clock is read even when the request carries its
+//! [`arrival`](crate::LlmRequest::arrival): an entry stamped earlier than the
+//! instant it was admitted would leave the window early, and an interval of
+//! length W could then hold more than the limit.
+//!
 //! Before the call only the estimate is known, so it is charged to every
 //! token budget (it bounds input, output and total alike).
 //!

@@ -38,11 +38,17 @@ struct Entry {
 }
 
 /// One scope: its window in the store and its queue of waiters.
+///
+/// Laid out for a keyed admission, which finds the slot cold in a large
+/// map: the `Arc`'s counts, `metrics`, the lock, the queue's length and
+/// `admitted` share the first cache line; the cached limits' hot half the
+/// second; the window's header and first logs the next two.
+#[repr(C)]
 pub(crate) struct Slot<W> {
-    pub(crate) state: Mutex<SlotState<W>>,
     /// The slot's own metric handles, with a `partition` label (only with
     /// `partition_label`; otherwise the limiter's are used).
     metrics: Option<Box<Metrics>>,
+    pub(crate) state: Mutex<SlotState<W>>,
     /// Where this slot's admission count goes when it is dropped (evicted),
     /// so the limiter's total survives eviction.
     retired: Arc<AtomicU64>,

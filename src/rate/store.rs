@@ -125,6 +125,20 @@ fn check_then_reserve<St: RateStore + ?Sized>(
     }
 }
 
+/// [`check_then_reserve`] kept out of line, so the memory store's fast path
+/// stays small enough to inline into the admission.
+#[cold]
+#[inline(never)]
+fn slow_reserve(
+    store: &MemoryStore,
+    window: &mut MemoryWindow,
+    demand: &Demand,
+    limits: &Limits,
+    now: Instant,
+) -> Result<MemoryTicket, Verdict> {
+    check_then_reserve(store, window, demand, limits, now)
+}
+
 /// The state of one scope as the partition map sees it.
 pub trait WindowState: Send + 'static {
     /// Whether the state is what a new one would be at `now`: nothing in the
@@ -250,15 +264,16 @@ impl MemoryWindow {
         }
         let seq = self.pushed;
         self.pushed += 1;
+        // Only the live logs are read: an unset budget's log is empty, and
+        // reading its header anyway would touch another cache line.
+        let mut used = [0; 4];
+        for i in bits(self.active & 0b1111) {
+            used[i] = self.logs[i].sum();
+        }
         MemoryTicket {
             seq,
             mask: self.active,
-            used: [
-                self.logs[0].sum(),
-                self.logs[1].sum(),
-                self.logs[2].sum(),
-                self.logs[3].sum(),
-            ],
+            used,
         }
     }
 }
@@ -342,7 +357,7 @@ impl RateStore for MemoryStore {
     /// One pass: expires and checks each budget that is set, then pushes
     /// into all of them. Anything unusual (a cooldown or clamp, a budget
     /// without room) goes through [`check`](Self::check) for the verdict.
-    #[inline]
+    #[inline(always)]
     fn try_reserve(
         &self,
         window: &mut MemoryWindow,
@@ -351,7 +366,7 @@ impl RateStore for MemoryStore {
         now: Instant,
     ) -> Result<MemoryTicket, Verdict> {
         if window.feedback {
-            return check_then_reserve(self, window, demand, limits, now);
+            return slow_reserve(self, window, demand, limits, now);
         }
         let t = window.time(now);
         let mask = limits.mask();
@@ -362,7 +377,7 @@ impl RateStore for MemoryStore {
             let log = &mut window.logs[i];
             log.expire(t, span);
             if log.sum().saturating_add(amounts[i]) > limit {
-                return check_then_reserve(self, window, demand, limits, now);
+                return slow_reserve(self, window, demand, limits, now);
             }
         }
         Ok(window.push(t, &amounts))
