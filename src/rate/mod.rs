@@ -87,7 +87,11 @@
 //! The clock is read even when the request carries its
 //! [`arrival`](crate::LlmRequest::arrival): an entry stamped earlier than the
 //! instant it was admitted would leave the window early, and an interval of
-//! length W could then hold more than the limit.
+//! length W could then hold more than the limit. The one reading this layer
+//! shares is the one taken by the layers around it in the same synchronous
+//! chain of `call`s (the deadline layer's, in a full stack): nothing waits
+//! between that reading and the admission, so it is as early as any clock
+//! read taken before a lock is (a stamp always precedes the send a little).
 //!
 //! Before the call only the estimate is known, so it is charged to every
 //! token budget (it bounds input, output and total alike).
