@@ -530,7 +530,7 @@ async fn deadline_set_outside_bounds_a_timeout_layer_inside() {
 
 #[test]
 fn timeouts_are_counted_by_kind() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebuggingRecorder;
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -552,25 +552,37 @@ fn timeouts_are_counted_by_kind() {
             }
         });
     });
-    let snapshot = snapshotter.snapshot().into_vec();
-    let attempts = snapshot.iter().find_map(|(key, _, _, value)| {
-        let k = key.key();
-        let is_attempt = k.name() == "llm_sluice_timeouts_total"
-            && k.labels()
-                .any(|l| l.key() == "reason" && l.value() == "attempt")
-            && k.labels()
-                .any(|l| l.key() == "layer" && l.value() == "timeout");
-        match value {
-            DebugValue::Counter(n) if is_attempt => Some(*n),
-            _ => None,
-        }
-    });
-    assert_eq!(attempts, Some(3));
+    assert_eq!(timeouts_counted(&snapshotter, "attempt"), Some(3));
+}
+
+/// `llm_sluice_timeouts_total{layer="timeout", reason}` in a snapshot.
+fn timeouts_counted(
+    snapshotter: &metrics_util::debugging::Snapshotter,
+    reason: &str,
+) -> Option<u64> {
+    use metrics_util::debugging::DebugValue;
+
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| {
+            let k = key.key();
+            let hit = k.name() == "llm_sluice_timeouts_total"
+                && k.labels()
+                    .any(|l| l.key() == "reason" && l.value() == reason)
+                && k.labels()
+                    .any(|l| l.key() == "layer" && l.value() == "timeout");
+            match value {
+                DebugValue::Counter(n) if hit => Some(n),
+                _ => None,
+            }
+        })
 }
 
 #[test]
 fn body_timeouts_are_counted_by_the_layer() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebuggingRecorder;
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -592,25 +604,7 @@ fn body_timeouts_are_counted_by_the_layer() {
             );
         });
     });
-    let counted = |reason: &str| {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .find_map(|(key, _, _, value)| {
-                let k = key.key();
-                let hit = k.name() == "llm_sluice_timeouts_total"
-                    && k.labels()
-                        .any(|l| l.key() == "reason" && l.value() == reason)
-                    && k.labels()
-                        .any(|l| l.key() == "layer" && l.value() == "timeout");
-                match value {
-                    DebugValue::Counter(n) if hit => Some(n),
-                    _ => None,
-                }
-            })
-    };
-    assert_eq!(counted("idle"), Some(1));
+    assert_eq!(timeouts_counted(&snapshotter, "idle"), Some(1));
 }
 
 // ---- property: a body fails exactly on the first gap that is too long ------
