@@ -188,6 +188,11 @@ struct Window {
     slots: [Slot; SLOTS as usize],
     slot_nanos: u64,
     epoch: Instant,
+    /// The generation last computed: nearly every call falls in it, and
+    /// checking that is a multiplication where computing it is a 64-bit
+    /// division (a deposit is made on every request). Checked, never
+    /// trusted: a stale value only costs the division.
+    last_generation: AtomicU64,
     /// Taken to reset a slot for a new generation, and by withdrawals.
     withdrawals: Mutex<()>,
     resets: Mutex<()>,
@@ -209,6 +214,7 @@ impl Window {
                 .unwrap_or(u64::MAX)
                 .max(1),
             epoch: now,
+            last_generation: AtomicU64::new(0),
             withdrawals: Mutex::new(()),
             resets: Mutex::new(()),
         }
@@ -217,7 +223,16 @@ impl Window {
     fn generation(&self, now: Instant) -> u64 {
         // In u64 nanoseconds (584 years) so the division is a 64-bit one.
         let elapsed = now.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(elapsed).unwrap_or(u64::MAX) / self.slot_nanos
+        let elapsed = u64::try_from(elapsed).unwrap_or(u64::MAX);
+        let last = self.last_generation.load(Ordering::Relaxed);
+        match last.checked_mul(self.slot_nanos) {
+            Some(start) if elapsed >= start && elapsed - start < self.slot_nanos => last,
+            _ => {
+                let generation = elapsed / self.slot_nanos;
+                self.last_generation.store(generation, Ordering::Relaxed);
+                generation
+            }
+        }
     }
 
     fn add(&self, now: Instant, amount: i64) {
@@ -258,6 +273,36 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn the_cached_generation_always_equals_the_division() {
+        let epoch = Instant::now();
+        let window = Window::new(Duration::from_millis(7), epoch);
+        // Forwards, backwards, across and on slot boundaries, before the
+        // epoch.
+        let offsets_us = [
+            0u64,
+            1,
+            6_999,
+            7_000,
+            7_001,
+            13_999,
+            3,
+            70_000,
+            69_999,
+            140_001,
+            0,
+            7_000,
+            1 << 40,
+            5,
+        ];
+        for us in offsets_us {
+            let now = epoch + Duration::from_micros(us);
+            assert_eq!(window.generation(now), us * 1_000 / 7_000_000, "at {us} us");
+        }
+        let before = epoch.checked_sub(Duration::from_secs(1)).unwrap_or(epoch);
+        assert_eq!(window.generation(before), 0);
     }
 
     #[test]

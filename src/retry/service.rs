@@ -134,9 +134,9 @@ impl<C, P, S> Shared<C, P, S> {
 /// [`RetryLayer`](super::RetryLayer); see the [module docs](super).
 ///
 /// The inner service must be `Clone`: a response future that retries sends
-/// its retries through a clone of it (put a `tower::buffer::Buffer` in front
-/// of one that is not). The clone is made only when a retry is decided. Errors are boxed: the inner service's errors pass through inside
-/// the box unchanged.
+/// its retries through a clone of it, made only when a retry is decided (put
+/// a `tower::buffer::Buffer` in front of a service that is not). Errors are
+/// boxed: the inner service's errors pass through inside the box unchanged.
 pub struct Retry<S, C, P> {
     inner: S,
     shared: Arc<Shared<C, P, S>>,
