@@ -60,6 +60,10 @@ use tonic_health::ServingStatus;
 use tower::filter::AsyncFilterLayer;
 use tower::{BoxError, ServiceBuilder};
 
+#[path = "common/checks.rs"]
+mod checks;
+use checks::Checks;
+
 /// The service whose health is checked.
 const SERVICE: &str = "llm.Generate";
 /// How long the breaker stays open before letting a probe through.
@@ -342,30 +346,5 @@ impl Script {
 
     fn calls(&self) -> u32 {
         self.calls.load(Ordering::SeqCst)
-    }
-}
-
-/// Expectations checked as the example runs; any failure makes it exit 1.
-#[derive(Default)]
-struct Checks {
-    failed: Vec<&'static str>,
-}
-
-impl Checks {
-    fn expect(&mut self, ok: bool, what: &'static str) {
-        if !ok {
-            eprintln!("FAILED: {what}");
-            self.failed.push(what);
-        }
-    }
-
-    fn finish(self, name: &str) -> Result<(), BoxError> {
-        if self.failed.is_empty() {
-            println!("{name}: all checks passed");
-            Ok(())
-        } else {
-            eprintln!("{name}: {} checks failed", self.failed.len());
-            std::process::exit(1)
-        }
     }
 }

@@ -11,6 +11,10 @@ use llm_sluice::sim::{Dist, ServerHandle, Upstream};
 use llm_sluice::{Error, LlmStack, PartitionKey, StackConfig, TokenEstimate};
 use tower::{BoxError, Service, ServiceExt};
 
+#[path = "checks.rs"]
+mod checks;
+use checks::Checks;
+
 /// The provider's limits per API key, and so the client's windows.
 pub const PROVIDER_RPM: u64 = 5;
 pub const PROVIDER_TPM: u64 = 20_000;
@@ -258,29 +262,4 @@ fn header<B>(res: &http::Response<B>, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("?")
         .to_owned()
-}
-
-/// Expectations checked as the example runs; any failure makes it exit 1.
-#[derive(Default)]
-struct Checks {
-    failed: Vec<&'static str>,
-}
-
-impl Checks {
-    fn expect(&mut self, ok: bool, what: &'static str) {
-        if !ok {
-            eprintln!("FAILED: {what}");
-            self.failed.push(what);
-        }
-    }
-
-    fn finish(self, name: &str) -> Result<(), BoxError> {
-        if self.failed.is_empty() {
-            println!("{name}: all checks passed");
-            Ok(())
-        } else {
-            eprintln!("{name}: {} checks failed", self.failed.len());
-            std::process::exit(1)
-        }
-    }
 }

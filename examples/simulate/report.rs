@@ -257,33 +257,23 @@ impl fmt::Display for Report {
             a.tokens_delivered.to_string(),
             b.tokens_delivered.to_string(),
         )?;
-        for (label, pick) in [
+        type Pick = fn(&Percentiles) -> Duration;
+        let percentiles: [(&str, Pick); 3] =
+            [("p50", |p| p.p50), ("p95", |p| p.p95), ("p99", |p| p.p99)];
+        for (what, of) in [
             (
-                "p50",
-                (|p: &Percentiles| p.p50) as fn(&Percentiles) -> Duration,
+                "latency of successes",
+                (|r: &RunReport| &r.end_to_end) as fn(&RunReport) -> &Percentiles,
             ),
-            ("p95", |p| p.p95),
-            ("p99", |p| p.p99),
+            ("queue wait before first call", |r| &r.queue_wait),
         ] {
-            row(
-                &format!("latency of successes, {label}"),
-                secs(pick(&a.end_to_end)),
-                secs(pick(&b.end_to_end)),
-            )?;
-        }
-        for (label, pick) in [
-            (
-                "p50",
-                (|p: &Percentiles| p.p50) as fn(&Percentiles) -> Duration,
-            ),
-            ("p95", |p| p.p95),
-            ("p99", |p| p.p99),
-        ] {
-            row(
-                &format!("queue wait before first call, {label}"),
-                secs(pick(&a.queue_wait)),
-                secs(pick(&b.queue_wait)),
-            )?;
+            for (label, pick) in percentiles {
+                row(
+                    &format!("{what}, {label}"),
+                    secs(pick(of(a))),
+                    secs(pick(of(b))),
+                )?;
+            }
         }
         row(
             "breaker openings",
