@@ -39,6 +39,11 @@ pin_project! {
         Rejected {
             error: Option<Error>,
         },
+        // No breaker: the result passes through unrecorded.
+        Passed {
+            #[pin]
+            future: F,
+        },
     }
 }
 
@@ -56,6 +61,12 @@ impl<F, C> ResponseFuture<F, C> {
                 started,
                 classifier,
             },
+        }
+    }
+
+    pub(crate) fn passed(future: F) -> Self {
+        ResponseFuture {
+            kind: Kind::Passed { future },
         }
     }
 
@@ -114,6 +125,7 @@ where
             KindProj::Rejected { error } => {
                 Poll::Ready(Err(error.take().expect("polled after completion").into()))
             }
+            KindProj::Passed { future } => future.poll(cx).map_err(Into::into),
         }
     }
 }
@@ -129,6 +141,7 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
                 .debug_struct("ResponseFuture")
                 .field("rejected", error)
                 .finish(),
+            Kind::Passed { .. } => f.debug_struct("ResponseFuture").finish_non_exhaustive(),
         }
     }
 }

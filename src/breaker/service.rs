@@ -24,7 +24,8 @@ use crate::request::LlmRequest;
 /// Clones share the breakers of the layer that made them.
 pub struct CircuitBreaker<S, C> {
     inner: S,
-    registry: Arc<Registry>,
+    /// `None`: no breaker, calls pass through (the stack's disabled part).
+    registry: Option<Arc<Registry>>,
     classifier: C,
 }
 
@@ -32,7 +33,18 @@ impl<S, C> CircuitBreaker<S, C> {
     pub(crate) fn new(inner: S, registry: Arc<Registry>, classifier: C) -> Self {
         CircuitBreaker {
             inner,
-            registry,
+            registry: Some(registry),
+            classifier,
+        }
+    }
+
+    /// A breaker that never opens and records nothing: every call goes to
+    /// `inner`. [`LlmStack`](crate::LlmStack) puts one where its breaker is
+    /// off, so that part costs a branch rather than a wrapper future.
+    pub(crate) fn pass_through(inner: S, classifier: C) -> Self {
+        CircuitBreaker {
+            inner,
+            registry: None,
             classifier,
         }
     }
@@ -67,7 +79,11 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for CircuitBreaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("partitioned", &self.registry.is_keyed())
+            .field("on", &self.registry.is_some())
+            .field(
+                "partitioned",
+                &self.registry.as_ref().is_some_and(|r| r.is_keyed()),
+            )
             .field("classifier", &self.classifier)
             .finish()
     }
@@ -91,8 +107,11 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
+        let Some(registry) = &self.registry else {
+            return ResponseFuture::passed(self.inner.call(request));
+        };
         let _scope = clock::enter();
-        let breaker = match &*self.registry {
+        let breaker = match &**registry {
             Registry::Single(breaker) => breaker.clone(),
             keyed => keyed.breaker(request.partition().as_ref()),
         };

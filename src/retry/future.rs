@@ -37,7 +37,9 @@ pin_project! {
         // A copy of the request for the next attempt, if it can be replayed
         // and retries remain.
         request: Option<Req>,
-        shared: Arc<Shared<C, P, S>>,
+        // `None` for a pass-through (see `Retry::pass_through`): the result
+        // is returned as it is, unclassified.
+        shared: Option<Arc<Shared<C, P, S>>>,
         retries: u32,
         deadline: Option<Instant>,
         // The current attempt's `llm_sluice.attempt` span (disabled, and
@@ -79,10 +81,22 @@ where
             state: State::Called { future },
             service: None,
             request,
-            shared,
+            shared: Some(shared),
             retries: 0,
             deadline,
             span,
+        }
+    }
+
+    pub(crate) fn passed(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            service: None,
+            request: None,
+            shared: None,
+            retries: 0,
+            deadline: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -106,12 +120,14 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
+                    let Some(shared) = this.shared.as_deref() else {
+                        return future.poll(cx).map_err(Into::into);
+                    };
                     let polled = {
                         let _entered = this.span.enter();
                         future.poll(cx)
                     };
                     let result = ready!(polled).map_err(Into::into);
-                    let shared = &**this.shared;
                     let class = shared
                         .classifier
                         .classify(result.as_ref().map_err(|e| &**e));
@@ -143,7 +159,10 @@ where
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {
-                    let shared = &**this.shared;
+                    let shared = this
+                        .shared
+                        .as_deref()
+                        .expect("only a retrying future waits to retry");
                     let service = this
                         .service
                         .get_or_insert_with(|| Box::new(shared.template.lock().clone()));

@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -139,12 +139,26 @@ impl<C, P, S> Shared<C, P, S> {
 /// boxed: the inner service's errors pass through inside the box unchanged.
 pub struct Retry<S, C, P> {
     inner: S,
-    shared: Arc<Shared<C, P, S>>,
+    /// `None`: no retries, calls pass through (the stack's disabled part).
+    shared: Option<Arc<Shared<C, P, S>>>,
 }
 
 impl<S, C, P> Retry<S, C, P> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, P, S>>) -> Self {
-        Retry { inner, shared }
+        Retry {
+            inner,
+            shared: Some(shared),
+        }
+    }
+
+    /// A retry layer that sends each request once and counts nothing:
+    /// [`LlmStack`](crate::LlmStack) puts one where retries are off, so that
+    /// part costs a branch rather than a wrapper future.
+    pub(crate) fn pass_through(inner: S) -> Self {
+        Retry {
+            inner,
+            shared: None,
+        }
     }
 
     /// The inner service.
@@ -164,7 +178,11 @@ impl<S, C, P> Retry<S, C, P> {
 
     /// The budget this service draws from.
     pub fn budget(&self) -> &RetryBudget {
-        &self.shared.budget
+        match &self.shared {
+            Some(shared) => &shared.budget,
+            // Only the stack makes a pass-through, and never exposes it.
+            None => unused_budget(),
+        }
     }
 }
 
@@ -177,13 +195,23 @@ impl<S: Clone, C, P> Clone for Retry<S, C, P> {
     }
 }
 
+/// The budget of a pass-through [`Retry`]: nothing deposits or withdraws.
+fn unused_budget() -> &'static RetryBudget {
+    static UNUSED: OnceLock<RetryBudget> = OnceLock::new();
+    UNUSED.get_or_init(RetryBudget::default)
+}
+
 impl<S: fmt::Debug, C, P> fmt::Debug for Retry<S, C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Retry")
-            .field("inner", &self.inner)
-            .field("config", &self.shared.config)
-            .field("budget", &self.shared.budget)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Retry");
+        d.field("inner", &self.inner);
+        match &self.shared {
+            Some(shared) => d
+                .field("config", &shared.config)
+                .field("budget", &shared.budget),
+            None => d.field("config", &"pass-through"),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -205,8 +233,10 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
+        let Some(shared) = &self.shared else {
+            return ResponseFuture::passed(self.inner.call(request));
+        };
         let _scope = clock::enter();
-        let shared = &self.shared;
         let needs_deadline = shared.config.total_timeout.is_some() && request.deadline().is_none();
         // A request already dated by a layer outside (the deadline layer
         // sets it) is stamped with that instant, which is when it entered
@@ -246,6 +276,6 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        ResponseFuture::new(future, copy, self.shared.clone(), deadline, span)
+        ResponseFuture::new(future, copy, shared.clone(), deadline, span)
     }
 }

@@ -10,15 +10,15 @@ use tower_layer::Layer;
 
 use super::config::StackConfig;
 use super::service::{Assembled, LlmService};
-use crate::breaker::{CircuitBreakerLayer, CircuitHandle, StateChange};
+use crate::breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitHandle, StateChange};
 use crate::classify::DefaultClassifier;
 use crate::concurrency::ConcurrencyLimitLayer;
 use crate::error::ConfigError;
 use crate::fallback::FallbackLayer;
 use crate::rate::{RateLimitHandle, RateLimitLayer};
-use crate::retry::{CloneRequest, RetryLayer};
+use crate::retry::{CloneRequest, Retry, RetryLayer};
 use crate::stats::Stats;
-use crate::timeout::{DeadlineLayer, TimeoutLayer};
+use crate::timeout::{DeadlineLayer, SetDeadline, TimeoutLayer};
 
 /// A breaker state-change callback, shared by the breaker and the stack.
 pub(crate) type OnChange = Arc<dyn Fn(&StateChange) + Send + Sync>;
@@ -52,6 +52,9 @@ pub struct LlmStack<C = DefaultClassifier, P = CloneRequest, F = Identity> {
     pub(super) timeout: TimeoutLayer,
     pub(super) timeout_on: bool,
     pub(super) stats: Option<Stats>,
+    /// What a disabled breaker part is given (it classifies nothing, but
+    /// its type names the classifier).
+    pub(super) classifier: C,
 }
 
 impl LlmStack {
@@ -144,10 +147,23 @@ where
         let s = self.timeout.layer(inner);
         let s = part(&self.rate, s);
         let s = self.concurrency.layer(s);
-        let s = part(&self.breaker, s);
-        let s = part(&self.retry, s);
+        // A disabled breaker, retry or deadline part passes calls through
+        // inside the layer's own service: a branch per call, where an
+        // `Either` would wrap every response future once more (and moving
+        // those futures is most of what a stack's call costs).
+        let s = match &self.breaker {
+            Some(layer) => layer.layer(s),
+            None => CircuitBreaker::pass_through(s, self.classifier.clone()),
+        };
+        let s = match &self.retry {
+            Some(layer) => layer.layer(s),
+            None => Retry::pass_through(s),
+        };
         let s = self.fallback.layer(s);
-        let s: Assembled<S, C, P, F> = part(&self.deadline, s);
+        let s: Assembled<S, C, P, F> = match &self.deadline {
+            Some(layer) => layer.layer(s),
+            None => SetDeadline::pass_through(s),
+        };
         LlmService::new(s)
     }
 }
@@ -165,6 +181,7 @@ impl<C: Clone, P: Clone, F: Clone> Clone for LlmStack<C, P, F> {
             timeout: self.timeout.clone(),
             timeout_on: self.timeout_on,
             stats: self.stats.clone(),
+            classifier: self.classifier.clone(),
         }
     }
 }
@@ -299,10 +316,11 @@ impl<C, P, F> LlmStackBuilder<C, P, F> {
                 .layer(self.classifier.clone(), self.on_breaker_change.as_ref())?,
             concurrency,
             concurrency_on,
-            rate: c.rate.layer(self.classifier)?,
+            rate: c.rate.layer(self.classifier.clone())?,
             timeout,
             timeout_on,
             stats: self.stats,
+            classifier: self.classifier,
         };
         if let Some(stats) = &stack.stats {
             if let Some(breaker) = stack.breaker_handle() {

@@ -13,22 +13,19 @@ use crate::rate::RateLimit;
 use crate::retry::Retry;
 use crate::timeout::{SetDeadline, Timeout};
 
-/// Each optional part that keeps the response type is an `Either`: the
-/// layer's service, or the service below it as it is. A branch per call is
-/// all that an absent part costs. The attempt timeout and the concurrency
-/// limit change the response type (a body enforces timeouts and holds its
-/// permit), so they are always in place, without a limit when disabled.
+/// Every part is always in place; a disabled one passes calls through
+/// inside its own service (a branch per call). The rate window is still an
+/// `Either`: the layer's service, or the service below it as it is.
 type Part<L, S> = Either<L, S>;
 
 pub(super) type AttemptPart<S> = Timeout<S>;
 pub(super) type RatePart<S, C> = Part<RateLimit<AttemptPart<S>, C>, AttemptPart<S>>;
 pub(super) type QueuePart<S, C> = ConcurrencyLimit<RatePart<S, C>>;
-pub(super) type BreakerPart<S, C> = Part<CircuitBreaker<QueuePart<S, C>, C>, QueuePart<S, C>>;
+pub(super) type BreakerPart<S, C> = CircuitBreaker<QueuePart<S, C>, C>;
 /// The stack up to the retry layer: what the fallback part wraps.
-pub type RetryPart<S, C, P> = Part<Retry<BreakerPart<S, C>, C, P>, BreakerPart<S, C>>;
+pub type RetryPart<S, C, P> = Retry<BreakerPart<S, C>, C, P>;
 pub(super) type FallbackPart<S, C, P, F> = <F as Layer<RetryPart<S, C, P>>>::Service;
-pub(super) type Assembled<S, C, P, F> =
-    Part<SetDeadline<FallbackPart<S, C, P, F>>, FallbackPart<S, C, P, F>>;
+pub(super) type Assembled<S, C, P, F> = SetDeadline<FallbackPart<S, C, P, F>>;
 
 /// A service wrapped in an [`LlmStack`](super::LlmStack).
 ///

@@ -99,7 +99,7 @@ impl<S> Layer<S> for DeadlineLayer {
             inner,
             after: self.after,
             enforce: self.enforce,
-            metrics: self.metrics.clone(),
+            metrics: Some(self.metrics.clone()),
         }
     }
 }
@@ -164,10 +164,23 @@ pub struct SetDeadline<S> {
     inner: S,
     after: Option<Duration>,
     enforce: bool,
-    metrics: Arc<TimeoutMetrics>,
+    /// `None` only for a pass-through, which never enforces.
+    metrics: Option<Arc<TimeoutMetrics>>,
 }
 
 impl<S> SetDeadline<S> {
+    /// Sets and enforces nothing: [`LlmStack`](crate::LlmStack) puts one
+    /// where its deadline is off, so that part costs a branch rather than a
+    /// wrapper future.
+    pub(crate) fn pass_through(inner: S) -> Self {
+        SetDeadline {
+            inner,
+            after: None,
+            enforce: false,
+            metrics: None,
+        }
+    }
+
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -205,6 +218,9 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
+        if self.after.is_none() && !self.enforce {
+            return DeadlineFuture::new(self.inner.call(request), Timer::Off, None);
+        }
         // The layers inside reuse this reading (see `crate::clock`).
         let _scope = clock::enter();
         let ours = self.after.and_then(|d| {
@@ -231,7 +247,7 @@ where
         let (timer, metrics) = match deadline {
             Some(at) if self.enforce => (
                 Timer::earliest(&[Some((at, TimeoutKind::Total))]),
-                Some(self.metrics.clone()),
+                self.metrics.clone(),
             ),
             _ => (Timer::Off, None),
         };

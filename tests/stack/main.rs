@@ -4,6 +4,8 @@
 mod config;
 mod http;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use llm_sluice::fallback::FallbackLayer;
@@ -152,18 +154,27 @@ async fn disabled_parts_pass_requests_and_errors_through() {
     config.timeout.enabled = false;
     let stack = LlmStack::from_config(&config).unwrap();
     assert!(stack.concurrency().is_none() && stack.breaker_handle().is_none());
+    assert!(stack.retry().is_none() && stack.timeout().is_none());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
     let svc = ServiceBuilder::new()
         .layer(stack)
-        .service_fn(|r: RequestMeta| async move {
-            if r.tokens == 0 {
-                Err::<u64, BoxError>("inner failure".into())
-            } else {
-                Ok(r.tokens)
+        .service_fn(move |r: RequestMeta| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if r.tokens == 0 {
+                    Err::<u64, BoxError>("inner failure".into())
+                } else {
+                    Ok(r.tokens)
+                }
             }
         });
     assert_eq!(svc.clone().oneshot(req()).await.unwrap(), 10);
+    // A transport-like failure, which an enabled retry part would retry,
+    // reaches the inner service once.
     let err = svc.oneshot(RequestMeta::new()).await.unwrap_err();
     assert_eq!(err.to_string(), "inner failure");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]
