@@ -286,15 +286,19 @@ pub(crate) struct Shared<C, St: RateStore> {
 ///
 /// Dropping it keeps what it reserved (the request reached the upstream,
 /// which counts it); [`Shared::finish`] corrects or releases it.
+///
+/// Kept small, since every layer around the limiter moves the future that
+/// holds it: the global budget's ticket is boxed (only a limiter with global
+/// limits makes one).
 pub(crate) struct Reservation<St: RateStore> {
     slot: SlotRef<St::Window>,
     part: St::Ticket,
-    global: Option<St::Ticket>,
+    global: Option<Box<St::Ticket>>,
     estimate: u64,
 }
 
 pub(crate) enum Attempt<T> {
-    Admitted { part: T, global: Option<T> },
+    Admitted { part: T, global: Option<Box<T>> },
     Wait(Instant),
     Never { amount: u64, limit: u64 },
 }
@@ -516,7 +520,9 @@ impl<C, St: RateStore> Shared<C, St> {
         match verdict.and(self.store.check(global, demand, global_limits, now)) {
             Verdict::Fits => Attempt::Admitted {
                 part: self.store.reserve(part, demand, part_limits, now),
-                global: Some(self.store.reserve(global, demand, global_limits, now)),
+                global: Some(Box::new(
+                    self.store.reserve(global, demand, global_limits, now),
+                )),
             },
             refused => Attempt::refused(refused, now),
         }
@@ -526,7 +532,7 @@ impl<C, St: RateStore> Shared<C, St> {
         &self,
         slot: SlotRef<St::Window>,
         part: St::Ticket,
-        global: Option<St::Ticket>,
+        global: Option<Box<St::Ticket>>,
         demand: &Demand,
         waited: Duration,
     ) -> Reservation<St> {
@@ -754,6 +760,11 @@ pub(crate) struct WaitGuard<C, St: RateStore> {
 }
 
 impl<C, St: RateStore> WaitGuard<C, St> {
+    /// The limiter this waiter queues in.
+    pub(crate) fn shared(&self) -> &Arc<Shared<C, St>> {
+        &self.shared
+    }
+
     fn expired(
         &self,
         state: &mut SlotState<St::Window>,

@@ -265,15 +265,21 @@ impl MemoryWindow {
         let seq = self.pushed;
         self.pushed += 1;
         // Only the live logs are read: an unset budget's log is empty, and
-        // reading its header anyway would touch another cache line.
-        let mut used = [0; 4];
-        for i in bits(self.active & 0b1111) {
-            used[i] = self.logs[i].sum();
-        }
+        // reading its header anyway would touch another cache line. Built
+        // as one value (not stored element by element into a local and then
+        // copied, which stalls a wide load on the narrow stores before it).
+        let active = self.active;
+        let sum = |i: usize| {
+            if active & (1 << i) != 0 {
+                self.logs[i].sum()
+            } else {
+                0
+            }
+        };
         MemoryTicket {
             seq,
-            mask: self.active,
-            used,
+            mask: active,
+            used: [sum(0), sum(1), sum(2), sum(3)],
         }
     }
 }
