@@ -41,8 +41,9 @@ struct Entry {
 ///
 /// Laid out for a keyed admission, which finds the slot cold in a large
 /// map: the `Arc`'s counts, `metrics`, the lock, the queue's length and
-/// `admitted` share the first cache line; the cached limits' hot half the
-/// second; the window's header and first logs the next two.
+/// `admitted` share the first cache line; the window's header and first
+/// logs the next two; the cached limits' hot part one more (four lines, not
+/// five: the cached limits' cold tail no longer sits between hot fields).
 #[repr(C)]
 pub(crate) struct Slot<W> {
     /// The slot's own metric handles, with a `partition` label (only with
@@ -60,11 +61,14 @@ pub(crate) struct SlotState<W> {
     /// Requests admitted here, counted under the lock held anyway rather
     /// than in one atomic all admissions contend on.
     admitted: u64,
+    /// Next to the hot line: the store puts what an admission reads (for
+    /// the memory store: its header and first logs) first.
+    pub(crate) window: W,
     /// A copy of this scope's limits (for the global slot: the global
     /// limits) as of limits generation `generation`, so an admission reads
     /// them under the lock it holds anyway instead of taking the limits lock.
+    /// Its hot part (generation, mask, first budgets) is one cache line.
     cached: CachedLimits,
-    pub(crate) window: W,
     expiries: BTreeSet<(Instant, WaitKey)>,
 }
 
@@ -528,6 +532,7 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
+    #[inline]
     fn admitted(
         &self,
         slot: SlotRef<St::Window>,
