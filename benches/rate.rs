@@ -323,9 +323,12 @@ fn profile(spec: &str) {
     if keyed {
         builder = builder.max_partitions(4 * KEYS);
     }
-    let mut svc = builder.build().unwrap().layer(tower::service_fn(|_r: Req| async {
-        Ok::<_, tower::BoxError>(())
-    }));
+    let mut svc = builder
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|_r: Req| async {
+            Ok::<_, tower::BoxError>(())
+        }));
     let reqs: Vec<Req> = if keyed {
         (0..KEYS)
             .map(|i| Req {

@@ -108,11 +108,9 @@ where
             request.deadline(),
         );
         match entered {
-            Enter::Admitted(reservation) => ResponseFuture::calling(
-                self.inner.call(request),
-                reservation,
-                self.shared.clone(),
-            ),
+            Enter::Admitted(reservation) => {
+                ResponseFuture::calling(self.inner.call(request), reservation, self.shared.clone())
+            }
             Enter::Failed(error) => ResponseFuture::failed(error),
             Enter::Wait(guard) => {
                 let clone = self.inner.clone();

@@ -524,9 +524,12 @@ impl<C, St: RateStore> Shared<C, St> {
         match verdict.and(self.store.check(global, demand, global_limits, now)) {
             Verdict::Fits => Attempt::Admitted {
                 part: self.store.reserve(part, demand, part_limits, now),
-                global: Some(Box::new(
-                    self.store.reserve(global, demand, global_limits, now),
-                )),
+                global: Some(Box::new(self.store.reserve(
+                    global,
+                    demand,
+                    global_limits,
+                    now,
+                ))),
             },
             refused => Attempt::refused(refused, now),
         }
