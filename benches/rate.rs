@@ -298,9 +298,68 @@ fn saturation() {
     );
 }
 
+/// `RATE_PROFILE=<unkeyed|keyed>:N`: only N admissions (1,000,000 if N is
+/// missing or not a number) of the sluice service, as `sluice_unkeyed_call`
+/// or `sluice_keyed_10k_call` makes them, with no criterion around them,
+/// for a profiler to watch: `valgrind --tool=callgrind` (instruction counts
+/// per admission: run two N and divide the difference) or `perf record`.
+fn profile(spec: &str) {
+    let (kind, n) = spec.split_once(':').unwrap_or((spec, ""));
+    let n: usize = n.parse().unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let keyed = match kind {
+        "unkeyed" => false,
+        "keyed" => true,
+        other => panic!("RATE_PROFILE: `{other}` is not `unkeyed` or `keyed`"),
+    };
+    let mut builder = RateLimitLayer::builder()
+        .requests_per_minute(u64::MAX / 4)
+        .tokens_per_minute(u64::MAX / 4)
+        .window(Duration::from_millis(10));
+    if keyed {
+        builder = builder.max_partitions(4 * KEYS);
+    }
+    let mut svc = builder
+        .build()
+        .unwrap()
+        .layer(tower::service_fn(|_r: Req| async {
+            Ok::<_, tower::BoxError>(())
+        }));
+    let reqs: Vec<Req> = if keyed {
+        (0..KEYS)
+            .map(|i| Req {
+                tokens: 100,
+                key: Some(PartitionKey::new(format!("sk-bench-key-{i}"))),
+            })
+            .collect()
+    } else {
+        vec![Req {
+            tokens: 100,
+            key: None,
+        }]
+    };
+    // Every key seen once first, so N counts lookups, not inserts.
+    for r in &reqs {
+        let _ = svc.call(r.clone()).now_or_never();
+    }
+    let mut admitted = 0usize;
+    for i in 0..n {
+        let fut = svc.call(black_box(reqs[i % reqs.len()].clone()));
+        admitted += usize::from(black_box(fut.now_or_never().unwrap().is_ok()));
+    }
+    println!("{kind}: {admitted} of {n} admitted");
+}
+
 criterion_group!(benches, admission);
 
 fn main() {
+    if let Ok(spec) = std::env::var("RATE_PROFILE") {
+        return profile(&spec);
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     // After the group: it pauses tokio's clock (see the module docs).

@@ -33,11 +33,19 @@ pin_project! {
     {
         #[pin]
         state: State<S, Req, C, St>,
-        // Boxed: only a queue's head ever arms it, and it keeps the future
-        // small for the common case of immediate admission.
-        sleep: Option<Pin<Box<Sleep>>>,
-        shared: Arc<Shared<C, St>>,
     }
+}
+
+/// What a waiting request holds. Boxed: most requests are admitted at once,
+/// and every layer around this one moves the future, so it is kept to what
+/// the admitted path needs.
+struct Waiting<S, Req, C, St: RateStore> {
+    inner: Option<S>,
+    request: Option<Req>,
+    demand: Demand,
+    guard: WaitGuard<C, St>,
+    // Boxed as well: only a queue's head ever arms it.
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 pin_project! {
@@ -48,15 +56,13 @@ pin_project! {
         St: RateStore,
     {
         Waiting {
-            inner: Option<S>,
-            request: Option<Req>,
-            demand: Demand,
-            guard: WaitGuard<C, St>,
+            waiting: Box<Waiting<S, Req, C, St>>,
         },
         Calling {
             #[pin]
             future: S::Future,
             reservation: Option<Reservation<St>>,
+            shared: Arc<Shared<C, St>>,
         },
         Failed {
             error: Option<BoxError>,
@@ -79,36 +85,28 @@ where
             state: State::Calling {
                 future,
                 reservation: Some(reservation),
+                shared,
             },
-            sleep: None,
-            shared,
         }
     }
 
-    pub(crate) fn failed(error: BoxError, shared: Arc<Shared<C, St>>) -> Self {
+    pub(crate) fn failed(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
-            sleep: None,
-            shared,
         }
     }
 
-    pub(crate) fn waiting(
-        inner: S,
-        request: Req,
-        demand: Demand,
-        guard: WaitGuard<C, St>,
-        shared: Arc<Shared<C, St>>,
-    ) -> Self {
+    pub(crate) fn waiting(inner: S, request: Req, demand: Demand, guard: WaitGuard<C, St>) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                inner: Some(inner),
-                request: Some(request),
-                demand,
-                guard,
+                waiting: Box::new(Waiting {
+                    inner: Some(inner),
+                    request: Some(request),
+                    demand,
+                    guard,
+                    sleep: None,
+                }),
             },
-            sleep: None,
-            shared,
         }
     }
 }
@@ -126,57 +124,55 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    inner,
-                    request,
-                    demand,
-                    guard,
-                } => match guard.poll_wait(demand, cx.waker()) {
-                    WaitPoll::Admitted(reservation) => {
-                        let mut service = inner.take().expect("admitted once");
-                        let request = request.take().expect("admitted once");
-                        // Called at the instant of admission: the window's
-                        // timestamp is when the upstream is called.
-                        let future = service.call(request);
-                        *this.sleep = None;
-                        this.state.set(State::Calling {
-                            future,
-                            reservation: Some(reservation),
-                        });
-                    }
-                    WaitPoll::Failed(error) => {
-                        *this.sleep = None;
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(error));
-                    }
-                    WaitPoll::Park(None) => {
-                        *this.sleep = None;
-                        return Poll::Pending;
-                    }
-                    WaitPoll::Park(Some(at)) => {
-                        let sleep = match this.sleep {
-                            Some(sleep) => {
-                                sleep.as_mut().reset(at);
-                                sleep
-                            }
-                            None => this.sleep.insert(Box::pin(sleep_until(at))),
-                        };
-                        if sleep.as_mut().poll(cx).is_pending() {
+                StateProj::Waiting { waiting } => {
+                    let w = &mut **waiting;
+                    match w.guard.poll_wait(&w.demand, cx.waker()) {
+                        WaitPoll::Admitted(reservation) => {
+                            let mut service = w.inner.take().expect("admitted once");
+                            let request = w.request.take().expect("admitted once");
+                            let shared = w.guard.shared().clone();
+                            // Called at the instant of admission: the window's
+                            // timestamp is when the upstream is called.
+                            let future = service.call(request);
+                            this.state.set(State::Calling {
+                                future,
+                                reservation: Some(reservation),
+                                shared,
+                            });
+                        }
+                        WaitPoll::Failed(error) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
+                        WaitPoll::Park(None) => {
+                            w.sleep = None;
                             return Poll::Pending;
                         }
+                        WaitPoll::Park(Some(at)) => {
+                            let sleep = match &mut w.sleep {
+                                Some(sleep) => {
+                                    sleep.as_mut().reset(at);
+                                    sleep
+                                }
+                                None => w.sleep.insert(Box::pin(sleep_until(at))),
+                            };
+                            if sleep.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                        }
                     }
-                },
+                }
                 StateProj::Calling {
                     future,
                     reservation,
+                    shared,
                 } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let class = this
-                        .shared
+                    let class = shared
                         .classifier
                         .classify(result.as_ref().map_err(|e| &**e));
                     if let Some(reservation) = reservation.take() {
-                        this.shared.finish(reservation, &class);
+                        shared.finish(reservation, &class);
                     }
                     this.state.set(State::Done);
                     return Poll::Ready(result);

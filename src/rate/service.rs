@@ -107,16 +107,15 @@ where
             request.arrival(),
             request.deadline(),
         );
-        let shared = self.shared.clone();
         match entered {
             Enter::Admitted(reservation) => {
-                ResponseFuture::calling(self.inner.call(request), reservation, shared)
+                ResponseFuture::calling(self.inner.call(request), reservation, self.shared.clone())
             }
-            Enter::Failed(error) => ResponseFuture::failed(error, shared),
+            Enter::Failed(error) => ResponseFuture::failed(error),
             Enter::Wait(guard) => {
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(ready, request, demand, guard, shared)
+                ResponseFuture::waiting(ready, request, demand, guard)
             }
         }
     }

@@ -41,8 +41,9 @@ struct Entry {
 ///
 /// Laid out for a keyed admission, which finds the slot cold in a large
 /// map: the `Arc`'s counts, `metrics`, the lock, the queue's length and
-/// `admitted` share the first cache line; the cached limits' hot half the
-/// second; the window's header and first logs the next two.
+/// `admitted` share the first cache line; the window's header and first
+/// logs the next two; the cached limits' hot part one more (four lines, not
+/// five: the cached limits' cold tail no longer sits between hot fields).
 #[repr(C)]
 pub(crate) struct Slot<W> {
     /// The slot's own metric handles, with a `partition` label (only with
@@ -60,11 +61,14 @@ pub(crate) struct SlotState<W> {
     /// Requests admitted here, counted under the lock held anyway rather
     /// than in one atomic all admissions contend on.
     admitted: u64,
+    /// Next to the hot line: the store puts what an admission reads (for
+    /// the memory store: its header and first logs) first.
+    pub(crate) window: W,
     /// A copy of this scope's limits (for the global slot: the global
     /// limits) as of limits generation `generation`, so an admission reads
     /// them under the lock it holds anyway instead of taking the limits lock.
+    /// Its hot part (generation, mask, first budgets) is one cache line.
     cached: CachedLimits,
-    pub(crate) window: W,
     expiries: BTreeSet<(Instant, WaitKey)>,
 }
 
@@ -286,15 +290,19 @@ pub(crate) struct Shared<C, St: RateStore> {
 ///
 /// Dropping it keeps what it reserved (the request reached the upstream,
 /// which counts it); [`Shared::finish`] corrects or releases it.
+///
+/// Kept small, since every layer around the limiter moves the future that
+/// holds it: the global budget's ticket is boxed (only a limiter with global
+/// limits makes one).
 pub(crate) struct Reservation<St: RateStore> {
     slot: SlotRef<St::Window>,
     part: St::Ticket,
-    global: Option<St::Ticket>,
+    global: Option<Box<St::Ticket>>,
     estimate: u64,
 }
 
 pub(crate) enum Attempt<T> {
-    Admitted { part: T, global: Option<T> },
+    Admitted { part: T, global: Option<Box<T>> },
     Wait(Instant),
     Never { amount: u64, limit: u64 },
 }
@@ -516,17 +524,23 @@ impl<C, St: RateStore> Shared<C, St> {
         match verdict.and(self.store.check(global, demand, global_limits, now)) {
             Verdict::Fits => Attempt::Admitted {
                 part: self.store.reserve(part, demand, part_limits, now),
-                global: Some(self.store.reserve(global, demand, global_limits, now)),
+                global: Some(Box::new(self.store.reserve(
+                    global,
+                    demand,
+                    global_limits,
+                    now,
+                ))),
             },
             refused => Attempt::refused(refused, now),
         }
     }
 
+    #[inline]
     fn admitted(
         &self,
         slot: SlotRef<St::Window>,
         part: St::Ticket,
-        global: Option<St::Ticket>,
+        global: Option<Box<St::Ticket>>,
         demand: &Demand,
         waited: Duration,
     ) -> Reservation<St> {
@@ -754,6 +768,11 @@ pub(crate) struct WaitGuard<C, St: RateStore> {
 }
 
 impl<C, St: RateStore> WaitGuard<C, St> {
+    /// The limiter this waiter queues in.
+    pub(crate) fn shared(&self) -> &Arc<Shared<C, St>> {
+        &self.shared
+    }
+
     fn expired(
         &self,
         state: &mut SlotState<St::Window>,

@@ -209,6 +209,20 @@ const CLAMPED: [Budget; 4] = [
     Budget::OutputTokens,
 ];
 
+/// Calls `f` with the index of each bit set in `mask` (of six), lowest
+/// first, while it returns `true`; whether it always did. Unrolled, so on the
+/// admission path each budget's body is inlined with a constant index (no
+/// bounds check, no bit scan).
+#[inline(always)]
+fn all_bits(mask: u8, mut f: impl FnMut(usize) -> bool) -> bool {
+    (mask & 1 == 0 || f(0))
+        && (mask & 2 == 0 || f(1))
+        && (mask & 4 == 0 || f(2))
+        && (mask & 8 == 0 || f(3))
+        && (mask & 16 == 0 || f(4))
+        && (mask & 32 == 0 || f(5))
+}
+
 /// The indices of the bits set in `mask`, lowest first.
 #[inline]
 fn bits(mut mask: u8) -> impl Iterator<Item = usize> {
@@ -257,23 +271,30 @@ impl MemoryWindow {
     }
 
     /// Records `amounts` in every live log at window time `t`.
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, t: u64, amounts: &[u64; 6]) -> MemoryTicket {
-        for i in bits(self.active) {
+        all_bits(self.active, |i| {
             self.logs[i].push(t, amounts[i]);
-        }
+            true
+        });
         let seq = self.pushed;
         self.pushed += 1;
         // Only the live logs are read: an unset budget's log is empty, and
-        // reading its header anyway would touch another cache line.
-        let mut used = [0; 4];
-        for i in bits(self.active & 0b1111) {
-            used[i] = self.logs[i].sum();
-        }
+        // reading its header anyway would touch another cache line. Built
+        // as one value (not stored element by element into a local and then
+        // copied, which stalls a wide load on the narrow stores before it).
+        let active = self.active;
+        let sum = |i: usize| {
+            if active & (1 << i) != 0 {
+                self.logs[i].sum()
+            } else {
+                0
+            }
+        };
         MemoryTicket {
             seq,
-            mask: self.active,
-            used,
+            mask: active,
+            used: [sum(0), sum(1), sum(2), sum(3)],
         }
     }
 }
@@ -372,13 +393,14 @@ impl RateStore for MemoryStore {
         let mask = limits.mask();
         window.sync(limits);
         let amounts = demand.amounts();
-        for i in bits(mask) {
+        let room = all_bits(mask, |i| {
             let (limit, span) = limits.budget(i);
             let log = &mut window.logs[i];
             log.expire(t, span);
-            if log.sum().saturating_add(amounts[i]) > limit {
-                return slow_reserve(self, window, demand, limits, now);
-            }
+            log.sum().saturating_add(amounts[i]) <= limit
+        });
+        if !room {
+            return slow_reserve(self, window, demand, limits, now);
         }
         Ok(window.push(t, &amounts))
     }
