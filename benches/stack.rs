@@ -142,18 +142,6 @@ fn noop() -> Noop {
     tower::service_fn(respond as fn(Req) -> _)
 }
 
-/// The same with a boxed error: `LlmStack` wants its inner service's errors
-/// boxed already (its optional parts are `tower::util::Either`s, whose two
-/// sides must agree on the error type).
-type NoopBoxed = tower::util::ServiceFn<fn(Req) -> Ready<Result<(), BoxError>>>;
-
-fn noop_boxed() -> NoopBoxed {
-    fn respond(_: Req) -> Ready<Result<(), BoxError>> {
-        ready(Ok(()))
-    }
-    tower::service_fn(respond as fn(Req) -> _)
-}
-
 // --- the stacks -------------------------------------------------------------
 
 /// Far above anything the bench sends (a few million calls a minute).
@@ -176,7 +164,7 @@ fn sluice(
     config.rate.tokens_per_minute = Some(HUGE);
     config.timeout.attempt = Some(Duration::from_secs(60));
     let stack = LlmStack::from_config(&config).unwrap();
-    ServiceBuilder::new().layer(stack).service(noop_boxed())
+    ServiceBuilder::new().layer(stack).service(noop())
 }
 
 /// The same layers composed by hand with `ServiceBuilder`: the difference

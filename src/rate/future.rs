@@ -67,6 +67,11 @@ pin_project! {
         Failed {
             error: Option<BoxError>,
         },
+        // No window (see `RateLimit::pass_through`): the result as it is.
+        Passed {
+            #[pin]
+            future: S::Future,
+        },
         Done,
     }
 }
@@ -87,6 +92,12 @@ where
                 reservation: Some(reservation),
                 shared,
             },
+        }
+    }
+
+    pub(crate) fn passed(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Passed { future },
         }
     }
 
@@ -177,6 +188,7 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(result);
                 }
+                StateProj::Passed { future } => return future.poll(cx).map_err(Into::into),
                 StateProj::Failed { error } => {
                     let error = error.take().expect("polled after completion");
                     this.state.set(State::Done);
@@ -198,6 +210,7 @@ where
             State::Waiting { .. } => "waiting",
             State::Calling { .. } => "calling",
             State::Failed { .. } => "failed",
+            State::Passed { .. } => "passed",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")

@@ -6,7 +6,6 @@ use tower::BoxError;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::handle::RateLimitHandle;
 use super::limits::Demand;
 use super::shared::{Enter, Shared};
 use super::store::{MemoryStore, RateStore};
@@ -17,7 +16,9 @@ use crate::request::LlmRequest;
 /// Keeps calls inside sliding-window request and token budgets. Made by
 /// [`RateLimitLayer`](super::RateLimitLayer); see the [module docs](super).
 ///
-/// Clones share the windows and queues of the layer that made them.
+/// Clones share the windows and queues of the layer that made them; the
+/// layer's [`handle`](super::RateLimitLayer::handle) changes their limits
+/// and reads their counters.
 ///
 /// `poll_ready` is the inner service's. A request that fits is called at
 /// once; one that must wait takes the readied inner service with it (a clone
@@ -25,12 +26,26 @@ use crate::request::LlmRequest;
 /// instant it is admitted.
 pub struct RateLimit<S, C = DefaultClassifier, St: RateStore = MemoryStore> {
     inner: S,
-    shared: Arc<Shared<C, St>>,
+    /// `None`: no window, calls pass through (the stack's disabled part).
+    shared: Option<Arc<Shared<C, St>>>,
 }
 
 impl<S, C, St: RateStore> RateLimit<S, C, St> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, St>>) -> Self {
-        RateLimit { inner, shared }
+        RateLimit {
+            inner,
+            shared: Some(shared),
+        }
+    }
+
+    /// A limiter without limits: every call goes to `inner` at once.
+    /// [`LlmStack`](crate::LlmStack) puts one where its rate window is off,
+    /// so that part costs a branch rather than a wrapper future.
+    pub(crate) fn pass_through(inner: S) -> Self {
+        RateLimit {
+            inner,
+            shared: None,
+        }
     }
 
     /// The inner service.
@@ -46,19 +61,6 @@ impl<S, C, St: RateStore> RateLimit<S, C, St> {
     /// The inner service, consuming the limiter.
     pub fn into_inner(self) -> S {
         self.inner
-    }
-}
-
-impl<S, C, St> RateLimit<S, C, St>
-where
-    C: Send + Sync + 'static,
-    St: RateStore,
-{
-    /// A handle to change the limits and read the counters.
-    pub fn handle(&self) -> RateLimitHandle {
-        RateLimitHandle {
-            control: self.shared.clone(),
-        }
     }
 }
 
@@ -97,10 +99,13 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let Some(shared) = &self.shared else {
+            return ResponseFuture::passed(self.inner.call(request));
+        };
         let _scope = clock::enter();
         let demand = Demand::estimate(request.token_estimate());
         let key = request.partition();
-        let entered = self.shared.enter(
+        let entered = shared.enter(
             key.as_ref(),
             &demand,
             request.priority(),
@@ -109,7 +114,7 @@ where
         );
         match entered {
             Enter::Admitted(reservation) => {
-                ResponseFuture::calling(self.inner.call(request), reservation, self.shared.clone())
+                ResponseFuture::calling(self.inner.call(request), reservation, shared.clone())
             }
             Enter::Failed(error) => ResponseFuture::failed(error),
             Enter::Wait(guard) => {

@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use tower::layer::util::Identity;
-use tower::util::Either;
 use tower_layer::Layer;
 
 use super::config::StackConfig;
@@ -15,7 +14,7 @@ use crate::classify::DefaultClassifier;
 use crate::concurrency::ConcurrencyLimitLayer;
 use crate::error::ConfigError;
 use crate::fallback::FallbackLayer;
-use crate::rate::{RateLimitHandle, RateLimitLayer};
+use crate::rate::{RateLimit, RateLimitHandle, RateLimitLayer};
 use crate::retry::{CloneRequest, Retry, RetryLayer};
 use crate::stats::Stats;
 use crate::timeout::{DeadlineLayer, SetDeadline, TimeoutLayer};
@@ -138,19 +137,16 @@ where
     type Service = LlmService<S, C, P, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        fn part<L: Layer<S>, S>(layer: &Option<L>, inner: S) -> Either<L::Service, S> {
-            match layer {
-                Some(layer) => Either::Left(layer.layer(inner)),
-                None => Either::Right(inner),
-            }
-        }
+        // A disabled part passes calls through inside the layer's own
+        // service: a branch per call, where an `Either` would wrap every
+        // response future once more (and moving those nested futures is a
+        // large share of what a call through the stack costs).
         let s = self.timeout.layer(inner);
-        let s = part(&self.rate, s);
+        let s = match &self.rate {
+            Some(layer) => layer.layer(s),
+            None => RateLimit::pass_through(s),
+        };
         let s = self.concurrency.layer(s);
-        // A disabled breaker, retry or deadline part passes calls through
-        // inside the layer's own service: a branch per call, where an
-        // `Either` would wrap every response future once more (and moving
-        // those futures is most of what a stack's call costs).
         let s = match &self.breaker {
             Some(layer) => layer.layer(s),
             None => CircuitBreaker::pass_through(s, self.classifier.clone()),

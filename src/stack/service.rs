@@ -3,7 +3,6 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
-use tower::util::Either;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -14,12 +13,9 @@ use crate::retry::Retry;
 use crate::timeout::{SetDeadline, Timeout};
 
 /// Every part is always in place; a disabled one passes calls through
-/// inside its own service (a branch per call). The rate window is still an
-/// `Either`: the layer's service, or the service below it as it is.
-type Part<L, S> = Either<L, S>;
-
+/// inside its own service (a branch per call).
 pub(super) type AttemptPart<S> = Timeout<S>;
-pub(super) type RatePart<S, C> = Part<RateLimit<AttemptPart<S>, C>, AttemptPart<S>>;
+pub(super) type RatePart<S, C> = RateLimit<AttemptPart<S>, C>;
 pub(super) type QueuePart<S, C> = ConcurrencyLimit<RatePart<S, C>>;
 pub(super) type BreakerPart<S, C> = CircuitBreaker<QueuePart<S, C>, C>;
 /// The stack up to the retry layer: what the fallback part wraps.

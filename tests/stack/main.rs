@@ -155,6 +155,7 @@ async fn disabled_parts_pass_requests_and_errors_through() {
     let stack = LlmStack::from_config(&config).unwrap();
     assert!(stack.concurrency().is_none() && stack.breaker_handle().is_none());
     assert!(stack.retry().is_none() && stack.timeout().is_none());
+    assert!(stack.rate_handle().is_none());
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let svc = ServiceBuilder::new()
