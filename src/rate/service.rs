@@ -98,6 +98,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let Some(shared) = &self.shared else {
             return ResponseFuture::passed(self.inner.call(request));
@@ -114,7 +115,10 @@ where
         );
         match entered {
             Enter::Admitted(reservation) => {
-                ResponseFuture::calling(self.inner.call(request), reservation, shared.clone())
+                // Everything else first: with the inner call the last step,
+                // its future is moved once, into this one.
+                let shared = shared.clone();
+                ResponseFuture::calling(self.inner.call(request), reservation, shared)
             }
             Enter::Failed(error) => ResponseFuture::failed(error),
             Enter::Wait(guard) => {
