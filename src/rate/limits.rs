@@ -88,7 +88,8 @@ impl Budget {
 /// after the call [`Demand::from_usage`] splits the actual usage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Demand {
-    /// Requests (1 for a call, 0 for a released one).
+    /// Requests (1 for a call, 0 for a released one; the in-memory store
+    /// counts any other non-zero value as 1).
     pub requests: u64,
     /// Total tokens.
     pub tokens: u64,
@@ -120,14 +121,17 @@ impl Demand {
         }
     }
 
-    /// The amount this demand puts on each budget, by index.
+    /// The amount this demand puts on each budget, by index, as the memory
+    /// store counts it: a request is one (or none), whatever `requests`
+    /// says above one.
     pub(crate) const fn amounts(&self) -> [u64; 6] {
+        let requests = (self.requests != 0) as u64;
         [
-            self.requests,
+            requests,
             self.tokens,
             self.input_tokens,
             self.output_tokens,
-            self.requests,
+            requests,
             self.tokens,
         ]
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::{duration_nanos, Budget, Demand, Limits};
-use super::window::{LogVerdict, SlidingLog, Verdict};
+use super::window::{self, LogVerdict, SlidingLog, Verdict};
 use crate::classify::{LimitState, RateLimitState};
 
 /// Where the budgets of each partition are kept. See the [module docs](self).
@@ -146,38 +146,33 @@ pub trait WindowState: Send + 'static {
     fn is_idle(&mut self, now: Instant) -> bool;
 }
 
-/// The default store: sliding logs in process memory.
+/// The default store: one sliding log per scope in process memory.
 ///
-/// Memory per partition is one 16-byte entry per reservation inside its
-/// window, in each budget that is set (so at most `requests_per_minute`
-/// entries a budget when a request budget is set).
+/// Memory per partition is one 32-byte entry per reservation inside its
+/// window, whatever budgets are set (the timestamp once, with the request
+/// count in its low bit, then total, input and output tokens; the burst
+/// bounds read the same entries), so at most `requests_per_minute` entries
+/// when a request budget is set. The buffer doubles as needed (a power of
+/// two, at least 8 entries) and keeps its size while the scope lives.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MemoryStore;
 
 /// [`MemoryStore`]'s state of one scope.
 ///
 /// Time inside is nanoseconds since `origin` (the first instant the scope
-/// was asked about), so log entries are two integers. Every budget that is
-/// set gets an entry per reservation, so all live logs hold the newest
-/// `len` of the `pushed` reservations and one sequence number identifies a
+/// was asked about). One [`SlidingLog`] holds every budget: an entry per
+/// reservation with all its amounts, so one sequence number identifies a
 /// reservation in all of them.
 #[derive(Default)]
 #[repr(C)] // what an admission touches first, side by side
 pub struct MemoryWindow {
-    /// Which logs are live: the budgets set in the limits last used. A log
-    /// is emptied when its budget is unset.
-    active: u8,
     /// Whether a cooldown or a clamp may be in force (then admission takes
     /// the path that looks at them).
     feedback: bool,
-    /// Reservations ever made here: the next sequence number.
-    pushed: u64,
     origin: Option<Instant>,
-    logs: [SlidingLog; 6],
-    /// The window length in nanoseconds: the longest span of any log, which
-    /// `is_idle` expires them all with (entries of one reservation share a
-    /// timestamp, so a log is empty at its own span once every log is empty
-    /// at the longest).
+    log: SlidingLog,
+    /// The window length in nanoseconds: the longest span of any budget,
+    /// which `is_idle` expires the log with.
     span: u64,
     cooldown: Option<Instant>,
     /// Server clamps on requests, tokens, input and output tokens.
@@ -191,10 +186,10 @@ struct Clamp {
     unseen: u64,
 }
 
-/// [`MemoryStore`]'s reservation: its sequence number in the scope's logs,
-/// which logs it went into, and what the request, token, input and output
-/// logs held right after it (the local view at admission, which the
-/// server's rate-limit headers are compared with).
+/// [`MemoryStore`]'s reservation: its sequence number in the scope's log,
+/// which budgets it went into, and what the request, token, input and
+/// output budgets held right after it (the local view at admission, which
+/// the server's rate-limit headers are compared with).
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryTicket {
     seq: u64,
@@ -236,6 +231,19 @@ fn bits(mut mask: u8) -> impl Iterator<Item = usize> {
     })
 }
 
+/// The span budget `i` is counted over: the limits' span, a burst's never
+/// longer than the window (so it never looks before the window's start in
+/// the shared log; validated limits never ask for more).
+#[inline(always)]
+fn span_of(limits: &Limits, i: usize) -> u64 {
+    let span = limits.budget(i).1;
+    if i >= 4 {
+        span.min(limits.budget(0).1)
+    } else {
+        span
+    }
+}
+
 impl MemoryWindow {
     /// `now` in the window's time: nanoseconds since its origin, which the
     /// first call sets. An instant before the origin counts as the origin:
@@ -244,7 +252,7 @@ impl MemoryWindow {
     #[inline]
     fn time(&mut self, now: Instant) -> u64 {
         let origin = *self.origin.get_or_insert(now);
-        duration_nanos(now.saturating_duration_since(origin))
+        duration_nanos(now.saturating_duration_since(origin)).min(window::MAX_TIME)
     }
 
     /// The instant of window time `t` (after [`time`](Self::time)).
@@ -255,38 +263,43 @@ impl MemoryWindow {
             .unwrap_or(now + crate::error::LONGEST_SETTING)
     }
 
-    /// Makes the live logs those of `mask`, emptying the logs of budgets no
-    /// longer set (a new log starts empty, so all live logs keep holding the
-    /// newest of the `pushed` reservations).
+    /// Makes the live budgets those of `limits` (a budget newly set starts
+    /// empty).
     #[inline]
     fn sync(&mut self, limits: &Limits) {
         let mask = limits.mask();
-        if self.active != mask {
-            for i in bits(self.active & !mask) {
-                self.logs[i].clear();
-            }
-            self.active = mask;
-            self.span = duration_nanos(limits.window());
+        if self.log.active() != mask {
+            self.resync(limits);
         }
     }
 
-    /// Records `amounts` in every live log at window time `t`.
+    #[cold]
+    #[inline(never)]
+    fn resync(&mut self, limits: &Limits) {
+        self.log.activate(limits.mask());
+        self.span = duration_nanos(limits.window());
+    }
+
+    /// Records `amounts` at window time `t` (nothing when no budget is set).
     #[inline(always)]
     fn push(&mut self, t: u64, amounts: &[u64; 6]) -> MemoryTicket {
-        all_bits(self.active, |i| {
-            self.logs[i].push(t, amounts[i]);
-            true
-        });
-        let seq = self.pushed;
-        self.pushed += 1;
-        // Only the live logs are read: an unset budget's log is empty, and
-        // reading its header anyway would touch another cache line. Built
-        // as one value (not stored element by element into a local and then
-        // copied, which stalls a wide load on the narrow stores before it).
-        let active = self.active;
+        let active = self.log.active();
+        if active == 0 {
+            return MemoryTicket {
+                seq: 0,
+                mask: 0,
+                used: [0; 4],
+            };
+        }
+        let seq = self.log.push(t, amounts);
+        // Only the live budgets are reported (the others' sums mean
+        // nothing). Built as one value (not stored element by element into a
+        // local and then copied, which stalls a wide load on the narrow
+        // stores before it).
+        let log = &self.log;
         let sum = |i: usize| {
             if active & (1 << i) != 0 {
-                self.logs[i].sum()
+                log.sum(i)
             } else {
                 0
             }
@@ -328,15 +341,15 @@ impl RateStore for MemoryStore {
         window.feedback = window.cooldown.is_some() || window.clamps.iter().any(Option::is_some);
         let mut verdict = Verdict::Fits;
         for i in bits(limits.mask()) {
-            let (limit, span) = limits.budget(i);
+            let limit = limits.budget(i).0;
+            let span = span_of(limits, i);
             let unseen = window
                 .clamps
                 .get(i)
                 .copied()
                 .flatten()
                 .map(|c| (c.unseen, c.until));
-            let log = &mut window.logs[i];
-            log.expire(t, span);
+            window.log.expire_budget(i, t, span);
             let amount = amounts[i];
             // Fits under what the server leaves (when it clamps), or waits
             // for local entries to expire or the unseen usage to reset,
@@ -346,7 +359,7 @@ impl RateStore for MemoryStore {
                 Some(_) if amount > limit => return Verdict::Never { amount, limit },
                 Some((unseen, until)) => (limit - unseen.min(limit), Some(until)),
             };
-            let v = match (log.verdict(t, span, amount, cap), until) {
+            let v = match (window.log.verdict(i, t, span, amount, cap), until) {
                 (LogVerdict::Fits, _) => Verdict::Fits,
                 (LogVerdict::NotUntil(at), None) => Verdict::NotUntil(window.instant(at, now)),
                 (LogVerdict::NotUntil(at), Some(until)) => {
@@ -393,11 +406,17 @@ impl RateStore for MemoryStore {
         let mask = limits.mask();
         window.sync(limits);
         let amounts = demand.amounts();
+        // The whole-window budgets share one start: expired once.
+        if mask & 15 != 0 {
+            window.log.expire(t, limits.budget(0).1);
+        }
+        let log = &mut window.log;
         let room = all_bits(mask, |i| {
-            let (limit, span) = limits.budget(i);
-            let log = &mut window.logs[i];
-            log.expire(t, span);
-            log.sum().saturating_add(amounts[i]) <= limit
+            let limit = limits.budget(i).0;
+            if i >= 4 {
+                log.expire_burst(i - 4, t, span_of(limits, i));
+            }
+            log.sum(i).saturating_add(amounts[i]) <= limit
         });
         if !room {
             return slow_reserve(self, window, demand, limits, now);
@@ -412,13 +431,10 @@ impl RateStore for MemoryStore {
         actual: &Demand,
         _now: Instant,
     ) {
-        // Entries are counted back from the newest; a log that went live
-        // after the reservation (or was emptied since) does not reach back
-        // that far.
-        let back = window.pushed - 1 - ticket.seq;
-        let amounts = actual.amounts();
-        for i in bits(window.active & ticket.mask) {
-            window.logs[i].set(back, amounts[i]);
+        // A budget set after the reservation (or emptied since) does not
+        // count it, and an entry that left the window is gone.
+        if ticket.mask != 0 {
+            window.log.set(ticket.seq, &actual.amounts());
         }
     }
 
@@ -478,17 +494,14 @@ impl WindowState for MemoryWindow {
         // An emptied log is as good as a new one.
         let t = self.time(now);
         let span = self.span;
-        bits(self.active).all(|i| self.logs[i].is_empty_at(t, span))
+        self.log.is_empty_at(t, span)
     }
 }
 
 impl fmt::Debug for MemoryWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryWindow")
-            .field(
-                "entries",
-                &self.logs.iter().map(SlidingLog::len).sum::<usize>(),
-            )
+            .field("entries", &self.log.len())
             .field("cooldown", &self.cooldown)
             .finish_non_exhaustive()
     }

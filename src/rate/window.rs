@@ -2,7 +2,6 @@
 //!
 //! Every function takes `now`; unit tests drive it with made-up instants.
 
-use std::collections::VecDeque;
 use tokio::time::Instant;
 
 /// Whether an amount fits a budget now, later, or never.
@@ -36,29 +35,110 @@ impl Verdict {
     }
 }
 
-/// An exact sliding log: one entry per reservation still inside the window,
-/// with a running sum.
+/// One reservation in a [`SlidingLog`]: its timestamp once and its amount
+/// for each kind of budget. 32 bytes, two to a cache line.
+///
+/// Requests are counted one per reservation (or none, once released), so
+/// the request amount is the low bit of `stamp` and the timestamp the other
+/// 63 bits (292 years of nanoseconds). The burst bounds spend the request
+/// and token amounts, so they need no slots of their own.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    /// `at << 1 | requests`.
+    stamp: u64,
+    tokens: u64,
+    input: u64,
+    output: u64,
+}
+
+impl Entry {
+    #[inline]
+    fn at(&self) -> u64 {
+        self.stamp >> 1
+    }
+
+    /// The amount budget `i` (a [`Budget`](super::Budget) index) counts.
+    #[inline(always)]
+    fn amount(&self, i: usize) -> u64 {
+        match i {
+            0 | 4 => self.stamp & 1,
+            1 | 5 => self.tokens,
+            2 => self.input,
+            _ => self.output,
+        }
+    }
+
+    /// Sets the amount of kind `k` (0 requests, 1 tokens, 2 input, 3 output).
+    #[inline]
+    fn set_amount(&mut self, k: usize, amount: u64) {
+        match k {
+            0 => self.stamp = (self.stamp & !1) | amount.min(1),
+            1 => self.tokens = amount,
+            2 => self.input = amount,
+            _ => self.output = amount,
+        }
+    }
+}
+
+/// The latest window time a [`SlidingLog`] can record (63 bits).
+pub(crate) const MAX_TIME: u64 = u64::MAX >> 1;
+
+/// A burst bound's view of the log: it counts the entries from `start`,
+/// over its own shorter span.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    start: u64,
+    sum: u64,
+}
+
+/// An exact sliding log of every budget of one scope: one ring buffer of
+/// [`Entry`]s (one per reservation still inside the window, each holding the
+/// timestamp once and the amounts of every kind of budget), with a running
+/// sum per budget.
+///
+/// Budgets are numbered as [`Budget::index`](super::Budget::index): 0 to 3
+/// (requests, tokens, input and output tokens) count over the whole window
+/// and share one start; the burst bounds (4 and 5) count over shorter spans
+/// from starts of their own, over the same entries.
 ///
 /// Time is in nanoseconds since an origin the owner picks (no entry or
-/// `now` before it): 16-byte entries, and one integer comparison per entry
-/// looked at.
+/// `now` before it, nothing past [`MAX_TIME`]): one integer comparison per
+/// entry looked at.
 ///
 /// An entry made at `ts` counts at every `t` with `ts <= t < ts + span`,
-/// i.e. at `t` the log holds the entries of `(t - span, t]`. Admission at
+/// i.e. at `t` a budget holds the entries of `(t - span, t]`. Admission at
 /// `t` requires `sum + amount <= limit`, so every interval of length `span`
 /// that ends at an admission holds at most `limit`; since any interval's
 /// content is bounded by the interval ending at its last admission, *every*
 /// interval of length `span` does.
 ///
-/// Entries are identified by a sequence number; the owner keeps the count
-/// of entries ever pushed (`pushed`), so `entries[i]` is number
-/// `pushed - len + i` and a reservation can be corrected in O(1) at its
-/// original timestamp.
-#[derive(Debug, Clone, Default)]
+/// Entries are numbered in order (`pushed` is the next number): entry `seq`
+/// lives at `seq mod capacity` (a power of two), so a reservation can be
+/// corrected in O(1) at its original timestamp. A budget that is set counts
+/// only the entries pushed since (a new budget starts empty): its amounts in
+/// older entries are zeroed when it is set (for the whole-window budgets,
+/// which share their start) or it starts at the newest entry (the bursts).
+#[derive(Clone, Default)]
+#[repr(C)] // what an admission touches first, side by side
 pub(crate) struct SlidingLog {
-    entries: VecDeque<(u64, u64)>,
-    /// Sum of the amounts in `entries`.
-    sum: u64,
+    /// Which budgets count: bit `i` for budget index `i`.
+    active: u8,
+    /// The next entry number.
+    pushed: u64,
+    /// The oldest entry still inside the window (the whole-window budgets'
+    /// start, and the oldest entry kept).
+    start: u64,
+    /// The newest timestamp recorded: timestamps never go backwards.
+    newest: u64,
+    /// Running sums of budgets 0 to 3 over `start..pushed`. The sum of a
+    /// budget that is not set is meaningless (it is reset when set).
+    sums: [u64; 4],
+    buf: Box<[Entry]>,
+    /// The burst bounds on requests and tokens.
+    bursts: [Cursor; 2],
+    /// The first entry each whole-window budget counts: where it was last
+    /// set (older entries have its amount zeroed).
+    since: [u64; 4],
 }
 
 /// [`Verdict`] in the log's own time.
@@ -70,8 +150,50 @@ pub(crate) enum LogVerdict {
 }
 
 impl SlidingLog {
-    /// Drops the entries that no longer count at `now`. O(1) amortized: each
-    /// entry is pushed once and popped once.
+    /// The budgets that count (bit `i` for index `i`).
+    #[inline]
+    pub(crate) fn active(&self) -> u8 {
+        self.active
+    }
+
+    /// Makes the budgets of `mask` the ones that count. A budget newly set
+    /// starts empty; the sums of budgets no longer set stop meaning
+    /// anything. With none set, every entry is forgotten. O(entries) when a
+    /// whole-window budget is newly set (a runtime limit change), else O(1).
+    pub(crate) fn activate(&mut self, mask: u8) {
+        let added = mask & !self.active;
+        if mask == 0 {
+            self.start = self.pushed;
+        }
+        for k in 0..4 {
+            if added & (1 << k) != 0 {
+                let m = self.mask();
+                for seq in self.start..self.pushed {
+                    self.buf[seq as usize & m].set_amount(k, 0);
+                }
+                self.sums[k] = 0;
+                self.since[k] = self.pushed;
+            }
+        }
+        for j in 0..2 {
+            if added & (1 << (4 + j)) != 0 {
+                self.bursts[j] = Cursor {
+                    start: self.pushed,
+                    sum: 0,
+                };
+            }
+        }
+        self.active = mask;
+    }
+
+    #[inline(always)]
+    fn mask(&self) -> usize {
+        self.buf.len().wrapping_sub(1)
+    }
+
+    /// Drops the entries that no longer count at `now` in the whole-window
+    /// budgets (`span` is the window). O(1) amortized: each entry is pushed
+    /// once and passed once.
     #[inline]
     pub(crate) fn expire(&mut self, now: u64, span: u64) {
         // An entry at `ts` counts while `ts + span > now`, i.e. while
@@ -80,101 +202,241 @@ impl SlidingLog {
         let Some(cutoff) = now.checked_sub(span) else {
             return;
         };
-        while let Some(&(ts, amount)) = self.entries.front() {
-            if ts > cutoff {
+        // `at <= cutoff` exactly when `stamp <= cutoff << 1 | 1`.
+        let bound = (cutoff.min(MAX_TIME) << 1) | 1;
+        let m = self.mask();
+        while self.start != self.pushed {
+            let e = self.buf[self.start as usize & m];
+            if e.stamp > bound {
                 break;
             }
-            self.entries.pop_front();
-            self.sum -= amount;
+            self.sums[0] = self.sums[0].wrapping_sub(e.stamp & 1);
+            self.sums[1] = self.sums[1].wrapping_sub(e.tokens);
+            self.sums[2] = self.sums[2].wrapping_sub(e.input);
+            self.sums[3] = self.sums[3].wrapping_sub(e.output);
+            self.start += 1;
         }
     }
 
-    /// What is reserved in the window (after [`expire`](Self::expire)).
+    /// Drops the entries that no longer count at `now` in burst bound `j`
+    /// (0 requests, 1 tokens) over its `span`, no longer than the window (so
+    /// it never looks before the whole-window start, after
+    /// [`expire`](Self::expire) at the same `now`).
     #[inline]
-    pub(crate) fn sum(&self) -> u64 {
-        self.sum
+    pub(crate) fn expire_burst(&mut self, j: usize, now: u64, span: u64) {
+        let Some(cutoff) = now.checked_sub(span) else {
+            return;
+        };
+        let bound = (cutoff.min(MAX_TIME) << 1) | 1;
+        let m = self.mask();
+        let mut c = self.bursts[j];
+        debug_assert!(c.start >= self.start || self.active & (16 << j) == 0);
+        while c.start != self.pushed {
+            let e = self.buf[c.start as usize & m];
+            if e.stamp > bound {
+                break;
+            }
+            c.sum = c.sum.wrapping_sub(e.amount(4 + j));
+            c.start += 1;
+        }
+        self.bursts[j] = c;
+    }
+
+    /// Expires budget `i` at `now` over `span` (the window for 0 to 3).
+    #[inline(always)]
+    pub(crate) fn expire_budget(&mut self, i: usize, now: u64, span: u64) {
+        match i {
+            4 | 5 => self.expire_burst(i - 4, now, span),
+            _ => self.expire(now, span),
+        }
+    }
+
+    /// What budget `i` holds (after expiring it).
+    #[inline(always)]
+    pub(crate) fn sum(&self, i: usize) -> u64 {
+        match i {
+            4 | 5 => self.bursts[i - 4].sum,
+            _ => self.sums[i],
+        }
+    }
+
+    /// The first entry budget `i` looks at.
+    #[inline]
+    fn start_of(&self, i: usize) -> u64 {
+        match i {
+            4 | 5 => self.bursts[i - 4].start,
+            _ => self.start,
+        }
     }
 
     /// How many entries are held.
     #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+    pub(crate) fn len(&self) -> u64 {
+        self.pushed - self.start
     }
 
-    /// Forgets every entry.
-    pub(crate) fn clear(&mut self) {
-        self.entries.clear();
-        self.sum = 0;
-    }
-
-    /// Whether `amount` fits under `limit` at `now` (already expired with
-    /// [`expire`](Self::expire)), and if not, from when.
+    /// Whether `amount` fits budget `i` under `limit` at `now` (expired with
+    /// [`expire_budget`](Self::expire_budget)), and if not, from when.
     ///
-    /// The wait is found by walking from the oldest entry until enough would
-    /// have expired: the instant is that entry's timestamp plus the span.
-    pub(crate) fn verdict(&self, now: u64, span: u64, amount: u64, limit: u64) -> LogVerdict {
+    /// The wait is found by walking from the budget's oldest entry until
+    /// enough would have expired: the instant is that entry's timestamp plus
+    /// the span.
+    pub(crate) fn verdict(
+        &self,
+        i: usize,
+        now: u64,
+        span: u64,
+        amount: u64,
+        limit: u64,
+    ) -> LogVerdict {
         if amount > limit {
             return LogVerdict::Never;
         }
-        let total = self.sum.saturating_add(amount);
+        let total = self.sum(i).saturating_add(amount);
         if total <= limit {
             return LogVerdict::Fits;
         }
         let need = total - limit;
         let mut freed = 0u64;
-        for &(ts, entry) in &self.entries {
-            freed = freed.saturating_add(entry);
+        let m = self.mask();
+        for seq in self.start_of(i)..self.pushed {
+            let e = &self.buf[seq as usize & m];
+            freed = freed.saturating_add(e.amount(i));
             if freed >= need {
-                return LogVerdict::NotUntil(ts.saturating_add(span));
+                return LogVerdict::NotUntil(e.at().saturating_add(span));
             }
         }
         // Unreachable while `amount <= limit` (everything expiring frees
         // `sum >= need`); be safe anyway.
-        LogVerdict::NotUntil(
-            self.entries
-                .back()
-                .map_or(now, |&(ts, _)| ts.saturating_add(span)),
-        )
+        LogVerdict::NotUntil(self.newest.max(now).saturating_add(span))
     }
 
-    /// [`expire`](Self::expire), then [`verdict`](Self::verdict).
+    /// [`expire_budget`](Self::expire_budget), then
+    /// [`verdict`](Self::verdict).
     #[cfg(test)]
-    pub(crate) fn check(&mut self, now: u64, span: u64, amount: u64, limit: u64) -> LogVerdict {
-        self.expire(now, span);
-        self.verdict(now, span, amount, limit)
+    pub(crate) fn check(
+        &mut self,
+        i: usize,
+        now: u64,
+        span: u64,
+        amount: u64,
+        limit: u64,
+    ) -> LogVerdict {
+        self.expire_budget(i, now, span);
+        self.verdict(i, now, span, amount, limit)
     }
 
-    /// Records `amount` at `now`. Timestamps never go backwards: an entry is
+    /// Records a reservation of `amounts` (by budget index; the request
+    /// amount counts as one when not zero) at `now`, for every budget, and
+    /// returns its number. Timestamps never go backwards: an entry is
     /// recorded at the latest of `now` and the newest entry, which can only
     /// make it expire later.
-    #[inline]
-    pub(crate) fn push(&mut self, now: u64, amount: u64) {
-        let at = match self.entries.back() {
-            Some(&(last, _)) if last > now => last,
-            _ => now,
+    ///
+    /// Sums add without overflow checks: a budget's sum stays at most its
+    /// limit when the reservation was checked to fit.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, now: u64, amounts: &[u64; 6]) -> u64 {
+        if self.len() == self.buf.len() as u64 {
+            self.grow();
+        }
+        let at = now.min(MAX_TIME).max(self.newest);
+        self.newest = at;
+        let request = u64::from(amounts[0] != 0);
+        let seq = self.pushed;
+        let m = self.mask();
+        self.buf[seq as usize & m] = Entry {
+            stamp: (at << 1) | request,
+            tokens: amounts[1],
+            input: amounts[2],
+            output: amounts[3],
         };
-        self.entries.push_back((at, amount));
-        self.sum = self.sum.saturating_add(amount);
+        self.sums[0] = self.sums[0].wrapping_add(request);
+        self.sums[1] = self.sums[1].wrapping_add(amounts[1]);
+        self.sums[2] = self.sums[2].wrapping_add(amounts[2]);
+        self.sums[3] = self.sums[3].wrapping_add(amounts[3]);
+        self.bursts[0].sum = self.bursts[0].sum.wrapping_add(request);
+        self.bursts[1].sum = self.bursts[1].sum.wrapping_add(amounts[1]);
+        self.pushed = seq + 1;
+        seq
     }
 
-    /// Replaces the amount of the entry `back` places before the newest
-    /// (`0` is the newest), at its original timestamp. Returns the old
-    /// amount, or `None` if the entry has already expired (then the
-    /// correction can change nothing: the window no longer counts it).
-    pub(crate) fn set(&mut self, back: u64, amount: u64) -> Option<u64> {
-        let back = usize::try_from(back).ok()?;
-        let index = self.entries.len().checked_sub(back)?.checked_sub(1)?;
-        let entry = self.entries.get_mut(index)?;
-        let old = entry.1;
-        entry.1 = amount;
-        self.sum = self.sum - old + amount;
-        Some(old)
+    /// Doubles the buffer (amortized O(1) per push; never per admission once
+    /// the window's peak is reached).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        let cap = (self.buf.len() * 2).max(8);
+        let mut buf = vec![Entry::default(); cap].into_boxed_slice();
+        let (old, new) = (self.mask(), cap - 1);
+        for seq in self.start..self.pushed {
+            buf[seq as usize & new] = self.buf[seq as usize & old];
+        }
+        self.buf = buf;
     }
 
-    /// Whether nothing counts at `now`.
-    pub(crate) fn is_empty_at(&mut self, now: u64, span: u64) -> bool {
-        self.expire(now, span);
-        self.entries.is_empty()
+    /// Replaces the amounts of reservation `seq` with `amounts` (by budget
+    /// index), at its original timestamp, in every budget that still counts
+    /// it (a budget set after it, or an entry that has left the window, is
+    /// not changed: the correction can change nothing there).
+    pub(crate) fn set(&mut self, seq: u64, amounts: &[u64; 6]) {
+        if seq < self.start || seq >= self.pushed {
+            return;
+        }
+        let index = seq as usize & self.mask();
+        for k in 0..4 {
+            if self.active & (1 << k) == 0 || seq < self.since[k] {
+                continue;
+            }
+            let entry = &mut self.buf[index];
+            let old = entry.amount(k);
+            entry.set_amount(k, amounts[k]);
+            let new = entry.amount(k);
+            // A budget's sum counts `old`; an absurd `new` saturates.
+            self.sums[k] = self.sums[k].wrapping_sub(old).saturating_add(new);
+            // The burst bound on the same amount, if it counts the entry.
+            if k < 2 && self.active & (16 << k) != 0 && seq >= self.bursts[k].start {
+                let c = &mut self.bursts[k];
+                c.sum = c.sum.wrapping_sub(old).saturating_add(new);
+            }
+        }
+    }
+
+    /// The amount budget `i` counts for reservation `seq`, if it is held.
+    #[cfg(test)]
+    pub(crate) fn amount(&self, seq: u64, i: usize) -> Option<u64> {
+        (seq >= self.start && seq < self.pushed)
+            .then(|| self.buf[seq as usize & self.mask()].amount(i))
+    }
+
+    /// Whether nothing counts at `now` in any budget (the window is the
+    /// longest span). Changes nothing unless every entry has left the
+    /// window: then all are dropped at once (so no burst bound is left
+    /// looking at entries before the whole-window start).
+    pub(crate) fn is_empty_at(&mut self, now: u64, window: u64) -> bool {
+        if self.start == self.pushed {
+            return true;
+        }
+        let all_out = now
+            .checked_sub(window)
+            .is_some_and(|cutoff| self.newest <= cutoff);
+        if all_out {
+            self.start = self.pushed;
+            self.sums = [0; 4];
+            self.bursts = [Cursor {
+                start: self.pushed,
+                sum: 0,
+            }; 2];
+        }
+        all_out
+    }
+}
+
+impl std::fmt::Debug for SlidingLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlidingLog")
+            .field("entries", &self.len())
+            .field("capacity", &self.buf.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -183,61 +445,175 @@ mod tests {
     use super::*;
 
     const W: u64 = 60_000_000_000;
+    const REQ: usize = 0;
+    const TOK: usize = 1;
+    const REQ_BURST: usize = 4;
 
     fn secs(s: u64) -> u64 {
         s * 1_000_000_000
     }
 
+    /// One request of `tokens`, as `Demand::amounts` lays it out.
+    fn call(tokens: u64) -> [u64; 6] {
+        [1, tokens, tokens, tokens, 1, tokens]
+    }
+
+    fn log(mask: u8) -> SlidingLog {
+        let mut log = SlidingLog::default();
+        log.activate(mask);
+        log
+    }
+
     #[test]
     fn admits_up_to_the_limit_then_waits_for_the_oldest_entry() {
-        let mut log = SlidingLog::default();
+        let mut log = log(0b1);
         for i in 0..3 {
-            assert_eq!(log.check(secs(i), W, 1, 3), LogVerdict::Fits);
-            log.push(secs(i), 1);
+            assert_eq!(log.check(REQ, secs(i), W, 1, 3), LogVerdict::Fits);
+            log.push(secs(i), &call(0));
         }
-        assert_eq!(log.check(secs(10), W, 1, 3), LogVerdict::NotUntil(secs(60)));
+        assert_eq!(
+            log.check(REQ, secs(10), W, 1, 3),
+            LogVerdict::NotUntil(secs(60))
+        );
         // two more need the first two entries gone
-        assert_eq!(log.check(secs(10), W, 2, 3), LogVerdict::NotUntil(secs(61)));
+        assert_eq!(
+            log.check(REQ, secs(10), W, 2, 3),
+            LogVerdict::NotUntil(secs(61))
+        );
         // at exactly ts + W the entry no longer counts
-        assert_eq!(log.check(secs(60), W, 1, 3), LogVerdict::Fits);
-        assert_eq!(log.sum(), 2);
+        assert_eq!(log.check(REQ, secs(60), W, 1, 3), LogVerdict::Fits);
+        assert_eq!(log.sum(REQ), 2);
     }
 
     #[test]
     fn never_when_the_amount_exceeds_the_limit() {
-        let mut log = SlidingLog::default();
-        assert_eq!(log.check(0, W, 11, 10), LogVerdict::Never);
+        let mut log = log(0b10);
+        assert_eq!(log.check(TOK, 0, W, 11, 10), LogVerdict::Never);
     }
 
     #[test]
     fn set_rewrites_at_the_original_timestamp() {
-        let mut log = SlidingLog::default();
-        log.push(0, 100);
-        log.push(secs(30), 100);
-        // `a` is one place before the newest, `b` the newest
-        assert_eq!(log.set(1, 10), Some(100));
-        assert_eq!(log.sum(), 110);
+        let mut log = log(0b11);
+        let a = log.push(0, &call(100));
+        let b = log.push(secs(30), &call(100));
+        log.set(a, &call(10));
+        assert_eq!(log.sum(TOK), 110);
+        assert_eq!(log.sum(REQ), 2);
         // the refunded entry still expires at W, the other at 90 s
         assert_eq!(
-            log.check(secs(31), W, 95, 200),
+            log.check(TOK, secs(31), W, 95, 200),
             LogVerdict::NotUntil(secs(60))
         );
-        assert_eq!(log.set(0, 150), Some(100));
+        log.set(b, &call(150));
         log.expire(secs(60), W);
-        assert_eq!(log.sum(), 150);
+        assert_eq!(log.sum(TOK), 150);
         // an expired entry can no longer be corrected
-        assert_eq!(log.set(1, 5), None);
-        assert_eq!(log.sum(), 150);
+        log.set(a, &call(5));
+        assert_eq!(log.sum(TOK), 150);
+        // a release gives the request back too
+        log.set(b, &[0; 6]);
+        assert_eq!((log.sum(REQ), log.sum(TOK)), (0, 0));
     }
 
     #[test]
     fn timestamps_never_go_backwards() {
-        let mut log = SlidingLog::default();
-        log.push(secs(5), 1);
-        log.push(secs(3), 1);
+        let mut log = log(0b1);
+        log.push(secs(5), &call(0));
+        log.push(secs(3), &call(0));
         // the second entry was recorded at 5 s, so both expire at 65 s
         assert!(!log.is_empty_at(secs(64), W));
+        assert_eq!(log.len(), 2);
         assert!(log.is_empty_at(secs(65), W));
         assert_eq!(log.len(), 0);
+    }
+
+    #[test]
+    fn budgets_share_entries_and_expire_together() {
+        let mut log = log(0b1111);
+        log.push(0, &[1, 30, 20, 10, 1, 30]);
+        log.push(secs(1), &[1, 7, 5, 2, 1, 7]);
+        assert_eq!(
+            [0, 1, 2, 3].map(|i| log.sum(i)),
+            [2, 37, 25, 12],
+            "one entry carries every amount"
+        );
+        log.expire(secs(60), W);
+        assert_eq!([0, 1, 2, 3].map(|i| log.sum(i)), [1, 7, 5, 2]);
+        log.expire(secs(61), W);
+        assert_eq!([0, 1, 2, 3].map(|i| log.sum(i)), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_burst_bound_expires_over_its_own_span_from_its_own_start() {
+        let span = secs(5);
+        let mut log = log(0b1_0001);
+        for s in 0..3 {
+            log.push(secs(s), &call(1));
+        }
+        log.expire(secs(6), W);
+        log.expire_burst(0, secs(6), span);
+        // the window still holds all three, the burst only the one at 2 s
+        assert_eq!((log.sum(REQ), log.sum(REQ_BURST)), (3, 1));
+        assert_eq!(
+            log.verdict(REQ_BURST, secs(6), span, 1, 1),
+            LogVerdict::NotUntil(secs(7))
+        );
+        assert_eq!(
+            log.verdict(REQ, secs(6), W, 1, 3),
+            LogVerdict::NotUntil(secs(60))
+        );
+        // a release reaches the burst only while it counts the entry
+        log.set(2, &[0; 6]);
+        assert_eq!((log.sum(REQ), log.sum(REQ_BURST)), (2, 0));
+        log.set(0, &[0; 6]);
+        assert_eq!((log.sum(REQ), log.sum(REQ_BURST)), (1, 0));
+    }
+
+    #[test]
+    fn a_budget_set_later_starts_empty_and_ignores_older_corrections() {
+        let mut log = log(0b1);
+        let old = log.push(0, &call(50));
+        // tokens and the token burst are set now: they count nothing yet
+        log.activate(0b10_0011);
+        assert_eq!((log.sum(TOK), log.sum(5)), (0, 0));
+        assert_eq!(log.amount(old, TOK), Some(0));
+        let new = log.push(secs(1), &call(40));
+        assert_eq!((log.sum(REQ), log.sum(TOK), log.sum(5)), (2, 40, 40));
+        // the older reservation is corrected where it counts: requests only
+        log.set(old, &call(500));
+        assert_eq!((log.sum(REQ), log.sum(TOK), log.sum(5)), (2, 40, 40));
+        log.set(new, &call(45));
+        assert_eq!((log.sum(TOK), log.sum(5)), (45, 45));
+        // expiring the older entry takes nothing from the tokens
+        log.expire(secs(60), W);
+        assert_eq!((log.sum(REQ), log.sum(TOK)), (1, 45));
+        // unset everything: every entry is forgotten
+        log.activate(0);
+        assert_eq!(log.len(), 0);
+    }
+
+    #[test]
+    fn growing_keeps_entries_in_order_across_the_wrap() {
+        let mut log = log(0b11);
+        // fill, expire some, wrap around, then grow past the wrap
+        for s in 0..8 {
+            log.push(secs(s), &call(s + 1));
+        }
+        log.expire(W + secs(4), W);
+        assert_eq!(log.len(), 3);
+        for s in 8..40 {
+            log.push(W + secs(s), &call(s + 1));
+        }
+        assert_eq!(log.len(), 35);
+        let expected: u64 = (6..=8).chain(9..=40).sum();
+        assert_eq!(log.sum(TOK), expected);
+        // the wait walks the entries in time order
+        assert_eq!(
+            log.verdict(TOK, W + secs(40), W, 6 + 7, expected),
+            LogVerdict::NotUntil(W + secs(6))
+        );
+        for seq in 5..40 {
+            assert_eq!(log.amount(seq, TOK), Some(seq + 1));
+        }
     }
 }
