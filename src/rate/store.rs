@@ -160,7 +160,7 @@ pub struct MemoryStore;
 /// [`MemoryStore`]'s state of one scope.
 ///
 /// Time inside is nanoseconds since `origin` (the first instant the scope
-/// was asked about). One [`SlidingLog`] holds every budget: an entry per
+/// was asked about). One sliding log holds every budget: an entry per
 /// reservation with all its amounts, so one sequence number identifies a
 /// reservation in all of them.
 #[derive(Default)]

@@ -383,13 +383,13 @@ impl SlidingLog {
             return;
         }
         let index = seq as usize & self.mask();
-        for k in 0..4 {
+        for (k, &amount) in amounts.iter().enumerate().take(4) {
             if self.active & (1 << k) == 0 || seq < self.since[k] {
                 continue;
             }
             let entry = &mut self.buf[index];
             let old = entry.amount(k);
-            entry.set_amount(k, amounts[k]);
+            entry.set_amount(k, amount);
             let new = entry.amount(k);
             // A budget's sum counts `old`; an absurd `new` saturates.
             self.sums[k] = self.sums[k].wrapping_sub(old).saturating_add(new);
