@@ -31,12 +31,13 @@
 //!
 //! # Algorithm: an exact sliding log
 //!
-//! Each budget of each partition is a log of `(timestamp, amount)` entries,
-//! one per reservation still inside the window, with a running sum. A request
-//! is admitted at `t` only if, in every budget it touches, the entries of
-//! `(t - W, t]` plus its own amount stay within the limit. Old entries are
-//! popped from the front as time passes, so admission is O(1) amortized
-//! (each entry is pushed once and popped once).
+//! Each partition keeps one log of entries, one per reservation still inside
+//! the window, each holding its timestamp and its amount in every budget,
+//! with a running sum per budget. A request is admitted at `t` only if, in
+//! every budget it touches, the entries of `(t - W, t]` plus its own amount
+//! stay within the limit. Old entries leave from the front as time passes,
+//! so admission is O(1) amortized (each entry is pushed once and passed
+//! once).
 //!
 //! This bounds **every** interval of length `W`, not only those ending at an
 //! admission: an interval's content is that of the interval ending at its
@@ -56,16 +57,19 @@
 //!   but approximate: depending on where in the bucket the requests fell,
 //!   they over- or under-count, and over-admit by up to a bucket's worth.
 //!
-//! The log costs one 16-byte entry per admission inside the window (bounded
-//! by the request limit when one is set). It also gives what the others
-//! cannot: each reservation has an identity (a sequence number: every live
-//! log of a partition gets an entry per reservation, so the newest entry is
-//! the latest reservation and the others count back from it) so it can be
-//! **corrected at its original timestamp** in O(1) when the actual usage is
-//! known.
+//! The log costs one 32-byte entry per admission inside the window, whatever
+//! budgets are set (bounded by the request limit when one is set): the
+//! timestamp once, with the request count in its low bit, then the total,
+//! input and output tokens. It is a ring buffer that doubles when full and
+//! never allocates per admission. It also gives what the others cannot:
+//! each reservation has an identity (a sequence number, its place in the
+//! ring) so it can be **corrected at its original timestamp** in O(1) when
+//! the actual usage is known.
 //!
-//! An admission that fits is one pass: each budget that is set expires its
-//! old entries and compares its sum, then every log gets the new entry.
+//! An admission that fits is one pass: the whole-window budgets expire
+//! their old entries together (they share one start), each burst bound
+//! expires from its own start over its shorter span, every budget compares
+//! its sum, then one entry is written.
 //!
 //! The window state is pure (`now` is an argument) and lives behind the
 //! [`RateStore`] seam; [`MemoryStore`] is the default.
