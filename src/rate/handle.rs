@@ -35,8 +35,8 @@ pub(crate) trait Control: Send + Sync {
 }
 
 /// A handle on a live limiter, from
-/// [`RateLimitLayer::handle`](super::RateLimitLayer::handle) or
-/// [`RateLimit::handle`](super::RateLimit::handle).
+/// [`RateLimitLayer::handle`](super::RateLimitLayer::handle): it reaches
+/// every service the layer (or a clone of it) made.
 ///
 /// Changes apply to every partition at once (each keeps its window: a lowered
 /// limit makes a full window wait longer, a raised one lets waiters in now).
