@@ -78,7 +78,7 @@
 //!   it fires, the waiters that are due are woken (they fail with
 //!   `QueueTimeout` or `DeadlineExceeded`) and one waiter re-arms it for the
 //!   next. Compared with a `Sleep` per waiter this saves an allocation and
-//!   two timer-wheel operations per queued request, and memory: about 215
+//!   two timer-wheel operations per queued request, and memory: about 210
 //!   bytes a queued request beyond the request itself, measured in
 //!   `benches/concurrency.rs`. The `Sleep` is always created from a waiter's
 //!   poll, so it belongs to the runtime that runs the waiters.

@@ -162,7 +162,6 @@ impl Queue {
     /// Takes the first waiter that still waits (skipping expired ones) out of
     /// the queue; the caller marks its node `GRANTED` right after.
     pub(super) fn pop_first_waiting(&mut self) -> Option<(Key, Arc<Node>)> {
-        self.pop_dead_tail();
         // The common case: one priority, the head still waits.
         if self.sorted.is_empty() {
             if let Some(front) = self.tail.front().filter(|e| e.node.is_waiting()) {
@@ -171,6 +170,7 @@ impl Queue {
                 return self.pop_tail_front().map(|node| (key, node));
             }
         }
+        self.pop_dead_tail();
         let in_sorted = self
             .sorted
             .iter()
