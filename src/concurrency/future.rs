@@ -120,13 +120,34 @@ where
                     request,
                 } => match ready!(waiter.poll_acquire(cx)) {
                     Ok(permit) => {
-                        let svc = svc.take().expect("service taken only on leaving Queued");
+                        let mut svc = svc.take().expect("service taken only on leaving Queued");
                         let request = request.take();
-                        state.set(State::Admitted {
-                            permit: Some(permit),
-                            svc,
-                            request,
-                        });
+                        // Most inner services are ready at once: call it
+                        // now, one state change instead of two.
+                        match svc.poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {
+                                let request =
+                                    request.expect("request taken only on leaving Queued");
+                                let future = svc.call(request);
+                                state.set(State::Called {
+                                    future,
+                                    permit: Some(permit),
+                                });
+                            }
+                            Poll::Ready(Err(error)) => {
+                                drop(permit);
+                                state.set(State::Done);
+                                return Poll::Ready(Err(error.into()));
+                            }
+                            Poll::Pending => {
+                                state.set(State::Admitted {
+                                    permit: Some(permit),
+                                    svc,
+                                    request,
+                                });
+                                return Poll::Pending;
+                            }
+                        }
                     }
                     Err(error) => {
                         state.set(State::Done);

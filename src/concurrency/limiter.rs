@@ -61,13 +61,18 @@ struct State {
     /// Waiters by position. Every waiter in it is `WAITING` or `EXPIRED`;
     /// one removed by a releaser has been `GRANTED` a permit.
     queue: Queue,
-    /// The waiters whose wait ends after `max_queue_wait`, in arrival order,
-    /// which is also the order their time runs out (`now` is read under the
-    /// lock): a FIFO instead of a sorted index. Entries are removed lazily:
-    /// one whose node is no longer `WAITING` is dropped when it reaches the
-    /// front, or when dead entries outnumber live ones (so it stays within
-    /// twice the queue plus a constant).
+    /// The waiters outside the queue's tail whose wait ends after
+    /// `max_queue_wait`, in arrival order, which is also the order their
+    /// time runs out (see `last_wait_end`): a FIFO instead of a sorted
+    /// index. (The tail is in arrival order too and keeps its own expiries.)
+    /// Entries are removed lazily: one whose node is no longer `WAITING` is
+    /// dropped when it reaches the front, or when dead entries outnumber
+    /// live ones (so it stays within twice the queue plus a constant).
     waits: VecDeque<(Instant, Arc<Node>)>,
+    /// The latest `max_queue_wait` end handed out: later ones are clamped
+    /// to at least this, so both FIFOs stay in order even if the clock
+    /// steps back or two threads read it in one order and lock in the other.
+    last_wait_end: Option<Instant>,
     /// The waiters whose own deadline ends the wait, by `(deadline, seq)`:
     /// removed eagerly, so all are `WAITING`.
     deadlines: BTreeMap<(Instant, u64), Arc<Node>>,
@@ -94,11 +99,9 @@ impl State {
     fn next_expiry(&mut self) -> Option<Instant> {
         self.pop_dead_waits();
         let wait = self.waits.front().map(|(at, _)| *at);
+        let tail = self.queue.next_tail_expiry();
         let deadline = self.deadlines.first_key_value().map(|(k, _)| k.0);
-        match (wait, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [wait, tail, deadline].into_iter().flatten().min()
     }
 
     /// Takes the waker of a waiting waiter, to hand it a duty (arm the
@@ -181,6 +184,7 @@ impl Limiter {
             state: Padded(Mutex::new(State {
                 queue: Queue::default(),
                 waits: VecDeque::new(),
+                last_wait_end: None,
                 deadlines: BTreeMap::new(),
                 timer: None,
                 timer_at: None,
@@ -229,6 +233,14 @@ impl Limiter {
         arrival: Option<Instant>,
         deadline: Option<Instant>,
     ) -> Admission {
+        // Outside the lock: the clock read (shared with the layers around
+        // through `crate::clock`), the key's arithmetic and the allocation.
+        let now = clock::now();
+        let order = self.order_key(priority, arrival.unwrap_or(now));
+        let wait_end = now + self.config.max_queue_wait;
+        let deadline = deadline.filter(|deadline| *deadline <= wait_end);
+        let node = Arc::new(Node::new(deadline));
+
         let mut guard = self.state.lock();
         let state = &mut *guard;
         let queued = state.queue.len();
@@ -244,33 +256,35 @@ impl Limiter {
             drop(guard);
             return Admission::Permit(self.fresh_permit());
         }
-        let now = Instant::now();
-        let order = self.order_key(priority, arrival.unwrap_or(now));
         let seq = state.next_seq;
         state.next_seq += 1;
         let key = (order, seq);
-        let wait_end = now + self.config.max_queue_wait;
-        let deadline = deadline.filter(|deadline| *deadline <= wait_end);
-        let node = Arc::new(Node::new(deadline));
-        let (expires, deadline_bound) = match deadline {
+        // Keep the FIFOs of queue waits in order (see `last_wait_end`).
+        let wait_end = state
+            .last_wait_end
+            .map_or(wait_end, |last| wait_end.max(last));
+        state.last_wait_end = Some(wait_end);
+        let in_tail = state.queue.fits_tail(key);
+        let expires = match deadline {
             Some(deadline) => {
                 state.deadlines.insert((deadline, seq), Arc::clone(&node));
-                (deadline, true)
+                deadline
             }
-            None => {
-                // Keep `waits` in order even if the clock stepped back.
-                let expires = state
-                    .waits
-                    .back()
-                    .map_or(wait_end, |(last, _)| wait_end.max(*last));
+            None => wait_end,
+        };
+        if in_tail {
+            // The tail keeps the queue-wait expiry itself; for a deadline-
+            // bound waiter it is no earlier than the deadline, so a no-op.
+            state.queue.push_tail(key, wait_end, Arc::clone(&node));
+        } else {
+            if deadline.is_none() {
                 if state.waits.len() >= 2 * queued + 32 {
                     state.waits.retain(|(_, node)| node.is_waiting());
                 }
-                state.waits.push_back((expires, Arc::clone(&node)));
-                (expires, false)
+                state.waits.push_back((wait_end, Arc::clone(&node)));
             }
-        };
-        let in_tail = state.queue.insert(key, Arc::clone(&node));
+            state.queue.insert_sorted(key, Arc::clone(&node));
+        }
         if state.timer_at.is_none_or(|at| expires < at) {
             self.arm_pending.store(true, Ordering::Release);
         }
@@ -284,7 +298,7 @@ impl Limiter {
             in_tail,
             enqueued: now,
             priority,
-            deadline_bound,
+            deadline_bound: deadline.is_some(),
         })
     }
 
@@ -335,6 +349,7 @@ impl Limiter {
         if state.queue.is_empty() {
             self.permits.fetch_and(!WAITERS, Ordering::Release);
             state.waits.clear();
+            state.queue.pop_dead_tail();
         }
     }
 
@@ -438,8 +453,10 @@ impl Limiter {
                 if let Some(deadline) = node.deadline {
                     state.deadlines.remove(&(deadline, seq));
                 }
-                state.queue.pop_dead_tail();
-                state.pop_dead_waits();
+                // The dead entries this leaves at the fronts of the tail
+                // and of `waits` are dropped by the next pop or expiry
+                // check: looking at the next node now would read its cache
+                // line under the lock.
                 self.unmark_if_empty(state);
                 drop(guard);
                 self.metrics.queue_depth.decrement(1.0);
@@ -475,6 +492,7 @@ impl Limiter {
                 node.expire(wakers);
             }
         }
+        state.queue.expire_tail(now, wakers);
         while let Some(entry) = state.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;

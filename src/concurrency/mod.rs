@@ -69,14 +69,16 @@
 //!   it) is skipped: the permit goes to the next one instead of to a request
 //!   about to fail. The woken waiter finds the grant in its node, lock-free.
 //! - **One timer per limiter.** Waits bounded by `max_queue_wait` end in
-//!   arrival order, so they are kept in a FIFO; waits bounded by a request's
+//!   arrival order, so they are kept in a FIFO (the queue's tail, below, is
+//!   appended in arrival order and keeps its own entries' expiries, so only
+//!   waiters outside it need a second entry); waits bounded by a request's
 //!   own deadline in a sorted index. A single `tokio::time::Sleep` is armed
 //!   for the earliest, from a waiter's poll, and only when an earlier expiry
 //!   appears (a flag tells the next poll to take the lock and arm it). When
 //!   it fires, the waiters that are due are woken (they fail with
 //!   `QueueTimeout` or `DeadlineExceeded`) and one waiter re-arms it for the
 //!   next. Compared with a `Sleep` per waiter this saves an allocation and
-//!   two timer-wheel operations per queued request, and memory: about 215
+//!   two timer-wheel operations per queued request, and memory: about 210
 //!   bytes a queued request beyond the request itself, measured in
 //!   `benches/concurrency.rs`. The `Sleep` is always created from a waiter's
 //!   poll, so it belongs to the runtime that runs the waiters.

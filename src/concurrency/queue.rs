@@ -77,14 +77,25 @@ impl Node {
     }
 }
 
+/// An entry of the tail: its key, when its `max_queue_wait` ends, its node.
+struct TailEntry {
+    key: Key,
+    expires: Instant,
+    node: Arc<Node>,
+}
+
 #[derive(Default)]
 pub(super) struct Queue {
     sorted: BTreeMap<Key, Arc<Node>>,
     /// Sorted by key; every key larger than every key in `sorted` was at
-    /// the time it was appended.
-    tail: VecDeque<(Key, Arc<Node>)>,
+    /// the time it was appended. Appended in arrival order, so also sorted
+    /// by `expires`: the tail is its own FIFO of queue-wait expiries.
+    tail: VecDeque<TailEntry>,
     /// Queued (not dead) entries of `tail`.
     tail_live: usize,
+    /// The tail's front entries already passed by [`expire_tail`](Self::expire_tail)
+    /// (or skipped as not waiting): their queue wait has been dealt with.
+    tail_expired: usize,
 }
 
 impl Queue {
@@ -97,22 +108,41 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Queues a node under `key`; returns whether it went to the tail (the
-    /// waiter passes that back to [`remove`](Self::remove)).
-    pub(super) fn insert(&mut self, key: Key, node: Arc<Node>) -> bool {
-        let after_sorted = self.sorted.last_key_value().is_none_or(|(k, _)| key > *k);
-        let after_tail = self.tail.back().is_none_or(|(k, _)| key > *k);
-        if after_sorted && after_tail {
-            if self.tail.len() >= 2 * self.tail_live + 32 {
-                self.tail.retain(|(_, node)| node.is_queued());
-            }
-            self.tail.push_back((key, node));
-            self.tail_live += 1;
-            true
-        } else {
-            self.sorted.insert(key, node);
-            false
+    /// Whether a node under `key` would go to the tail: its key is larger
+    /// than every queued key.
+    pub(super) fn fits_tail(&self, key: Key) -> bool {
+        self.sorted.last_key_value().is_none_or(|(k, _)| key > *k)
+            && self.tail.back().is_none_or(|e| key > e.key)
+    }
+
+    /// Appends a node to the tail; `key` must [fit](Self::fits_tail), and
+    /// `expires` (when its queue wait ends) must be no earlier than that of
+    /// any entry appended before.
+    pub(super) fn push_tail(&mut self, key: Key, expires: Instant, node: Arc<Node>) {
+        debug_assert!(self.fits_tail(key));
+        debug_assert!(self.tail.back().is_none_or(|e| e.expires <= expires));
+        if self.tail.len() >= 2 * self.tail_live + 32 {
+            let mut index = 0;
+            let mut expired = 0;
+            let passed = self.tail_expired;
+            self.tail.retain(|e| {
+                let keep = e.node.is_queued();
+                if keep && index < passed {
+                    expired += 1;
+                }
+                index += 1;
+                keep
+            });
+            self.tail_expired = expired;
         }
+        self.tail.push_back(TailEntry { key, expires, node });
+        self.tail_live += 1;
+    }
+
+    /// Queues a node under a key that does not [fit](Self::fits_tail) the
+    /// tail.
+    pub(super) fn insert_sorted(&mut self, key: Key, node: Arc<Node>) {
+        self.sorted.insert(key, node);
     }
 
     /// Takes a queued waiter out (it leaves); the caller marks its node
@@ -132,6 +162,14 @@ impl Queue {
     /// Takes the first waiter that still waits (skipping expired ones) out of
     /// the queue; the caller marks its node `GRANTED` right after.
     pub(super) fn pop_first_waiting(&mut self) -> Option<(Key, Arc<Node>)> {
+        // The common case: one priority, the head still waits.
+        if self.sorted.is_empty() {
+            if let Some(front) = self.tail.front().filter(|e| e.node.is_waiting()) {
+                let key = front.key;
+                self.tail_live -= 1;
+                return self.pop_tail_front().map(|node| (key, node));
+            }
+        }
         self.pop_dead_tail();
         let in_sorted = self
             .sorted
@@ -141,17 +179,17 @@ impl Queue {
         let in_tail = self
             .tail
             .iter()
-            .position(|(_, node)| node.is_waiting())
-            .map(|at| (at, self.tail[at].0));
+            .position(|e| e.node.is_waiting())
+            .map(|at| (at, self.tail[at].key));
         match (in_sorted, in_tail) {
             (Some(key), Some((_, tail_key))) if key < tail_key => self.sorted.remove_entry(&key),
             (Some(key), None) => self.sorted.remove_entry(&key),
             (_, Some((at, key))) => {
                 self.tail_live -= 1;
                 let node = if at == 0 {
-                    self.tail.pop_front().map(|(_, node)| node)
+                    self.pop_tail_front()
                 } else {
-                    Some(Arc::clone(&self.tail[at].1))
+                    Some(Arc::clone(&self.tail[at].node))
                 };
                 node.map(|node| (key, node))
             }
@@ -164,7 +202,7 @@ impl Queue {
     pub(super) fn any_waiting(&self) -> Option<&Arc<Node>> {
         self.tail
             .iter()
-            .map(|(_, node)| node)
+            .map(|e| &e.node)
             .chain(self.sorted.values())
             .find(|node| node.is_waiting())
     }
@@ -174,10 +212,41 @@ impl Queue {
     pub(super) fn pop_dead_tail(&mut self) {
         if self.tail_live == 0 {
             self.tail.clear();
+            self.tail_expired = 0;
             return;
         }
-        while self.tail.front().is_some_and(|(_, node)| !node.is_queued()) {
-            self.tail.pop_front();
+        while self.tail.front().is_some_and(|e| !e.node.is_queued()) {
+            self.pop_tail_front();
+        }
+    }
+
+    fn pop_tail_front(&mut self) -> Option<Arc<Node>> {
+        let entry = self.tail.pop_front()?;
+        self.tail_expired = self.tail_expired.saturating_sub(1);
+        Some(entry.node)
+    }
+
+    /// The earliest queue-wait expiry of a tail entry that still waits.
+    pub(super) fn next_tail_expiry(&mut self) -> Option<Instant> {
+        while self
+            .tail
+            .get(self.tail_expired)
+            .is_some_and(|e| !e.node.is_waiting())
+        {
+            self.tail_expired += 1;
+        }
+        self.tail.get(self.tail_expired).map(|e| e.expires)
+    }
+
+    /// Expires the tail entries whose queue wait ends by `now` (collecting
+    /// their wakers).
+    pub(super) fn expire_tail(&mut self, now: Instant, wakers: &mut Vec<std::task::Waker>) {
+        while let Some(entry) = self.tail.get(self.tail_expired) {
+            if entry.expires > now {
+                break;
+            }
+            entry.node.expire(wakers);
+            self.tail_expired += 1;
         }
     }
 }
@@ -192,6 +261,7 @@ mod tests {
     #[test]
     fn serves_in_key_order_like_a_sorted_map() {
         let mut rng = fastrand::Rng::with_seed(7);
+        let now = Instant::now();
         for _ in 0..50 {
             let mut queue = Queue::default();
             // key -> (node, in_tail)
@@ -211,7 +281,12 @@ mod tests {
                         let key = (order, seq);
                         seq += 1;
                         let node = Arc::new(Node::new(None));
-                        let in_tail = queue.insert(key, Arc::clone(&node));
+                        let in_tail = queue.fits_tail(key);
+                        if in_tail {
+                            queue.push_tail(key, now, Arc::clone(&node));
+                        } else {
+                            queue.insert_sorted(key, Arc::clone(&node));
+                        }
                         model.insert(key, (node, in_tail));
                     }
                     5..=6 => {
@@ -249,6 +324,71 @@ mod tests {
                 // Dead tail entries are bounded by the queue's peak length.
                 peak = peak.max(model.len());
                 assert!(queue.tail.len() <= 2 * peak + 33);
+            }
+        }
+    }
+
+    /// The tail's expiry cursor under random appends, grants, leaves,
+    /// expiries and compactions: the next expiry it reports is always the
+    /// earliest of the tail entries that still wait, and expiring up to a
+    /// time marks exactly the waiting entries due by then.
+    #[test]
+    fn tail_expiries_follow_pops_and_compaction() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let start = Instant::now();
+        for _ in 0..50 {
+            let mut queue = Queue::default();
+            // Every tail entry ever pushed: (expires, node).
+            let mut pushed: Vec<(Instant, Arc<Node>, Key)> = Vec::new();
+            let mut seq = 0u64;
+            let mut clock = 0u64;
+            let mut expired_to = start;
+            for _ in 0..300 {
+                match rng.u8(0..10) {
+                    0..=4 => {
+                        clock += rng.u64(0..3);
+                        let key = (clock as i64, seq);
+                        seq += 1;
+                        let expires = start + std::time::Duration::from_millis(clock);
+                        let node = Arc::new(Node::new(None));
+                        assert!(queue.fits_tail(key));
+                        queue.push_tail(key, expires, Arc::clone(&node));
+                        pushed.push((expires, node, key));
+                    }
+                    5 | 6 => {
+                        if let Some((_, node)) = queue.pop_first_waiting() {
+                            node.state.store(GRANTED, Ordering::Relaxed);
+                        }
+                        queue.pop_dead_tail();
+                    }
+                    7 => {
+                        let live: Vec<_> = pushed.iter().filter(|e| e.1.is_queued()).collect();
+                        if !live.is_empty() {
+                            let (_, node, key) = live[rng.usize(0..live.len())];
+                            assert!(queue.remove(*key, node, true));
+                            node.state.store(LEFT, Ordering::Relaxed);
+                            queue.pop_dead_tail();
+                        }
+                    }
+                    _ => {
+                        let to = start + std::time::Duration::from_millis(rng.u64(0..=clock + 1));
+                        let to = to.max(expired_to);
+                        let mut wakers = Vec::new();
+                        queue.expire_tail(to, &mut wakers);
+                        expired_to = to;
+                        for (expires, node, _) in &pushed {
+                            if *expires <= to {
+                                assert!(!node.is_waiting(), "an entry due was not expired");
+                            }
+                        }
+                    }
+                }
+                let expected = pushed
+                    .iter()
+                    .filter(|(_, node, _)| node.is_waiting())
+                    .map(|(at, _, _)| *at)
+                    .min();
+                assert_eq!(queue.next_tail_expiry(), expected);
             }
         }
     }
