@@ -29,7 +29,9 @@
 //! acquire/release, and 10,000 tasks doing nothing (the cost of spawning).
 //!
 //! After the groups, a summary prints per-call figures and ratios of its own
-//! measurement (min of several runs), and the heap allocations per request
+//! measurement (the fastest of several rounds in which the rows take turns,
+//! so noise on a shared machine falls on every row alike), and the heap
+//! allocations per request
 //! of each stack, counted by a counting global allocator over 10,000 calls
 //! after a warm-up. Set `STACK_SUMMARY_ONLY=1` to skip criterion.
 //!
@@ -450,56 +452,87 @@ struct Row {
     allocs: f64,
 }
 
-/// Per-call wall and thread-CPU time (the fastest of several runs) and
-/// allocations per call of one service.
-fn measure<S>(rt: &tokio::runtime::Runtime, name: &'static str, mut svc: S) -> Row
+/// One row of the uncontended summary: a service behind a closure that
+/// sends it `n` calls on a runtime, so rows of different types can take
+/// turns.
+struct Runner {
+    name: &'static str,
+    run: Box<RunCalls>,
+}
+
+/// Sends `n` calls on the runtime.
+type RunCalls = dyn FnMut(&tokio::runtime::Runtime, u64);
+
+fn runner<S>(name: &'static str, mut svc: S) -> Runner
 where
-    S: Service<Req, Response = ()>,
+    S: Service<Req, Response = ()> + 'static,
     S::Error: std::fmt::Debug,
 {
-    rt.block_on(async {
-        calls(&mut svc, SUMMARY_CALLS / 10).await;
-        let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
-        for _ in 0..SUMMARY_RUNS {
+    Runner {
+        name,
+        run: Box::new(move |rt, n| rt.block_on(calls(&mut svc, n))),
+    }
+}
+
+/// Per-call wall and thread-CPU time of each row (the fastest of
+/// `SUMMARY_RUNS` rounds, the rows taking turns within a round, so a burst
+/// of noise on the shared machine hits every row alike rather than one),
+/// then allocations per call.
+fn measure(rt: &tokio::runtime::Runtime, runners: &mut [Runner]) -> Vec<Row> {
+    for r in runners.iter_mut() {
+        (r.run)(rt, SUMMARY_CALLS / 10);
+    }
+    let mut best = vec![(f64::MAX, f64::MAX); runners.len()];
+    for _ in 0..SUMMARY_RUNS {
+        for (r, best) in runners.iter_mut().zip(&mut best) {
             let (w0, c0) = (StdInstant::now(), thread_cpu());
-            calls(&mut svc, SUMMARY_CALLS).await;
+            (r.run)(rt, SUMMARY_CALLS);
             let (w, c) = (w0.elapsed(), thread_cpu() - c0);
-            wall = wall.min(w.as_nanos() as f64 / SUMMARY_CALLS as f64);
-            cpu = cpu.min(c.as_nanos() as f64 / SUMMARY_CALLS as f64);
+            best.0 = best.0.min(w.as_nanos() as f64 / SUMMARY_CALLS as f64);
+            best.1 = best.1.min(c.as_nanos() as f64 / SUMMARY_CALLS as f64);
         }
-        ALLOCATIONS.store(0, Ordering::SeqCst);
-        COUNTING.store(true, Ordering::SeqCst);
-        calls(&mut svc, ALLOC_CALLS).await;
-        COUNTING.store(false, Ordering::SeqCst);
-        let allocs = ALLOCATIONS.load(Ordering::SeqCst) as f64 / ALLOC_CALLS as f64;
-        Row {
-            name,
-            wall_ns: wall,
-            cpu_ns: cpu,
-            allocs,
-        }
-    })
+    }
+    runners
+        .iter_mut()
+        .zip(best)
+        .map(|(r, (wall_ns, cpu_ns))| {
+            ALLOCATIONS.store(0, Ordering::SeqCst);
+            COUNTING.store(true, Ordering::SeqCst);
+            (r.run)(rt, ALLOC_CALLS);
+            COUNTING.store(false, Ordering::SeqCst);
+            let allocs = ALLOCATIONS.load(Ordering::SeqCst) as f64 / ALLOC_CALLS as f64;
+            Row {
+                name: r.name,
+                wall_ns,
+                cpu_ns,
+                allocs,
+            }
+        })
+        .collect()
 }
 
 fn summary() {
     let rt = current_thread();
     let guard = rt.enter();
     let buffered = tower::buffer::Buffer::new(tower_stack(), 1024);
-    let rows = [
-        measure(&rt, "noop", noop()),
-        measure(&rt, "llm-sluice", sluice()),
-        measure(&rt, "llm-sluice-layers", sluice_layers()),
-        measure(&rt, "tower", tower_stack()),
-        measure(&rt, "tower-buffered", buffered),
-        measure(&rt, "tower-resilience", resilience()),
-    ];
+    let rows = measure(
+        &rt,
+        &mut [
+            runner("noop", noop()),
+            runner("llm-sluice", sluice()),
+            runner("llm-sluice-layers", sluice_layers()),
+            runner("tower", tower_stack()),
+            runner("tower-buffered", buffered),
+            runner("tower-resilience", resilience()),
+        ],
+    );
     // Ratios from thread CPU time: on a shared machine wall time includes
     // time spent descheduled.
     let floor = rows[0].cpu_ns;
     let ours = rows[1].cpu_ns - floor;
     println!();
     println!(
-        "summary: uncontended, per call (min of {SUMMARY_RUNS} runs of {SUMMARY_CALLS}), \
+        "summary: uncontended, per call (min of {SUMMARY_RUNS} interleaved rounds of {SUMMARY_CALLS}), \
          allocations over {ALLOC_CALLS} calls"
     );
     println!(
@@ -529,13 +562,17 @@ fn summary() {
         ("semaphore", Contender::Semaphore(sem)),
         ("llm-sluice", Contender::Stack(sluice())),
     ];
-    let mut cpu = [0f64; 3];
     for _ in 0..2 {
         // warm-up: the runtime's task slabs, the stack's state
         for c in &contenders {
             c.1.fan_out(&rt);
         }
     }
+    // Here each contender runs its rounds back to back: every round spawns
+    // 10,000 tasks, whose sizes differ between contenders, and taking turns
+    // would have each round start on the allocator's free lists of another
+    // contender's tasks rather than in the steady state of its own.
+    let mut cpu = [0f64; 3];
     for (i, (_, c)) in contenders.iter().enumerate() {
         cpu[i] = (0..SUMMARY_RUNS)
             .map(|_| c.fan_out(&rt).as_nanos() as f64 / TASKS as f64)
