@@ -179,6 +179,11 @@ fn delay_until(at: SystemTime, now: SystemTime) -> Duration {
 }
 
 fn nanos_to_duration(nanos: u128) -> Option<Duration> {
+    // Nearly every header value fits 584 years of nanoseconds: u64
+    // arithmetic, where u128 division is a library call.
+    if let Ok(nanos) = u64::try_from(nanos) {
+        return Some(Duration::from_nanos(nanos));
+    }
     if nanos > MAX_NANOS {
         return None;
     }
@@ -202,7 +207,10 @@ impl Decimal<'_> {
         let int = int_digits.iter().try_fold(0u128, |acc, &d| {
             acc.checked_mul(10)?.checked_add(u128::from(d - b'0'))
         })?;
-        let mut nanos = int.checked_mul(unit)?;
+        let nanos = int.checked_mul(unit)?;
+        if self.frac.is_empty() {
+            return Some(nanos);
+        }
         // unit <= 3.6e12, so 19 fraction digits keep every nanosecond the
         // unit can express; later digits only decide the rounding.
         let (kept, dropped) = self.frac.split_at(self.frac.len().min(19));
@@ -218,8 +226,7 @@ impl Decimal<'_> {
         if !scaled.is_multiple_of(scale) || dropped.iter().any(|&d| d != b'0') {
             frac_nanos += 1;
         }
-        nanos = nanos.checked_add(frac_nanos)?;
-        Some(nanos)
+        nanos.checked_add(frac_nanos)
     }
 }
 
