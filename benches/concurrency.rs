@@ -473,11 +473,84 @@ fn memory() {
     });
 }
 
+/// The contended comparison as paired rounds: each pair runs one round of
+/// `fan_out` through tower's limiter and one through ours, back to back on
+/// the same runtime, in alternating order (ABBA), and compares the two. A
+/// burst of noise on this shared machine then lands inside one pair and
+/// moves one ratio, not a whole criterion sample set. Prints the median,
+/// the spread and how many pairs went to llm-sluice. `CONTENDED_PAIRS=N`
+/// sets the number of pairs (40 by default; 0 skips it);
+/// `CONTENDED_ONLY=ours` (or `tower`) runs only that contender's rounds, N
+/// of them, for a profiler to watch.
+fn contended_pairs() {
+    let pairs: usize = std::env::var("CONTENDED_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    if pairs == 0 {
+        return;
+    }
+    let rt = two_workers();
+    let inner = tower::service_fn(|_: RequestMeta| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(())
+    });
+    let sluice = ours(CONTENDED_LIMIT, TASKS as usize).layer(inner);
+    let tower = TowerLimit::new(inner, CONTENDED_LIMIT);
+    let time = |ours: bool| {
+        let start = Instant::now();
+        if ours {
+            rt.block_on(fan_out(&sluice, TASKS));
+        } else {
+            rt.block_on(fan_out(&tower, TASKS));
+        }
+        start.elapsed().as_secs_f64()
+    };
+    if let Ok(only) = std::env::var("CONTENDED_ONLY") {
+        for _ in 0..pairs {
+            time(only == "ours");
+        }
+        return;
+    }
+    // Warm-up: both contenders' task sizes in the allocator's free lists.
+    for _ in 0..3 {
+        time(true);
+        time(false);
+    }
+    let mut ratios: Vec<f64> = (0..pairs)
+        .map(|pair| {
+            let (ours, tower) = if pair % 2 == 0 {
+                let t = time(false);
+                (time(true), t)
+            } else {
+                let o = time(true);
+                (o, time(false))
+            };
+            // Throughput ratio: tower's time over ours.
+            tower / ours
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let won = ratios.iter().filter(|&&r| r >= 1.0).count();
+    let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+    println!(
+        "contended pairs: llm-sluice throughput / tower's over {pairs} ABBA pairs of {TASKS} \
+         tasks: median {:.3}x, quartiles {:.3}x-{:.3}x, range {:.3}x-{:.3}x; \
+         llm-sluice at least tower's in {won} of {pairs}",
+        quartile(2),
+        quartile(1),
+        quartile(3),
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let start = Instant::now();
     benches(&mut c);
     c.final_summary();
+    contended_pairs();
     if std::env::var_os("SKIP_MEMORY").is_none() {
         memory();
     }

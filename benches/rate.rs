@@ -231,6 +231,20 @@ fn admission(c: &mut Criterion) {
             black_box(fut.now_or_never().unwrap().is_ok())
         })
     });
+    // References: the least any exact sliding log can do per admission
+    // (see `floor`), bare like governor's `check_n`, with the same budgets.
+    let floor = floor::Unkeyed::new(Duration::from_millis(10));
+    group.bench_function("ref_exact_log_floor_unkeyed", |b| {
+        b.iter(|| black_box(floor.admit(black_box(100))))
+    });
+    let floor = floor::Keyed::new(Duration::from_millis(10), &keys);
+    let mut i = 0;
+    group.bench_function("ref_exact_log_floor_keyed_10k", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            black_box(floor.admit(black_box(&keys[i]), black_box(100)))
+        })
+    });
     // References: the clock read every sluice admission pays (tokio's, which
     // is std's plus a check that the clock was never paused).
     group.bench_function("ref_tokio_instant_now", |b| {
@@ -240,6 +254,119 @@ fn admission(c: &mut Criterion) {
         b.iter(|| black_box(std::time::Instant::now()))
     });
     group.finish();
+}
+
+/// The floor of an exact sliding window: what any limiter that keeps
+/// every admission inside every interval of length W must at least do per
+/// admission. Read the clock; lock the scope; drop the entries that left the
+/// window; compare two sums with their limits; append one entry. Nothing
+/// else: no reservation ticket to correct later, no waiting queue, no
+/// server feedback, no metrics, no service around it. Keyed, one hash-map
+/// lookup in 16 locked shards (the same hasher as `llm_sluice`'s map).
+mod floor {
+    use std::collections::{HashMap, VecDeque};
+    use std::hash::BuildHasher;
+    use std::time::Duration;
+
+    use llm_sluice::PartitionKey;
+    use parking_lot::Mutex;
+    use tokio::time::Instant;
+
+    const REQUESTS: u64 = u64::MAX / 4;
+    const TOKENS: u64 = u64::MAX / 4;
+
+    #[derive(Default)]
+    struct Log {
+        entries: VecDeque<(u64, u64)>,
+        requests: u64,
+        tokens: u64,
+    }
+
+    impl Log {
+        fn admit(&mut self, t: u64, span: u64, tokens: u64) -> bool {
+            while let Some(&(at, n)) = self.entries.front() {
+                if at + span > t {
+                    break;
+                }
+                self.entries.pop_front();
+                self.requests -= 1;
+                self.tokens -= n;
+            }
+            if self.requests + 1 > REQUESTS || self.tokens + tokens > TOKENS {
+                return false;
+            }
+            self.entries.push_back((t, tokens));
+            self.requests += 1;
+            self.tokens += tokens;
+            true
+        }
+    }
+
+    fn nanos_since(origin: Instant) -> u64 {
+        Instant::now().saturating_duration_since(origin).as_nanos() as u64
+    }
+
+    pub struct Unkeyed {
+        origin: Instant,
+        span: u64,
+        log: Mutex<Log>,
+    }
+
+    impl Unkeyed {
+        pub fn new(window: Duration) -> Self {
+            Unkeyed {
+                origin: Instant::now(),
+                span: window.as_nanos() as u64,
+                log: Mutex::new(Log::default()),
+            }
+        }
+
+        pub fn admit(&self, tokens: u64) -> bool {
+            let t = nanos_since(self.origin);
+            self.log.lock().admit(t, self.span, tokens)
+        }
+    }
+
+    type Shard = Mutex<HashMap<PartitionKey, Log, foldhash::fast::RandomState>>;
+
+    pub struct Keyed {
+        origin: Instant,
+        span: u64,
+        hasher: foldhash::fast::RandomState,
+        shards: Vec<Shard>,
+    }
+
+    impl Keyed {
+        /// Every key present from the start: admissions measure lookups.
+        pub fn new(window: Duration, keys: &[PartitionKey]) -> Self {
+            let hasher = foldhash::fast::RandomState::default();
+            let shards: Vec<Shard> = (0..16)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect();
+            for key in keys {
+                let shard = hasher.hash_one(key) as usize % shards.len();
+                shards[shard].lock().insert(key.clone(), Log::default());
+            }
+            Keyed {
+                origin: Instant::now(),
+                span: window.as_nanos() as u64,
+                hasher,
+                shards,
+            }
+        }
+
+        pub fn admit(&self, key: &PartitionKey, tokens: u64) -> bool {
+            let t = nanos_since(self.origin);
+            let shard = self.hasher.hash_one(key) as usize % self.shards.len();
+            let mut map = self.shards[shard].lock();
+            if let Some(log) = map.get_mut(key) {
+                return log.admit(t, self.span, tokens);
+            }
+            map.entry(key.clone())
+                .or_default()
+                .admit(t, self.span, tokens)
+        }
+    }
 }
 
 /// Saturating demand for 10 windows on paused time: prints the share of the
