@@ -62,16 +62,6 @@ struct Entry<V> {
     state: Arc<V>,
 }
 
-/// Whether `entry` is `key`. Keys are usually clones of one `Arc` (the
-/// caller's key was cloned into the map), so the pointers are compared
-/// first: `Arc<str>`'s own `==` always compares the bytes, which reads the
-/// string's memory (a cache miss per lookup in a large map).
-#[inline]
-fn same(entry: &PartitionKey, key: &PartitionKey) -> bool {
-    let (a, b) = (entry.as_str(), key.as_str());
-    std::ptr::eq(a, b) || a == b
-}
-
 pub(crate) struct Partitions<V> {
     shards: Box<[Shard<V>]>,
     /// foldhash, seeded per map: several times faster than std's SipHash on
@@ -121,7 +111,7 @@ impl<V: Idle> Partitions<V> {
         };
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash);
-        if let Some(entry) = shard.lock().find(hash, |e| same(&e.key, key)) {
+        if let Some(entry) = shard.lock().find(hash, |e| e.key == *key) {
             return (entry.state.clone(), Placement::Own);
         }
         if !self.reserve_slot() && (self.evict_idle_if_due(now) == 0 || !self.reserve_slot()) {
@@ -129,7 +119,7 @@ impl<V: Idle> Partitions<V> {
         }
         let mut table = shard.lock();
         // Another caller may have inserted the key since the first look.
-        if let Some(entry) = table.find(hash, |e| same(&e.key, key)) {
+        if let Some(entry) = table.find(hash, |e| e.key == *key) {
             self.live.fetch_sub(1, Ordering::Relaxed);
             return (entry.state.clone(), Placement::Own);
         }
@@ -209,7 +199,7 @@ impl<V: Idle> Partitions<V> {
         let hash = self.hasher.hash_one(key);
         self.shard(hash)
             .lock()
-            .find(hash, |e| same(&e.key, key))
+            .find(hash, |e| e.key == *key)
             .map(|e| e.state.clone())
     }
 
