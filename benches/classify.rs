@@ -18,7 +18,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Response;
 use http_body_util::Full;
 use llm_sluice::classify::http::classify_response;
-use llm_sluice::classify::{ErrorBodyLayer, Outcome};
+use llm_sluice::classify::{ErrorBodyLayer, LlmResponse, Outcome};
 use tower::{Layer, ServiceExt};
 
 const QUOTA_BODY: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
@@ -78,6 +78,11 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("classify_response/429_delays", |b| {
         b.iter(|| classify_response(black_box(&limited), black_box(now)))
+    });
+    // What every layer's default classifier does: the same, with the wall
+    // clock read as needed.
+    group.bench_function("classification/200_limits", |b| {
+        b.iter(|| black_box(&ok).classification())
     });
 
     let upstream = |status: u16| {

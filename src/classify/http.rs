@@ -85,6 +85,7 @@
 //! response's extensions: a layer that parses the body, or a typed client,
 //! inserts it there.
 
+use std::cell::Cell;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
@@ -98,6 +99,39 @@ use super::{Classification, ErrorCode, LimitState, LlmResponse, Outcome, RateLim
 /// for HTTP-date and RFC 3339 headers. See the [module docs](self) for the
 /// rules.
 pub fn classify_response<B>(response: &http::Response<B>, now: SystemTime) -> Classification {
+    classify(response, &WallClock::at(now))
+}
+
+/// The wall clock, for the headers that give a date (an HTTP-date
+/// `retry-after`, an RFC 3339 reset): a given instant, or the system clock
+/// read the first time a header needs it. Most responses carry no such
+/// header, and reading the system clock costs more than parsing a dozen
+/// headers on some machines: a classifier that every layer runs should not
+/// pay it for nothing.
+struct WallClock(Cell<Option<SystemTime>>);
+
+impl WallClock {
+    fn at(now: SystemTime) -> Self {
+        WallClock(Cell::new(Some(now)))
+    }
+
+    fn lazy() -> Self {
+        WallClock(Cell::new(None))
+    }
+
+    fn now(&self) -> SystemTime {
+        match self.0.get() {
+            Some(now) => now,
+            None => {
+                let now = SystemTime::now();
+                self.0.set(Some(now));
+                now
+            }
+        }
+    }
+}
+
+fn classify<B>(response: &http::Response<B>, now: &WallClock) -> Classification {
     let status = response.status().as_u16();
     let extensions = response.extensions();
     let seen = Seen::scan(response.headers());
@@ -132,7 +166,7 @@ pub fn classify_response<B>(response: &http::Response<B>, now: SystemTime) -> Cl
 
 impl<B> LlmResponse for http::Response<B> {
     fn classification(&self) -> Classification {
-        classify_response(self, SystemTime::now())
+        classify(self, &WallClock::lazy())
     }
 }
 
@@ -248,19 +282,19 @@ impl<'a> Seen<'a> {
     }
 
     /// `retry-after-ms`, then `retry-after`; the first usable (positive) one.
-    fn server_delay(&self, now: SystemTime) -> Option<Duration> {
+    fn server_delay(&self, now: &WallClock) -> Option<Duration> {
         let ms = self
             .retry_after_ms
             .and_then(|v| parse_retry_after_ms(v.as_bytes()));
         usable(ms).or_else(|| {
             let after = self
                 .retry_after
-                .and_then(|v| parse_retry_after(v.as_bytes(), now));
+                .and_then(|v| parse_retry_after(v.as_bytes(), now.now()));
             usable(after)
         })
     }
 
-    fn rate_limits(&self, now: SystemTime) -> (Option<RateLimitState>, Resets) {
+    fn rate_limits(&self, now: &WallClock) -> (Option<RateLimitState>, Resets) {
         let count = |v: Option<&HeaderValue>| v.and_then(|v| parse_count(v.as_bytes()));
         let openai = self.openai.map(|[limit, remaining, reset]| LimitState {
             limit: count(limit),
@@ -270,7 +304,7 @@ impl<'a> Seen<'a> {
         let anthropic = self.anthropic.map(|[limit, remaining, reset]| LimitState {
             limit: count(limit),
             remaining: count(remaining),
-            reset: reset.and_then(|v| parse_rfc3339_delay(v.as_bytes(), now)),
+            reset: reset.and_then(|v| parse_rfc3339_delay(v.as_bytes(), now.now())),
         });
 
         let resets = Resets {
