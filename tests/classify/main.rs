@@ -106,6 +106,29 @@ fn llm_response_impl_uses_classify_response() {
     assert_eq!(c.status, Some(503));
 }
 
+/// Without a given instant, date headers are measured from the system
+/// clock, read when a header needs it: a date long past is "now", one far
+/// ahead is decades away.
+#[test]
+fn llm_response_impl_reads_the_wall_clock_for_dates() {
+    let r = response(
+        429,
+        &[
+            ("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("anthropic-ratelimit-tokens-remaining", "0"),
+            ("anthropic-ratelimit-tokens-reset", "2200-01-01T00:00:00Z"),
+        ],
+    );
+    let c = r.classification();
+    let tokens = c.rate_limits.expect("rate-limit headers").tokens;
+    let decades = Duration::from_secs(100 * 365 * 24 * 3600);
+    // 2200 is 100 to 200 years from any day this test runs.
+    let within = |d: Duration| d > decades && d < 2 * decades;
+    assert!(tokens.reset.is_some_and(within), "{tokens:?}");
+    // The HTTP-date is past: zero is no usable delay, so the reset is used.
+    assert!(c.retry_after.is_some_and(within), "{c:?}");
+}
+
 // ------------------------------------------------------------ should retry
 
 #[test]
