@@ -266,6 +266,27 @@ where
     }
 }
 
+/// [`fan_out`] with every task's polls counted (into `POLLS`).
+async fn fan_out_counted<S>(svc: &S, n: u64)
+where
+    S: Service<RequestMeta> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+    S::Response: Send,
+{
+    let mut handles = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let svc = svc.clone();
+        handles.push(tokio::spawn(Counted {
+            inner: async move { svc.oneshot(RequestMeta::new()).await.map(drop) },
+            polls: 0,
+        }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("concurrency");
 
@@ -545,7 +566,142 @@ fn contended_pairs() {
     );
 }
 
+/// Temporary probe: per contender, what one contended round costs.
+fn contended_probe() {
+    let rounds: usize = match std::env::var("CONTENDED_PROBE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => n,
+        None => return,
+    };
+    let rt = two_workers();
+    let inner = tower::service_fn(|_: RequestMeta| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(())
+    });
+    let sluice = ours(CONTENDED_LIMIT, TASKS as usize).layer(inner);
+    let tower = TowerLimit::new(inner, CONTENDED_LIMIT);
+    fn usage() -> (f64, i64, i64) {
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+        (t(u.ru_utime) + t(u.ru_stime), u.ru_nvcsw, u.ru_nivcsw)
+    }
+    fn task_size<S>(svc: &S) -> (usize, usize, usize)
+    where
+        S: Service<RequestMeta> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: std::fmt::Debug + Send,
+        S::Response: Send,
+    {
+        let svc2 = svc.clone();
+        let f = Counted {
+            inner: async move { svc2.oneshot(RequestMeta::new()).await.map(drop) },
+            polls: 0,
+        };
+        (
+            std::mem::size_of_val(&f),
+            std::mem::size_of::<S>(),
+            std::mem::size_of::<S::Future>(),
+        )
+    }
+    println!(
+        "sizes (task future, service, response future): ours {:?}, tower {:?}",
+        task_size(&sluice),
+        task_size(&tower)
+    );
+    let m = rt.metrics();
+    let parks = || (0..2).map(|w| m.worker_park_count(w)).sum::<u64>();
+    let busy = || {
+        (0..2)
+            .map(|w| m.worker_total_busy_duration(w).as_secs_f64())
+            .sum::<f64>()
+    };
+    // [wall, cpu, nvcsw, nivcsw, parks, busy, polls]
+    let mut acc = [
+        [
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ],
+        [
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ],
+    ];
+    for round in 0..rounds * 2 {
+        let which = (round + round / 2) % 2; // ABBA
+        POLLS.store(0, std::sync::atomic::Ordering::Relaxed);
+        let (c0, v0, i0) = usage();
+        let p0 = parks();
+        let b0 = busy();
+        let start = Instant::now();
+        if which == 0 {
+            rt.block_on(fan_out_counted(&sluice, TASKS));
+        } else {
+            rt.block_on(fan_out_counted(&tower, TASKS));
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let (c1, v1, i1) = usage();
+        let a = &mut acc[which];
+        a[0].push(wall * 1e3);
+        a[1].push((c1 - c0) * 1e3);
+        a[2].push((v1 - v0) as f64);
+        a[3].push((i1 - i0) as f64);
+        a[4].push((parks() - p0) as f64);
+        a[5].push((busy() - b0) * 1e3);
+        a[6].push(POLLS.load(std::sync::atomic::Ordering::Relaxed) as f64 / TASKS as f64);
+    }
+    for (name, a) in ["ours", "tower"].iter().zip(acc.iter_mut()) {
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "probe {name}: wall {:.2} ms, cpu {:.2} ms, nvcsw {:.0}, nivcsw {:.0}, parks {:.0}, busy {:.2} ms, polls/task {:.2}",
+            med(&mut a[0]), med(&mut a[1]), med(&mut a[2]), med(&mut a[3]), med(&mut a[4]), med(&mut a[5]), med(&mut a[6])
+        );
+    }
+}
+
+static POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pin_project_lite::pin_project! {
+    struct Counted<F> {
+        #[pin]
+        inner: F,
+        polls: u64,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        *this.polls += 1;
+        let r = this.inner.poll(cx);
+        if r.is_ready() {
+            POLLS.fetch_add(*this.polls, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+}
+
 fn main() {
+    if std::env::var_os("CONTENDED_PROBE").is_some() {
+        contended_probe();
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     let start = Instant::now();
     benches(&mut c);
