@@ -11,7 +11,9 @@
 //! `std::time::Instant` with an overshoot of a few µs ([`PreciseDelay`]),
 //! because tokio's timer rounds a 1 ms sleep up to about 2 ms: with it, even
 //! 100 workers and no limiter reach only ~46% of 100,000/s. Set
-//! `SKIP_MEMORY=1` to skip the memory measurement (e.g. when profiling).
+//! `SKIP_MEMORY=1` to skip the memory measurement (e.g. when profiling), and
+//! `CONTENDED_PROBE=N` to print what a contended round costs each contender
+//! (CPU, context switches, parks, polls per task) instead of benchmarking.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -19,8 +21,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
@@ -260,6 +263,26 @@ where
         handles.push(tokio::spawn(async move {
             svc.oneshot(RequestMeta::new()).await.map(drop)
         }));
+    }
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+}
+
+/// [`fan_out`] with every task's polls counted (into `POLLS`).
+async fn fan_out_counted<S>(svc: &S, n: u64)
+where
+    S: Service<RequestMeta> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+    S::Response: Send,
+{
+    let mut handles = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let svc = svc.clone();
+        handles.push(tokio::spawn(counted(async move {
+            svc.oneshot(RequestMeta::new()).await.map(drop)
+        })));
     }
     for h in handles {
         h.await.unwrap().unwrap();
@@ -545,7 +568,144 @@ fn contended_pairs() {
     );
 }
 
+/// What one contended round costs each contender, as medians over
+/// `CONTENDED_PROBE=N` rounds of each (ABBA order): wall time, process CPU
+/// time, context switches (voluntary, involuntary), worker parks, worker busy
+/// time, and polls per task (a queued request takes three: enqueue, grant,
+/// inner service done; one admitted at once two). Also prints the size of
+/// the spawned future, the service and its response future. For finding out
+/// *why* one is faster, not for the figures.
+fn contended_probe(rounds: usize) {
+    let rt = two_workers();
+    let inner = tower::service_fn(|_: RequestMeta| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(())
+    });
+    let sluice = ours(CONTENDED_LIMIT, TASKS as usize).layer(inner);
+    let tower = TowerLimit::new(inner, CONTENDED_LIMIT);
+    fn sizes<S>(svc: &S) -> [usize; 3]
+    where
+        S: Service<RequestMeta> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: std::fmt::Debug + Send,
+        S::Response: Send,
+    {
+        let svc = svc.clone();
+        let task = counted(async move { svc.oneshot(RequestMeta::new()).await.map(drop) });
+        [
+            std::mem::size_of_val(&task),
+            std::mem::size_of::<S>(),
+            std::mem::size_of::<S::Future>(),
+        ]
+    }
+    println!(
+        "probe sizes (spawned future, service, response future): llm-sluice {:?}, tower {:?}",
+        sizes(&sluice),
+        sizes(&tower)
+    );
+    /// CPU seconds, voluntary and involuntary context switches so far.
+    fn usage() -> [f64; 3] {
+        // SAFETY: `getrusage` fills the zeroed struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 * 1e-6;
+        [
+            secs(u.ru_utime) + secs(u.ru_stime),
+            u.ru_nvcsw as f64,
+            u.ru_nivcsw as f64,
+        ]
+    }
+    let metrics = rt.metrics();
+    let workers = metrics.num_workers();
+    let parks = || {
+        (0..workers)
+            .map(|w| metrics.worker_park_count(w))
+            .sum::<u64>() as f64
+    };
+    let busy = || {
+        (0..workers)
+            .map(|w| metrics.worker_total_busy_duration(w).as_secs_f64())
+            .sum::<f64>()
+    };
+    const COLUMNS: usize = 7;
+    let mut samples: [[Vec<f64>; COLUMNS]; 2] = Default::default();
+    for round in 0..rounds * 2 {
+        let which = (round + round / 2) % 2;
+        POLLS.store(0, Ordering::Relaxed);
+        let (u0, p0, b0) = (usage(), parks(), busy());
+        let start = Instant::now();
+        if which == 0 {
+            rt.block_on(fan_out_counted(&sluice, TASKS));
+        } else {
+            rt.block_on(fan_out_counted(&tower, TASKS));
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let u1 = usage();
+        let row = [
+            wall * 1e3,
+            (u1[0] - u0[0]) * 1e3,
+            u1[1] - u0[1],
+            u1[2] - u0[2],
+            parks() - p0,
+            (busy() - b0) * 1e3,
+            POLLS.load(Ordering::Relaxed) as f64 / TASKS as f64,
+        ];
+        for (column, value) in samples[which].iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+    for (name, columns) in ["llm-sluice", "tower"].iter().zip(samples.iter_mut()) {
+        let m: Vec<f64> = columns
+            .iter_mut()
+            .map(|c| {
+                c.sort_by(f64::total_cmp);
+                c[c.len() / 2]
+            })
+            .collect();
+        println!(
+            "probe {name}: wall {:.2} ms, cpu {:.2} ms, switches {:.0} voluntary {:.0} \
+             involuntary, parks {:.0}, busy {:.2} ms, polls/task {:.2}",
+            m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+        );
+    }
+}
+
+/// Polls of the tasks of [`fan_out_counted`] that have finished.
+static POLLS: AtomicU64 = AtomicU64::new(0);
+
+pin_project_lite::pin_project! {
+    /// Counts its polls into [`POLLS`] when it completes.
+    struct Counted<F> {
+        #[pin]
+        inner: F,
+        polls: u64,
+    }
+}
+
+fn counted<F>(inner: F) -> Counted<F> {
+    Counted { inner, polls: 0 }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        *this.polls += 1;
+        let output = ready!(this.inner.poll(cx));
+        POLLS.fetch_add(*this.polls, Ordering::Relaxed);
+        Poll::Ready(output)
+    }
+}
+
 fn main() {
+    if let Some(rounds) = std::env::var("CONTENDED_PROBE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        contended_probe(rounds);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     let start = Instant::now();
     benches(&mut c);

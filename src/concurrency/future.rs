@@ -10,6 +10,7 @@ use tower::BoxError;
 use tower_service::Service;
 
 use super::limiter::{Permit, Waiter};
+use crate::clock;
 use crate::hold::HoldGuard;
 use crate::Error;
 
@@ -118,8 +119,13 @@ where
                     waiter,
                     svc,
                     request,
-                } => match ready!(waiter.poll_acquire(cx)) {
-                    Ok(permit) => {
+                } => match ready!(waiter.poll_wait(cx)) {
+                    Ok(()) => {
+                        // One clock reading for the queue wait and for the
+                        // inner layers' `call`s on their way in: nothing
+                        // waits in between (see `crate::clock`).
+                        let _scope = clock::enter();
+                        let permit = waiter.take_grant();
                         let mut svc = svc.take().expect("service taken only on leaving Queued");
                         let request = request.take();
                         // Most inner services are ready at once: call it

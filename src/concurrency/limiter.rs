@@ -1,6 +1,7 @@
 //! The shared limiter state: free permits and the priority queue, under one
 //! lock, plus the RAII values that own a permit or a queue entry.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -35,6 +36,10 @@ pub(crate) struct Config {
 const TIME_CLAMP: i64 = (1 << 53) - 1;
 /// The no-aging key puts the priority above bit 54, the arrival time below.
 const PRIORITY_SHIFT: u32 = 54;
+/// How far (in arrival time) a request's key may fall behind the last one
+/// queued, at the same priority, and still be queued after it; see
+/// [`Limiter::order_key`].
+const HANDOFF_SLACK_MICROS: i64 = 1_000;
 
 /// A duration in whole microseconds, clamped to `TIME_CLAMP`.
 fn micros(d: Duration) -> i64 {
@@ -57,10 +62,23 @@ const ONE: usize = 2;
 /// The most permits the word can count.
 pub(crate) const MAX_PERMITS: usize = usize::MAX / ONE;
 
+/// Under the limiter's lock. `repr(C)` keeps what every enqueue and
+/// release touches (the queue, the sequence, the last wait end and the
+/// timer's instant) on the two cache lines after the lock's byte, ahead of
+/// what only timeouts, deadlines and mixed priorities need: a lock handed
+/// from one core to the other then pulls two lines, not three.
+#[repr(C)]
 struct State {
     /// Waiters by position. Every waiter in it is `WAITING` or `EXPIRED`;
     /// one removed by a releaser has been `GRANTED` a permit.
     queue: Queue,
+    next_seq: u64,
+    /// The latest `max_queue_wait` end handed out: later ones are clamped
+    /// to at least this, so both FIFOs stay in order even if the clock
+    /// steps back or two threads read it in one order and lock in the other.
+    last_wait_end: Option<Instant>,
+    /// What `timer` is armed for.
+    timer_at: Option<Instant>,
     /// The waiters outside the queue's tail whose wait ends after
     /// `max_queue_wait`, in arrival order, which is also the order their
     /// time runs out (see `last_wait_end`): a FIFO instead of a sorted
@@ -69,18 +87,11 @@ struct State {
     /// dropped when it reaches the front, or when dead entries outnumber
     /// live ones (so it stays within twice the queue plus a constant).
     waits: VecDeque<(Instant, Arc<Node>)>,
-    /// The latest `max_queue_wait` end handed out: later ones are clamped
-    /// to at least this, so both FIFOs stay in order even if the clock
-    /// steps back or two threads read it in one order and lock in the other.
-    last_wait_end: Option<Instant>,
     /// The waiters whose own deadline ends the wait, by `(deadline, seq)`:
     /// removed eagerly, so all are `WAITING`.
     deadlines: BTreeMap<(Instant, u64), Arc<Node>>,
     /// The one timer of this limiter, armed for the earliest expiry.
     timer: Option<Pin<Box<Sleep>>>,
-    /// What `timer` is armed for.
-    timer_at: Option<Instant>,
-    next_seq: u64,
 }
 
 impl State {
@@ -138,6 +149,8 @@ pub(crate) struct Limiter {
     config: Config,
     /// `aging` in microseconds (at least 1); `None` for strict priority.
     aging_micros: Option<i64>,
+    /// [`HANDOFF_SLACK_MICROS`] in ordering-key units.
+    handoff_slack: i64,
     /// Instants are turned into signed nanoseconds from here.
     epoch: Instant,
     metrics: Metrics,
@@ -191,6 +204,10 @@ impl Limiter {
                 next_seq: 0,
             })),
             aging_micros: config.aging.map(|a| micros(a).max(1)),
+            handoff_slack: match config.aging {
+                Some(_) => HANDOFF_SLACK_MICROS * i64::from(Priority::LEVEL),
+                None => HANDOFF_SLACK_MICROS,
+            },
             config,
             epoch: Instant::now(),
             metrics,
@@ -239,7 +256,8 @@ impl Limiter {
         let order = self.order_key(priority, arrival.unwrap_or(now));
         let wait_end = now + self.config.max_queue_wait;
         let deadline = deadline.filter(|deadline| *deadline <= wait_end);
-        let node = Arc::new(Node::new(deadline));
+        let node = spare_node(deadline);
+        let queued_node = Arc::clone(&node);
 
         let mut guard = self.state.lock();
         let state = &mut *guard;
@@ -258,16 +276,30 @@ impl Limiter {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        let key = (order, seq);
+        let mut key = (order, seq);
+        let mut in_tail = state.queue.fits_tail(key);
+        if !in_tail {
+            // Concurrent calls read the clock before they take the lock, so
+            // one may come a hair behind the last key queued: queue it after
+            // that one (in the order the lock was taken), in the tail,
+            // rather than in the sorted map (see `order_key`).
+            if let Some(((last, _), last_priority)) = state.queue.last_in_tail() {
+                if last_priority == priority && last - order <= self.handoff_slack {
+                    key = (last, seq);
+                    in_tail = true;
+                }
+            }
+        }
         // Keep the FIFOs of queue waits in order (see `last_wait_end`).
         let wait_end = state
             .last_wait_end
             .map_or(wait_end, |last| wait_end.max(last));
         state.last_wait_end = Some(wait_end);
-        let in_tail = state.queue.fits_tail(key);
         let expires = match deadline {
             Some(deadline) => {
-                state.deadlines.insert((deadline, seq), Arc::clone(&node));
+                state
+                    .deadlines
+                    .insert((deadline, seq), Arc::clone(&queued_node));
                 deadline
             }
             None => wait_end,
@@ -275,15 +307,15 @@ impl Limiter {
         if in_tail {
             // The tail keeps the queue-wait expiry itself; for a deadline-
             // bound waiter it is no earlier than the deadline, so a no-op.
-            state.queue.push_tail(key, wait_end, Arc::clone(&node));
+            state.queue.push_tail(key, priority, wait_end, queued_node);
         } else {
             if deadline.is_none() {
                 if state.waits.len() >= 2 * queued + 32 {
                     state.waits.retain(|(_, node)| node.is_waiting());
                 }
-                state.waits.push_back((wait_end, Arc::clone(&node)));
+                state.waits.push_back((wait_end, Arc::clone(&queued_node)));
             }
-            state.queue.insert_sorted(key, Arc::clone(&node));
+            state.queue.insert_sorted(key, queued_node);
         }
         if state.timer_at.is_none_or(|at| expires < at) {
             self.arm_pending.store(true, Ordering::Release);
@@ -292,8 +324,10 @@ impl Limiter {
         self.metrics.queue_depth.increment(1.0);
 
         Admission::Queued(Waiter {
-            limiter: Some(Arc::clone(self)),
-            node,
+            held: Some(Held {
+                limiter: Arc::clone(self),
+                node,
+            }),
             key,
             in_tail,
             enqueued: now,
@@ -355,14 +389,13 @@ impl Limiter {
 
     /// Under the lock: removes a waiter's entry (it leaves: dropped, or
     /// failed after expiring).
-    fn remove_waiter(&self, state: &mut State, waiter: &Waiter) {
-        let node = &*waiter.node;
-        if !state.queue.remove(waiter.key, node, waiter.in_tail) {
+    fn remove_waiter(&self, state: &mut State, node: &Node, key: Key, in_tail: bool) {
+        if !state.queue.remove(key, node, in_tail) {
             return;
         }
         node.state.store(LEFT, Ordering::Release);
         if let Some(deadline) = node.deadline {
-            state.deadlines.remove(&(deadline, waiter.key.1));
+            state.deadlines.remove(&(deadline, key.1));
         }
         state.queue.pop_dead_tail();
         state.pop_dead_waits();
@@ -377,6 +410,7 @@ impl Limiter {
         self.metrics.stats_queue_wait(Duration::ZERO);
         Permit {
             limiter: Arc::clone(self),
+            node: None,
         }
     }
 
@@ -399,7 +433,12 @@ impl Limiter {
     /// (ascending) is the same order at every `t`: keys never need updating.
     ///
     /// Keys are in microseconds: requests within one microsecond of each
-    /// other are ordered by their sequence number (FIFO).
+    /// other are ordered by their sequence number (FIFO). Calls on two
+    /// threads read the clock before they take the lock, in either order; a
+    /// request whose key comes less than [`HANDOFF_SLACK_MICROS`] (1 ms of
+    /// arrival) behind the last key queued, at the same priority, gets that
+    /// key instead, so it goes after it (in the order the lock was taken)
+    /// and to the queue's tail, not to its sorted map.
     fn order_key(&self, priority: Priority, arrival: Instant) -> i64 {
         let t = if arrival >= self.epoch {
             micros(arrival - self.epoch)
@@ -615,12 +654,67 @@ pub struct LimiterStats {
 /// the first waiter in the queue, if any.
 pub struct Permit {
     limiter: Arc<Limiter>,
+    /// The node of the waiter it was granted to, if it came from the
+    /// queue: kept for reuse once the permit is released.
+    node: Option<Arc<Node>>,
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         self.limiter.release();
+        if let Some(node) = self.node.take() {
+            keep_node(node);
+        }
+    }
+}
+
+/// The most spare nodes one thread keeps: 4,096 of about 64 bytes (with
+/// the allocator's header, 80), so at most about 320 KiB a thread, shared by
+/// every limiter of the process.
+const SPARE_PER_THREAD: usize = 4096;
+
+thread_local! {
+    /// Nodes of finished waiters, reset, for the next waiters queued on
+    /// this thread: each is referenced from nowhere else. A queued request
+    /// then costs no allocation once a burst as large has come and gone (a
+    /// permit from the queue gives its node back when it is released), and
+    /// no shared free list is touched: a list under the limiter's lock, or
+    /// one shared by the threads, would move its cache line from core to
+    /// core at every enqueue and release.
+    static SPARE: RefCell<Vec<Arc<Node>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A node for a new waiter: a spare one of this thread, or a new one.
+#[inline]
+fn spare_node(deadline: Option<Instant>) -> Arc<Node> {
+    let spare = SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten();
+    if let Some(mut node) = spare {
+        // Always unique (see `keep_node`); a node that were not is dropped.
+        if let Some(fresh) = Arc::get_mut(&mut node) {
+            fresh.deadline = deadline;
+            return node;
+        }
+    }
+    Arc::new(Node::new(deadline))
+}
+
+/// Keeps a finished waiter's node as a spare of this thread, reset, if
+/// nothing else refers to it (the releaser that granted it may still hold
+/// its reference, or a lazily removed index entry) and there is room.
+#[inline]
+fn keep_node(mut node: Arc<Node>) {
+    if let Some(fresh) = Arc::get_mut(&mut node) {
+        *fresh = Node::new(None);
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_PER_THREAD {
+                spare.push(node);
+            }
+        });
     }
 }
 
@@ -638,8 +732,7 @@ impl fmt::Debug for Permit {
 pub(crate) struct Waiter {
     /// `None` once the wait has ended: the entry is gone and any permit it
     /// had was taken (moved into the [`Permit`]).
-    limiter: Option<Arc<Limiter>>,
-    node: Arc<Node>,
+    held: Option<Held>,
     key: Key,
     /// Where the queue put it (see [`Queue::insert`]).
     in_tail: bool,
@@ -649,27 +742,35 @@ pub(crate) struct Waiter {
     deadline_bound: bool,
 }
 
+/// What a waiter holds while it waits.
+struct Held {
+    limiter: Arc<Limiter>,
+    node: Arc<Node>,
+}
+
 impl Waiter {
     /// Waits for a permit, the queue wait, or the deadline, whichever first.
     ///
     /// Takes no lock unless the timer must be armed or the wait failed: the
     /// waker is registered in the waiter's node, and a grant is seen there.
-    pub(crate) fn poll_acquire(&mut self, cx: &mut Context<'_>) -> Poll<Result<Permit, Error>> {
-        let limiter = self.limiter.as_ref().expect("polled after the wait ended");
-        let mut state = self.node.state.load(Ordering::Acquire);
+    /// Ready with `Ok(())` once a permit was handed to it: then
+    /// [`take_grant`](Self::take_grant) takes it.
+    pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let Held { limiter, node } = self.held.as_ref().expect("polled after the wait ended");
+        let mut state = node.state.load(Ordering::Acquire);
         if state == WAITING {
             // Register, then look again: a grant or expiry in between either
             // shows in the state or wakes the waker just registered.
-            self.node.waker.register(cx.waker());
-            state = self.node.state.load(Ordering::Acquire);
+            node.waker.register(cx.waker());
+            state = node.state.load(Ordering::Acquire);
         }
         if limiter.arm_pending.load(Ordering::Acquire) {
             limiter.arm_from_poll();
-            state = self.node.state.load(Ordering::Acquire);
+            state = node.state.load(Ordering::Acquire);
         }
         match state {
             WAITING => Poll::Pending,
-            GRANTED => Poll::Ready(Ok(self.take_grant())),
+            GRANTED => Poll::Ready(Ok(())),
             _ => Poll::Ready(Err(self.give_up())),
         }
     }
@@ -677,9 +778,9 @@ impl Waiter {
     /// Time is up: leave the queue and say why.
     #[cold]
     fn give_up(&mut self) -> Error {
-        let limiter = self.limiter.take().expect("polled after the wait ended");
+        let Held { limiter, node } = self.held.take().expect("polled after the wait ended");
         let mut guard = limiter.state.lock();
-        limiter.remove_waiter(&mut guard, self);
+        limiter.remove_waiter(&mut guard, &node, self.key, self.in_tail);
         drop(guard);
         limiter.metrics.queue_depth.decrement(1.0);
         let waited = Instant::now().saturating_duration_since(self.enqueued);
@@ -701,29 +802,34 @@ impl Waiter {
         error
     }
 
-    /// The permit is ours: the limiter handle moves into it.
-    fn take_grant(&mut self) -> Permit {
-        let limiter = self.limiter.take().expect("polled after the wait ended");
+    /// The permit is ours (after [`poll_wait`](Self::poll_wait) said so):
+    /// the limiter handle moves into it. Reads the clock through
+    /// [`crate::clock`], for the queue wait.
+    pub(crate) fn take_grant(&mut self) -> Permit {
+        let Held { limiter, node } = self.held.take().expect("polled after the wait ended");
         limiter.metrics.admitted.increment(1);
-        let waited = Instant::now().saturating_duration_since(self.enqueued);
+        let waited = clock::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
         limiter.metrics.stats_queue_wait(waited);
-        Permit { limiter }
+        Permit {
+            limiter,
+            node: Some(node),
+        }
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        let Some(limiter) = self.limiter.take() else {
+        let Some(Held { limiter, node }) = self.held.take() else {
             return;
         };
         let mut guard = limiter.state.lock();
-        if self.node.state.load(Ordering::Relaxed) == GRANTED {
+        if node.state.load(Ordering::Relaxed) == GRANTED {
             // Granted but never observed: pass the permit on.
             limiter.release_locked(guard);
             return;
         }
-        limiter.remove_waiter(&mut guard, self);
+        limiter.remove_waiter(&mut guard, &node, self.key, self.in_tail);
         // If this waiter was to arm the timer, hand that on.
         let duty = if limiter.arm_pending.load(Ordering::Relaxed) {
             guard.first_waiting_waker()
@@ -879,6 +985,63 @@ mod tests {
         assert!(low < l.order_key(Priority::HIGH, t0 + 2 * aging + Duration::from_micros(1)));
         // CRITICAL (three levels above LOW) catches up after 3 levels' time
         assert_eq!(low, l.order_key(Priority::CRITICAL, t0 + 3 * aging));
+    }
+
+    fn queued(admission: Admission) -> Waiter {
+        match admission {
+            Admission::Queued(waiter) => waiter,
+            _ => panic!("expected to queue"),
+        }
+    }
+
+    fn arriving(at: Instant, priority: Priority) -> crate::request::RequestMeta {
+        let mut meta = crate::request::RequestMeta::new().priority(priority);
+        meta.arrival = Some(at);
+        meta
+    }
+
+    /// Two threads read the clock, then take the lock in the other order:
+    /// the second key comes a hair behind the first. It goes after it, in
+    /// the tail (served in lock order); a key further behind, or one of
+    /// another priority, still goes where its key says.
+    #[test]
+    fn a_key_a_hair_behind_the_last_queues_after_it() {
+        for aging in [Some(Duration::from_secs(5)), None] {
+            let l = limiter(aging);
+            let Admission::Permit(permit) = l.admit(&crate::request::RequestMeta::new()) else {
+                panic!("a permit was free");
+            };
+            let now = Instant::now();
+            let first = queued(l.admit(&arriving(now, Priority::NORMAL)));
+            let hair = now - Duration::from_micros(HANDOFF_SLACK_MICROS as u64 / 2);
+            let behind = queued(l.admit(&arriving(hair, Priority::NORMAL)));
+            assert!(first.in_tail && behind.in_tail);
+            assert!(behind.key > first.key, "served in lock order");
+            let older = now - Duration::from_micros(HANDOFF_SLACK_MICROS as u64 * 2);
+            let older = queued(l.admit(&arriving(older, Priority::NORMAL)));
+            assert!(!older.in_tail && older.key < first.key, "served first");
+            let high = queued(l.admit(&arriving(hair, Priority::HIGH)));
+            assert!(
+                !high.in_tail && high.key < older.key,
+                "higher priority first"
+            );
+            // The grants follow the keys: high, older, first, behind. A
+            // waiter dropped after its grant passes the permit on.
+            let mut waiters = vec![high, older, first, behind];
+            let nodes: Vec<_> = waiters
+                .iter()
+                .map(|w| Arc::clone(&w.held.as_ref().expect("waiting").node))
+                .collect();
+            drop(permit);
+            for (i, node) in nodes.iter().enumerate() {
+                assert_eq!(node.state.load(Ordering::Acquire), GRANTED, "grant {i}");
+                for later in &nodes[i + 1..] {
+                    assert_eq!(later.state.load(Ordering::Acquire), WAITING);
+                }
+                drop(waiters.remove(0));
+            }
+            assert_eq!(l.stats().queued, 0);
+        }
     }
 
     #[test]

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
+use crate::request::Priority;
+
 /// A queue position: the static ordering key, then a sequence number that
 /// breaks ties in arrival order and makes every key unique.
 pub(super) type Key = (i64, u64);
@@ -96,6 +98,8 @@ pub(super) struct Queue {
     /// The tail's front entries already passed by [`expire_tail`](Self::expire_tail)
     /// (or skipped as not waiting): their queue wait has been dealt with.
     tail_expired: usize,
+    /// The priority of the entry at the tail's back (the last one appended).
+    back_priority: Priority,
 }
 
 impl Queue {
@@ -115,10 +119,26 @@ impl Queue {
             && self.tail.back().is_none_or(|e| key > e.key)
     }
 
+    /// The key and priority of the tail's back entry (the last appended), if
+    /// it holds the largest key queued.
+    pub(super) fn last_in_tail(&self) -> Option<(Key, Priority)> {
+        let back = self.tail.back()?;
+        self.sorted
+            .last_key_value()
+            .is_none_or(|(k, _)| *k < back.key)
+            .then_some((back.key, self.back_priority))
+    }
+
     /// Appends a node to the tail; `key` must [fit](Self::fits_tail), and
     /// `expires` (when its queue wait ends) must be no earlier than that of
     /// any entry appended before.
-    pub(super) fn push_tail(&mut self, key: Key, expires: Instant, node: Arc<Node>) {
+    pub(super) fn push_tail(
+        &mut self,
+        key: Key,
+        priority: Priority,
+        expires: Instant,
+        node: Arc<Node>,
+    ) {
         debug_assert!(self.fits_tail(key));
         debug_assert!(self.tail.back().is_none_or(|e| e.expires <= expires));
         if self.tail.len() >= 2 * self.tail_live + 32 {
@@ -136,6 +156,7 @@ impl Queue {
             self.tail_expired = expired;
         }
         self.tail.push_back(TailEntry { key, expires, node });
+        self.back_priority = priority;
         self.tail_live += 1;
     }
 
@@ -283,7 +304,7 @@ mod tests {
                         let node = Arc::new(Node::new(None));
                         let in_tail = queue.fits_tail(key);
                         if in_tail {
-                            queue.push_tail(key, now, Arc::clone(&node));
+                            queue.push_tail(key, Priority::NORMAL, now, Arc::clone(&node));
                         } else {
                             queue.insert_sorted(key, Arc::clone(&node));
                         }
@@ -352,7 +373,7 @@ mod tests {
                         let expires = start + std::time::Duration::from_millis(clock);
                         let node = Arc::new(Node::new(None));
                         assert!(queue.fits_tail(key));
-                        queue.push_tail(key, expires, Arc::clone(&node));
+                        queue.push_tail(key, Priority::NORMAL, expires, Arc::clone(&node));
                         pushed.push((expires, node, key));
                     }
                     5 | 6 => {
