@@ -1,7 +1,6 @@
 //! The shared limiter state: free permits and the priority queue, under one
 //! lock, plus the RAII values that own a permit or a queue entry.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -256,7 +255,7 @@ impl Limiter {
         let order = self.order_key(priority, arrival.unwrap_or(now));
         let wait_end = now + self.config.max_queue_wait;
         let deadline = deadline.filter(|deadline| *deadline <= wait_end);
-        let node = spare_node(deadline);
+        let node = Arc::new(Node::new(deadline));
         let queued_node = Arc::clone(&node);
 
         let mut guard = self.state.lock();
@@ -410,7 +409,6 @@ impl Limiter {
         self.metrics.stats_queue_wait(Duration::ZERO);
         Permit {
             limiter: Arc::clone(self),
-            node: None,
         }
     }
 
@@ -654,67 +652,12 @@ pub struct LimiterStats {
 /// the first waiter in the queue, if any.
 pub struct Permit {
     limiter: Arc<Limiter>,
-    /// The node of the waiter it was granted to, if it came from the
-    /// queue: kept for reuse once the permit is released.
-    node: Option<Arc<Node>>,
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
         self.limiter.release();
-        if let Some(node) = self.node.take() {
-            keep_node(node);
-        }
-    }
-}
-
-/// The most spare nodes one thread keeps: 4,096 of about 64 bytes (with
-/// the allocator's header, 80), so at most about 320 KiB a thread, shared by
-/// every limiter of the process.
-const SPARE_PER_THREAD: usize = 4096;
-
-thread_local! {
-    /// Nodes of finished waiters, reset, for the next waiters queued on
-    /// this thread: each is referenced from nowhere else. A queued request
-    /// then costs no allocation once a burst as large has come and gone (a
-    /// permit from the queue gives its node back when it is released), and
-    /// no shared free list is touched: a list under the limiter's lock, or
-    /// one shared by the threads, would move its cache line from core to
-    /// core at every enqueue and release.
-    static SPARE: RefCell<Vec<Arc<Node>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A node for a new waiter: a spare one of this thread, or a new one.
-#[inline]
-fn spare_node(deadline: Option<Instant>) -> Arc<Node> {
-    let spare = SPARE
-        .try_with(|spare| spare.borrow_mut().pop())
-        .ok()
-        .flatten();
-    if let Some(mut node) = spare {
-        // Always unique (see `keep_node`); a node that were not is dropped.
-        if let Some(fresh) = Arc::get_mut(&mut node) {
-            fresh.deadline = deadline;
-            return node;
-        }
-    }
-    Arc::new(Node::new(deadline))
-}
-
-/// Keeps a finished waiter's node as a spare of this thread, reset, if
-/// nothing else refers to it (the releaser that granted it may still hold
-/// its reference, or a lazily removed index entry) and there is room.
-#[inline]
-fn keep_node(mut node: Arc<Node>) {
-    if let Some(fresh) = Arc::get_mut(&mut node) {
-        *fresh = Node::new(None);
-        let _ = SPARE.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_PER_THREAD {
-                spare.push(node);
-            }
-        });
     }
 }
 
@@ -806,15 +749,12 @@ impl Waiter {
     /// the limiter handle moves into it. Reads the clock through
     /// [`crate::clock`], for the queue wait.
     pub(crate) fn take_grant(&mut self) -> Permit {
-        let Held { limiter, node } = self.held.take().expect("polled after the wait ended");
+        let Held { limiter, .. } = self.held.take().expect("polled after the wait ended");
         limiter.metrics.admitted.increment(1);
         let waited = clock::now().saturating_duration_since(self.enqueued);
         limiter.metrics.queue_wait.record_duration(waited);
         limiter.metrics.stats_queue_wait(waited);
-        Permit {
-            limiter,
-            node: Some(node),
-        }
+        Permit { limiter }
     }
 }
 

@@ -58,12 +58,7 @@
 //!   lock (so its place is fixed by when `call` happened), or is shed if the
 //!   queue is full. The entry is owned by the response future. Its polls
 //!   register the waker in the node and read the node's state, without the
-//!   lock. Nodes are reused: a permit that came from the queue gives its
-//!   waiter's node back when it is released, to a small cache of the thread
-//!   that releases it (at most 4,096 nodes, about 320 KiB, per thread,
-//!   shared by all limiters), from which the next request queued on that
-//!   thread takes it. After a first burst, queueing allocates nothing, and
-//!   no free list is shared between cores.
+//!   lock.
 //! - **Hand-off.** The bit is set under the lock before a waiter's entry is
 //!   inserted and cleared once the queue is empty; a release that sees it
 //!   takes the lock. A released permit is never put back while someone waits:
