@@ -1,6 +1,7 @@
 //! The budgets of one scope (a partition, or the global budget).
 
 use std::fmt;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -277,6 +278,120 @@ impl Limits {
     }
 }
 
+/// How many words [`SeqLimits`] keeps per scope: the mask, the window in
+/// nanoseconds, the six limits and the two burst spans (the other budgets
+/// are counted over the window).
+const WORDS: usize = 10;
+
+impl Limits {
+    /// The limits as words, for [`SeqLimits`].
+    fn to_words(self) -> [u64; WORDS] {
+        let b = &self.budgets;
+        [
+            u64::from(self.mask),
+            duration_nanos(self.window),
+            b[0].0,
+            b[1].0,
+            b[2].0,
+            b[3].0,
+            b[4].0,
+            b[5].0,
+            b[4].1,
+            b[5].1,
+        ]
+    }
+
+    /// The limits [`to_words`](Self::to_words) made `w` from. Exact: a
+    /// window is at most 31 days (a setting's cap), far inside a `u64` of
+    /// nanoseconds, and budgets 0 to 3 are always counted over the window.
+    #[inline(always)]
+    fn from_words(w: &[u64; WORDS]) -> Self {
+        let window = w[1];
+        Limits {
+            mask: w[0] as u8,
+            budgets: [
+                (w[2], window),
+                (w[3], window),
+                (w[4], window),
+                (w[5], window),
+                (w[6], w[8]),
+                (w[7], w[9]),
+            ],
+            window: Duration::from_nanos(window),
+        }
+    }
+}
+
+/// The partition and global limits of one limiter, read by every admission
+/// without a lock: a sequence lock over atomic words (no `unsafe`).
+///
+/// One copy for the whole limiter, so it stays in cache however many
+/// partitions there are (a copy per partition cost a cache miss per keyed
+/// admission). Writers are serialized by the caller (the limiter's limits
+/// lock); a writer makes the sequence number odd, stores the words, and makes
+/// it even again. A reader loads the sequence number, the words, then the
+/// number again, and retries if it changed or was odd: it never returns a
+/// mix of two versions.
+pub(crate) struct SeqLimits {
+    seq: AtomicU64,
+    part: [AtomicU64; WORDS],
+    /// All zero (mask 0) when no global limits are set.
+    global: [AtomicU64; WORDS],
+}
+
+impl SeqLimits {
+    pub(crate) fn new(part: &Limits, global: Option<&Limits>) -> Self {
+        let words = |w: [u64; WORDS]| w.map(AtomicU64::new);
+        SeqLimits {
+            seq: AtomicU64::new(0),
+            part: words(part.to_words()),
+            global: words(global.map_or([0; WORDS], |g| g.to_words())),
+        }
+    }
+
+    /// Publishes new limits. The caller serializes writers (holds the
+    /// limits' write lock).
+    pub(crate) fn store(&self, part: &Limits, global: Option<&Limits>) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd number before the words: a reader that sees any new
+        // word sees the sequence number changed when it looks again.
+        fence(Ordering::Release);
+        for (slot, w) in self.part.iter().zip(part.to_words()) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        let global = global.map_or([0; WORDS], |g| g.to_words());
+        for (slot, w) in self.global.iter().zip(global) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The partition limits and the global ones (if set), as of one write.
+    #[inline(always)]
+    pub(crate) fn load(&self) -> (Limits, Option<Limits>) {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                let part = self.part.each_ref().map(|w| w.load(Ordering::Relaxed));
+                let global_mask = self.global[0].load(Ordering::Relaxed);
+                let global = (global_mask != 0)
+                    .then(|| self.global.each_ref().map(|w| w.load(Ordering::Relaxed)));
+                // Orders the word loads before the second look: if any of
+                // them saw a write, that writer's odd number is seen now.
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == seq {
+                    return (
+                        Limits::from_words(&part),
+                        global.as_ref().map(Limits::from_words),
+                    );
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// A duration in whole nanoseconds, saturating (settings are capped far
 /// below the 584 years a `u64` holds).
 pub(crate) fn duration_nanos(d: Duration) -> u64 {
@@ -314,6 +429,59 @@ mod tests {
             Duration::from_nanos(8_571_428_572)
         );
         assert_eq!(limits.span(Budget::Requests), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn seq_limits_round_trip_every_setting() {
+        let mut part = Limits::new(Duration::from_millis(1500));
+        part.set(Budget::Requests, Some(7));
+        part.set(Budget::RequestBurst, Some(2));
+        part.set(Budget::OutputTokens, Some(u64::MAX));
+        let mut global = Limits::new(Duration::from_millis(1500));
+        global.set(Budget::Tokens, Some(1000));
+        global.set(Budget::TokenBurst, Some(3));
+        let seq = SeqLimits::new(&part, None);
+        assert_eq!(seq.load(), (part, None));
+        seq.store(&part, Some(&global));
+        assert_eq!(seq.load(), (part, Some(global)));
+        assert_eq!(
+            seq.load().1.unwrap().span(Budget::TokenBurst),
+            global.span(Budget::TokenBurst)
+        );
+        seq.store(&global, None);
+        assert_eq!(seq.load(), (global, None));
+    }
+
+    #[test]
+    fn seq_limits_readers_never_see_a_torn_write() {
+        // Two versions that differ in every word; a reader racing the
+        // writer sees one or the other, whole.
+        let mut a = Limits::new(Duration::from_secs(60));
+        let mut b = Limits::new(Duration::from_secs(30));
+        for (i, budget) in Budget::ALL.into_iter().enumerate().take(4) {
+            a.set(budget, Some(100 + i as u64));
+            b.set(budget, Some(200 + i as u64));
+        }
+        a.set(Budget::RequestBurst, Some(10));
+        b.set(Budget::TokenBurst, Some(20));
+        let seq = std::sync::Arc::new(SeqLimits::new(&a, Some(&b)));
+        let writer = {
+            let seq = seq.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    if i % 2 == 0 {
+                        seq.store(&b, Some(&a));
+                    } else {
+                        seq.store(&a, Some(&b));
+                    }
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            let got = seq.load();
+            assert!(got == (a, Some(b)) || got == (b, Some(a)), "{got:?}");
+        }
+        writer.join().unwrap();
     }
 
     #[test]
