@@ -149,50 +149,51 @@ impl Demand {
 }
 
 /// The limits of one scope: a window length and up to six budgets.
+///
+/// Ten words, all plain integers: every admission takes a copy of them (see
+/// [`SeqLimits`]), so the copy is a copy of words, nothing to convert.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(C)] // the mask and the first budgets side by side (the window is cold)
 pub struct Limits {
     /// Bit `budget.index()` set when `budget` is.
     mask: u8,
-    /// Per budget: its limit (0 where unset) and the sliding interval it is
-    /// counted over in nanoseconds (the window, or the burst interval
-    /// `window * burst / limit`, rounded up). Side by side, so an admission
-    /// reads one place per budget; the whole value is small enough that
-    /// every partition keeps a copy.
-    budgets: [(u64, u64); 6],
-    window: Duration,
+    /// Per budget: its limit (0 where unset).
+    limits: [u64; 6],
+    /// The burst bounds' sliding intervals in nanoseconds: `window * burst /
+    /// limit`, rounded up (the window while unset). The other budgets count
+    /// over the window.
+    spans: [u64; 2],
+    /// The window in nanoseconds. Exact: a window is at most 31 days (the
+    /// cap on every duration setting), far inside a `u64` of nanoseconds.
+    window: u64,
 }
 
 impl Limits {
     pub(crate) fn new(window: Duration) -> Self {
+        let window = duration_nanos(window);
         Limits {
-            window,
             mask: 0,
-            budgets: [(0, duration_nanos(window)); 6],
+            limits: [0; 6],
+            spans: [window; 2],
+            window,
         }
     }
 
     /// The window length.
     pub fn window(&self) -> Duration {
-        self.window
+        Duration::from_nanos(self.window)
     }
 
     /// The limit of `budget`, if set.
     pub fn get(&self, budget: Budget) -> Option<u64> {
         let i = budget.index();
-        (self.mask & (1 << i) != 0).then_some(self.budgets[i].0)
+        (self.mask & (1 << i) != 0).then_some(self.limits[i])
     }
 
     /// The sliding interval `budget` is counted over: the window, or for a
     /// burst bound `window * burst / limit` (rounded up to the nanosecond, so
     /// pacing is never faster than a bucket refilled at `limit / window`).
     pub fn span(&self, budget: Budget) -> Duration {
-        let nanos = self.budgets[budget.index()].1;
-        if nanos == duration_nanos(self.window) {
-            self.window
-        } else {
-            Duration::from_nanos(nanos)
-        }
+        Duration::from_nanos(self.budget(budget.index()).1)
     }
 
     /// Whether any budget is set.
@@ -205,19 +206,19 @@ impl Limits {
         match value {
             Some(v) => {
                 self.mask |= 1 << i;
-                self.budgets[i].0 = v;
+                self.limits[i] = v;
             }
             None => {
                 self.mask &= !(1 << i);
-                self.budgets[i].0 = 0;
+                self.limits[i] = 0;
             }
         }
         self.recompute_spans();
     }
 
     fn recompute_spans(&mut self) {
-        let window = duration_nanos(self.window);
-        for budget in Budget::ALL {
+        let window = self.window;
+        for budget in [Budget::RequestBurst, Budget::TokenBurst] {
             let span = match (budget.paced(), self.get(budget)) {
                 (Some(paced), Some(burst)) => match self.get(paced) {
                     Some(limit) if limit > 0 => {
@@ -229,7 +230,7 @@ impl Limits {
                 },
                 _ => window,
             };
-            self.budgets[budget.index()].1 = span;
+            self.spans[budget.index() - 4] = span;
         }
     }
 
@@ -241,9 +242,13 @@ impl Limits {
 
     /// The limit (0 when unset) and the span in nanoseconds of the budget
     /// with index `i`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn budget(&self, i: usize) -> (u64, u64) {
-        self.budgets[i]
+        let span = match i {
+            4 | 5 => self.spans[i - 4],
+            _ => self.window,
+        };
+        (self.limits[i], span)
     }
 
     /// Checks every setting; `global` picks the field names.
@@ -278,47 +283,26 @@ impl Limits {
     }
 }
 
-/// How many words [`SeqLimits`] keeps per scope: the mask, the window in
-/// nanoseconds, the six limits and the two burst spans (the other budgets
-/// are counted over the window).
+/// How many words [`SeqLimits`] keeps per scope: the mask, the six limits,
+/// the two burst spans and the window.
 const WORDS: usize = 10;
 
 impl Limits {
     /// The limits as words, for [`SeqLimits`].
     fn to_words(self) -> [u64; WORDS] {
-        let b = &self.budgets;
+        let l = &self.limits;
         [
             u64::from(self.mask),
-            duration_nanos(self.window),
-            b[0].0,
-            b[1].0,
-            b[2].0,
-            b[3].0,
-            b[4].0,
-            b[5].0,
-            b[4].1,
-            b[5].1,
+            l[0],
+            l[1],
+            l[2],
+            l[3],
+            l[4],
+            l[5],
+            self.spans[0],
+            self.spans[1],
+            self.window,
         ]
-    }
-
-    /// The limits [`to_words`](Self::to_words) made `w` from. Exact: a
-    /// window is at most 31 days (a setting's cap), far inside a `u64` of
-    /// nanoseconds, and budgets 0 to 3 are always counted over the window.
-    #[inline(always)]
-    fn from_words(w: &[u64; WORDS]) -> Self {
-        let window = w[1];
-        Limits {
-            mask: w[0] as u8,
-            budgets: [
-                (w[2], window),
-                (w[3], window),
-                (w[4], window),
-                (w[5], window),
-                (w[6], w[8]),
-                (w[7], w[9]),
-            ],
-            window: Duration::from_nanos(window),
-        }
     }
 }
 
@@ -367,28 +351,50 @@ impl SeqLimits {
         self.seq.store(seq.wrapping_add(2), Ordering::Release);
     }
 
-    /// The partition limits and the global ones (if set), as of one write.
+    /// The partition limits, when no global limits are set and no writer
+    /// interferes: one straight pass (no loop, no second value), so the
+    /// words load straight into the returned value. `None` means: ask
+    /// [`load`](Self::load).
     #[inline(always)]
+    pub(crate) fn partition_only(&self) -> Option<Limits> {
+        let seq = self.seq.load(Ordering::Acquire);
+        let part = load(&self.part);
+        let global = self.global[0].load(Ordering::Relaxed);
+        // Orders the word loads before the second look: if any of them saw
+        // a write, that writer's odd sequence number is seen now.
+        fence(Ordering::Acquire);
+        (seq & 1 == 0 && global == 0 && self.seq.load(Ordering::Relaxed) == seq).then_some(part)
+    }
+
+    /// The partition limits and the global ones (if set), as of one write.
     pub(crate) fn load(&self) -> (Limits, Option<Limits>) {
         loop {
             let seq = self.seq.load(Ordering::Acquire);
             if seq & 1 == 0 {
-                let part = self.part.each_ref().map(|w| w.load(Ordering::Relaxed));
-                let global_mask = self.global[0].load(Ordering::Relaxed);
-                let global = (global_mask != 0)
-                    .then(|| self.global.each_ref().map(|w| w.load(Ordering::Relaxed)));
-                // Orders the word loads before the second look: if any of
-                // them saw a write, that writer's odd number is seen now.
+                let part = load(&self.part);
+                let global =
+                    (self.global[0].load(Ordering::Relaxed) != 0).then(|| load(&self.global));
+                // As in `partition_only`.
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == seq {
-                    return (
-                        Limits::from_words(&part),
-                        global.as_ref().map(Limits::from_words),
-                    );
+                    return (part, global);
                 }
             }
             std::hint::spin_loop();
         }
+    }
+}
+
+/// The limits in `w` (as [`Limits::to_words`] made them), each word loaded
+/// straight into its field.
+#[inline(always)]
+fn load(w: &[AtomicU64; WORDS]) -> Limits {
+    let word = |i: usize| w[i].load(Ordering::Relaxed);
+    Limits {
+        mask: word(0) as u8,
+        limits: [word(1), word(2), word(3), word(4), word(5), word(6)],
+        spans: [word(7), word(8)],
+        window: word(9),
     }
 }
 
@@ -401,7 +407,7 @@ pub(crate) fn duration_nanos(d: Duration) -> u64 {
 impl fmt::Debug for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Limits");
-        d.field("window", &self.window);
+        d.field("window", &self.window());
         for budget in Budget::ALL {
             if let Some(v) = self.get(budget) {
                 d.field(budget.field(), &v);

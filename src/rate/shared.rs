@@ -470,27 +470,46 @@ impl<C, St: RateStore> Shared<C, St> {
         demand: &Demand,
         now: Instant,
     ) -> Attempt<St::Ticket> {
-        let (limits, global) = self.current.load();
-        match global {
-            None => match self
+        match self.current.partition_only() {
+            Some(limits) => match self
                 .store
                 .try_reserve(&mut state.window, demand, &limits, now)
             {
                 Ok(part) => Attempt::Admitted { part, global: None },
                 Err(verdict) => Attempt::refused(verdict, now),
             },
-            Some(global) => {
-                // Lock order: partition (held by the caller), then global.
-                let mut g = self.global.state.lock();
-                self.attempt_both(
-                    &mut state.window,
-                    &mut g.window,
-                    demand,
-                    (&limits, &global),
-                    now,
-                )
-            }
+            None => self.attempt_global(state, demand, now),
         }
+    }
+
+    /// [`attempt`](Self::attempt) with global limits set (or a limit
+    /// changing meanwhile).
+    #[inline(never)]
+    fn attempt_global(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
+        let (limits, global) = self.current.load();
+        let Some(global) = global else {
+            return match self
+                .store
+                .try_reserve(&mut state.window, demand, &limits, now)
+            {
+                Ok(part) => Attempt::Admitted { part, global: None },
+                Err(verdict) => Attempt::refused(verdict, now),
+            };
+        };
+        // Lock order: partition (held by the caller), then global.
+        let mut g = self.global.state.lock();
+        self.attempt_both(
+            &mut state.window,
+            &mut g.window,
+            demand,
+            (&limits, &global),
+            now,
+        )
     }
 
     /// Admits `demand` into a partition's window and the global one, in both
@@ -946,5 +965,35 @@ where
         self.reported_partitions.store(live, Ordering::Relaxed);
         self.metrics.partitions.set(live as f64);
         evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::store::MemoryWindow;
+
+    /// What a keyed admission touches of its slot: the `Arc`'s two counts,
+    /// then the lock, the waiters' pointer, `admitted` and the memory
+    /// window's head, 128 bytes from the start of the allocation.
+    #[test]
+    fn a_slot_keeps_its_hot_state_in_the_first_128_bytes() {
+        let slot = Slot::new(
+            MemoryWindow::default(),
+            None,
+            &Arc::new(AtomicU64::new(0)),
+        );
+        let base = &slot as *const Slot<MemoryWindow> as usize;
+        let state = slot.state.lock();
+        let window = &state.window as *const MemoryWindow as usize;
+        let hot_end = window - base + MemoryWindow::HOT_BYTES;
+        println!(
+            "slot {} bytes, window at {}, hot end {}",
+            std::mem::size_of::<Slot<MemoryWindow>>(),
+            window - base,
+            hot_end
+        );
+        assert!(16 + hot_end <= 128, "hot state ends at {hot_end}");
+        assert!(std::mem::size_of::<Slot<MemoryWindow>>() <= 256);
     }
 }

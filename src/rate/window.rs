@@ -42,7 +42,11 @@ impl Verdict {
 /// the request amount is the low bit of `stamp` and the timestamp the other
 /// 63 bits (292 years of nanoseconds). The burst bounds spend the request
 /// and token amounts, so they need no slots of their own.
+///
+/// Aligned to its size, so an entry never straddles two cache lines (an
+/// admission reads the oldest entry and writes the newest).
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(32))]
 struct Entry {
     /// `at << 1 | requests`.
     stamp: u64,
@@ -128,8 +132,6 @@ pub(crate) struct SlidingLog {
     /// The oldest entry still inside the window (the whole-window budgets'
     /// start, and the oldest entry kept).
     start: u64,
-    /// The newest timestamp recorded: timestamps never go backwards.
-    newest: u64,
     /// Running sums of budgets 0 to 3 over `start..pushed`. The sum of a
     /// budget that is not set is meaningless (it is reset when set).
     sums: [u64; 4],
@@ -150,6 +152,11 @@ pub(crate) enum LogVerdict {
 }
 
 impl SlidingLog {
+    /// How many bytes from its start an admission without burst bounds
+    /// reads: `active` to `buf`.
+    #[cfg(test)]
+    pub(crate) const HOT_BYTES: usize = std::mem::offset_of!(SlidingLog, bursts);
+
     /// The budgets that count (bit `i` for index `i`).
     #[inline]
     pub(crate) fn active(&self) -> u8 {
@@ -184,6 +191,18 @@ impl SlidingLog {
             }
         }
         self.active = mask;
+    }
+
+    /// The newest timestamp recorded (0 before the first): the last entry
+    /// pushed, which stays in the buffer until the next push overwrites it
+    /// (forgetting entries only moves `start`; growing copies it), so it
+    /// needs no field of its own.
+    #[inline(always)]
+    fn newest(&self) -> u64 {
+        match self.pushed.checked_sub(1) {
+            Some(last) => self.buf[last as usize & self.mask()].at(),
+            None => 0,
+        }
     }
 
     #[inline(always)]
@@ -308,7 +327,7 @@ impl SlidingLog {
         }
         // Unreachable while `amount <= limit` (everything expiring frees
         // `sum >= need`); be safe anyway.
-        LogVerdict::NotUntil(self.newest.max(now).saturating_add(span))
+        LogVerdict::NotUntil(self.newest().max(now).saturating_add(span))
     }
 
     /// [`expire_budget`](Self::expire_budget), then
@@ -339,8 +358,7 @@ impl SlidingLog {
         if self.len() == self.buf.len() as u64 {
             self.grow();
         }
-        let at = now.min(MAX_TIME).max(self.newest);
-        self.newest = at;
+        let at = now.min(MAX_TIME).max(self.newest());
         let request = u64::from(amounts[0] != 0);
         let seq = self.pushed;
         let m = self.mask();
@@ -354,8 +372,10 @@ impl SlidingLog {
         self.sums[1] = self.sums[1].wrapping_add(amounts[1]);
         self.sums[2] = self.sums[2].wrapping_add(amounts[2]);
         self.sums[3] = self.sums[3].wrapping_add(amounts[3]);
-        self.bursts[0].sum = self.bursts[0].sum.wrapping_add(request);
-        self.bursts[1].sum = self.bursts[1].sum.wrapping_add(amounts[1]);
+        if self.active & 0b11_0000 != 0 {
+            self.bursts[0].sum = self.bursts[0].sum.wrapping_add(request);
+            self.bursts[1].sum = self.bursts[1].sum.wrapping_add(amounts[1]);
+        }
         self.pushed = seq + 1;
         seq
     }
@@ -418,7 +438,7 @@ impl SlidingLog {
         }
         let all_out = now
             .checked_sub(window)
-            .is_some_and(|cutoff| self.newest <= cutoff);
+            .is_some_and(|cutoff| self.newest() <= cutoff);
         if all_out {
             self.start = self.pushed;
             self.sums = [0; 4];
