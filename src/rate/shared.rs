@@ -436,6 +436,11 @@ impl<C, St: RateStore> Shared<C, St> {
     /// label, else the limiter's.
     #[inline]
     fn metrics<'a>(&'a self, slot: &'a Slot<St::Window>) -> &'a Metrics {
+        // Without partition labels no slot has handles of its own: the slot
+        // (its cold tail) is not even looked at.
+        if self.metric_settings.partition_labels.is_none() {
+            return &self.metrics;
+        }
         slot.metrics.as_deref().unwrap_or(&self.metrics)
     }
 

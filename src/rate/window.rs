@@ -132,10 +132,15 @@ pub(crate) struct SlidingLog {
     /// The oldest entry still inside the window (the whole-window budgets'
     /// start, and the oldest entry kept).
     start: u64,
-    /// Running sums of budgets 0 to 3 over `start..pushed`. The sum of a
-    /// budget that is not set is meaningless (it is reset when set).
-    sums: [u64; 4],
+    /// Running sums of budgets 0 and 1 (requests and tokens) over
+    /// `start..pushed`. The sum of a budget that is not set is meaningless
+    /// (it is reset when set).
+    sums: [u64; 2],
     buf: Box<[Entry]>,
+    /// The same for budgets 2 and 3 (input and output tokens), kept only
+    /// while one of them is set: apart from the hot head, since few
+    /// limiters meter them.
+    io: [u64; 2],
     /// The burst bounds on requests and tokens.
     bursts: [Cursor; 2],
     /// The first entry each whole-window budget counts: where it was last
@@ -152,10 +157,10 @@ pub(crate) enum LogVerdict {
 }
 
 impl SlidingLog {
-    /// How many bytes from its start an admission without burst bounds
-    /// reads: `active` to `buf`.
+    /// How many bytes from its start an admission reads when only requests
+    /// and tokens are limited: `active` to `buf`.
     #[cfg(test)]
-    pub(crate) const HOT_BYTES: usize = std::mem::offset_of!(SlidingLog, bursts);
+    pub(crate) const HOT_BYTES: usize = std::mem::offset_of!(SlidingLog, io);
 
     /// The budgets that count (bit `i` for index `i`).
     #[inline]
@@ -178,7 +183,7 @@ impl SlidingLog {
                 for seq in self.start..self.pushed {
                     self.buf[seq as usize & m].set_amount(k, 0);
                 }
-                self.sums[k] = 0;
+                *self.sum_mut(k) = 0;
                 self.since[k] = self.pushed;
             }
         }
@@ -224,6 +229,7 @@ impl SlidingLog {
         // `at <= cutoff` exactly when `stamp <= cutoff << 1 | 1`.
         let bound = (cutoff.min(MAX_TIME) << 1) | 1;
         let m = self.mask();
+        let io = self.active & 0b1100 != 0;
         while self.start != self.pushed {
             let e = self.buf[self.start as usize & m];
             if e.stamp > bound {
@@ -231,8 +237,10 @@ impl SlidingLog {
             }
             self.sums[0] = self.sums[0].wrapping_sub(e.stamp & 1);
             self.sums[1] = self.sums[1].wrapping_sub(e.tokens);
-            self.sums[2] = self.sums[2].wrapping_sub(e.input);
-            self.sums[3] = self.sums[3].wrapping_sub(e.output);
+            if io {
+                self.io[0] = self.io[0].wrapping_sub(e.input);
+                self.io[1] = self.io[1].wrapping_sub(e.output);
+            }
             self.start += 1;
         }
     }
@@ -275,7 +283,16 @@ impl SlidingLog {
     pub(crate) fn sum(&self, i: usize) -> u64 {
         match i {
             4 | 5 => self.bursts[i - 4].sum,
+            2 | 3 => self.io[i - 2],
             _ => self.sums[i],
+        }
+    }
+
+    /// The running sum of whole-window budget `k` (0 to 3).
+    fn sum_mut(&mut self, k: usize) -> &mut u64 {
+        match k {
+            2 | 3 => &mut self.io[k - 2],
+            _ => &mut self.sums[k],
         }
     }
 
@@ -370,8 +387,10 @@ impl SlidingLog {
         };
         self.sums[0] = self.sums[0].wrapping_add(request);
         self.sums[1] = self.sums[1].wrapping_add(amounts[1]);
-        self.sums[2] = self.sums[2].wrapping_add(amounts[2]);
-        self.sums[3] = self.sums[3].wrapping_add(amounts[3]);
+        if self.active & 0b1100 != 0 {
+            self.io[0] = self.io[0].wrapping_add(amounts[2]);
+            self.io[1] = self.io[1].wrapping_add(amounts[3]);
+        }
         if self.active & 0b11_0000 != 0 {
             self.bursts[0].sum = self.bursts[0].sum.wrapping_add(request);
             self.bursts[1].sum = self.bursts[1].sum.wrapping_add(amounts[1]);
@@ -412,7 +431,8 @@ impl SlidingLog {
             entry.set_amount(k, amount);
             let new = entry.amount(k);
             // A budget's sum counts `old`; an absurd `new` saturates.
-            self.sums[k] = self.sums[k].wrapping_sub(old).saturating_add(new);
+            let sum = self.sum_mut(k);
+            *sum = sum.wrapping_sub(old).saturating_add(new);
             // The burst bound on the same amount, if it counts the entry.
             if k < 2 && self.active & (16 << k) != 0 && seq >= self.bursts[k].start {
                 let c = &mut self.bursts[k];
@@ -441,7 +461,8 @@ impl SlidingLog {
             .is_some_and(|cutoff| self.newest() <= cutoff);
         if all_out {
             self.start = self.pushed;
-            self.sums = [0; 4];
+            self.sums = [0; 2];
+            self.io = [0; 2];
             self.bursts = [Cursor {
                 start: self.pushed,
                 sum: 0,
