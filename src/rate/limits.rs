@@ -386,15 +386,27 @@ impl SeqLimits {
 }
 
 /// The limits in `w` (as [`Limits::to_words`] made them), each word loaded
-/// straight into its field.
+/// straight into its field. With only requests and tokens set (the usual
+/// case) the other words are known without loading them: an unset limit is
+/// 0 and an unset burst's span is the window.
 #[inline(always)]
 fn load(w: &[AtomicU64; WORDS]) -> Limits {
     let word = |i: usize| w[i].load(Ordering::Relaxed);
+    let mask = word(0);
+    let window = word(9);
+    if mask & !0b11 == 0 {
+        return Limits {
+            mask: mask as u8,
+            limits: [word(1), word(2), 0, 0, 0, 0],
+            spans: [window; 2],
+            window,
+        };
+    }
     Limits {
-        mask: word(0) as u8,
+        mask: mask as u8,
         limits: [word(1), word(2), word(3), word(4), word(5), word(6)],
         spans: [word(7), word(8)],
-        window: word(9),
+        window,
     }
 }
 

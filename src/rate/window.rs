@@ -257,7 +257,9 @@ impl SlidingLog {
         let bound = (cutoff.min(MAX_TIME) << 1) | 1;
         let m = self.mask();
         let mut c = self.bursts[j];
-        debug_assert!(c.start >= self.start || self.active & (16 << j) == 0);
+        // Before this loop the cursor may lag behind `start` (entries the
+        // window expired first); they are still in the buffer (nothing was
+        // pushed since) and leave the burst here too.
         while c.start != self.pushed {
             let e = self.buf[c.start as usize & m];
             if e.stamp > bound {
@@ -266,6 +268,7 @@ impl SlidingLog {
             c.sum = c.sum.wrapping_sub(e.amount(4 + j));
             c.start += 1;
         }
+        debug_assert!(c.start >= self.start || self.active & (16 << j) == 0);
         self.bursts[j] = c;
     }
 
@@ -370,12 +373,20 @@ impl SlidingLog {
     ///
     /// Sums add without overflow checks: a budget's sum stays at most its
     /// limit when the reservation was checked to fit.
+    ///
+    /// Into an empty log the entry goes where the newest one was (the
+    /// numbers in between are skipped: no reservation has them), so a
+    /// partition that is used now and then keeps touching one cache line of
+    /// its buffer, the one it read to find the log empty.
     #[inline(always)]
     pub(crate) fn push(&mut self, now: u64, amounts: &[u64; 6]) -> u64 {
+        let at = now.min(MAX_TIME).max(self.newest());
+        if self.start == self.pushed && self.pushed != 0 {
+            self.restart();
+        }
         if self.len() == self.buf.len() as u64 {
             self.grow();
         }
-        let at = now.min(MAX_TIME).max(self.newest());
         let request = u64::from(amounts[0] != 0);
         let seq = self.pushed;
         let m = self.mask();
@@ -397,6 +408,30 @@ impl SlidingLog {
         }
         self.pushed = seq + 1;
         seq
+    }
+
+    /// Renumbers an empty log (with a buffer) so that the next entry goes
+    /// into the newest entry's place: `pushed - 1 + capacity`. Nothing is
+    /// held, so every budget (burst bounds too: their spans are at most the
+    /// window) starts there empty; a ticket for an older number finds it
+    /// before `start` and changes nothing.
+    #[inline(always)]
+    fn restart(&mut self) {
+        let next = self.pushed - 1 + self.buf.len() as u64;
+        self.start = next;
+        self.pushed = next;
+        self.sums = [0; 2];
+        // The cold parts only when in use (their values mean nothing
+        // otherwise, and are reset when a budget is set).
+        if self.active & 0b1100 != 0 {
+            self.io = [0; 2];
+        }
+        if self.active & 0b11_0000 != 0 {
+            self.bursts = [Cursor {
+                start: next,
+                sum: 0,
+            }; 2];
+        }
     }
 
     /// Doubles the buffer (amortized O(1) per push; never per admission once
@@ -631,6 +666,33 @@ mod tests {
         // unset everything: every entry is forgotten
         log.activate(0);
         assert_eq!(log.len(), 0);
+    }
+
+    #[test]
+    fn an_emptied_log_reuses_the_newest_place_and_ignores_old_tickets() {
+        let mut log = log(0b11_0011);
+        let a = log.push(secs(1), &call(10));
+        let b = log.push(secs(2), &call(20));
+        log.expire(secs(62), W);
+        log.expire_burst(0, secs(62), secs(5));
+        log.expire_burst(1, secs(62), secs(5));
+        assert_eq!(log.len(), 0);
+        let c = log.push(secs(62), &call(30));
+        // the new entry sits where `b` was, under a new number
+        assert_eq!(c as usize & 7, b as usize & 7);
+        assert!(c > b);
+        assert_eq!([0, 1, 4, 5].map(|i| log.sum(i)), [1, 30, 1, 30]);
+        // corrections of the expired reservations change nothing
+        log.set(a, &call(500));
+        log.set(b, &[0; 6]);
+        assert_eq!([0, 1, 4, 5].map(|i| log.sum(i)), [1, 30, 1, 30]);
+        log.set(c, &call(7));
+        assert_eq!([0, 1, 4, 5].map(|i| log.sum(i)), [1, 7, 1, 7]);
+        // a timestamp earlier than the newest is still recorded at it
+        let d = log.push(secs(61), &call(1));
+        assert_eq!(d, c + 1);
+        assert!(!log.is_empty_at(secs(121), W));
+        assert!(log.is_empty_at(secs(122), W));
     }
 
     #[test]
