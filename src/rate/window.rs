@@ -132,6 +132,8 @@ pub(crate) struct SlidingLog {
     /// The oldest entry still inside the window (the whole-window budgets'
     /// start, and the oldest entry kept).
     start: u64,
+    /// The newest timestamp recorded: timestamps never go backwards.
+    newest: u64,
     /// Running sums of budgets 0 and 1 (requests and tokens) over
     /// `start..pushed`. The sum of a budget that is not set is meaningless
     /// (it is reset when set).
@@ -196,18 +198,6 @@ impl SlidingLog {
             }
         }
         self.active = mask;
-    }
-
-    /// The newest timestamp recorded (0 before the first): the last entry
-    /// pushed, which stays in the buffer until the next push overwrites it
-    /// (forgetting entries only moves `start`; growing copies it), so it
-    /// needs no field of its own.
-    #[inline(always)]
-    fn newest(&self) -> u64 {
-        match self.pushed.checked_sub(1) {
-            Some(last) => self.buf[last as usize & self.mask()].at(),
-            None => 0,
-        }
     }
 
     #[inline(always)]
@@ -347,7 +337,7 @@ impl SlidingLog {
         }
         // Unreachable while `amount <= limit` (everything expiring frees
         // `sum >= need`); be safe anyway.
-        LogVerdict::NotUntil(self.newest().max(now).saturating_add(span))
+        LogVerdict::NotUntil(self.newest.max(now).saturating_add(span))
     }
 
     /// [`expire_budget`](Self::expire_budget), then
@@ -380,7 +370,8 @@ impl SlidingLog {
     /// its buffer, the one it read to find the log empty.
     #[inline(always)]
     pub(crate) fn push(&mut self, now: u64, amounts: &[u64; 6]) -> u64 {
-        let at = now.min(MAX_TIME).max(self.newest());
+        let at = now.min(MAX_TIME).max(self.newest);
+        self.newest = at;
         if self.start == self.pushed && self.pushed != 0 {
             self.restart();
         }
@@ -493,7 +484,7 @@ impl SlidingLog {
         }
         let all_out = now
             .checked_sub(window)
-            .is_some_and(|cutoff| self.newest() <= cutoff);
+            .is_some_and(|cutoff| self.newest <= cutoff);
         if all_out {
             self.start = self.pushed;
             self.sums = [0; 2];
