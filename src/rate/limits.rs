@@ -150,8 +150,9 @@ impl Demand {
 
 /// The limits of one scope: a window length and up to six budgets.
 ///
-/// Ten words, all plain integers: every admission takes a copy of them (see
-/// [`SeqLimits`]), so the copy is a copy of words, nothing to convert.
+/// Ten words, all plain integers: every admission takes a copy of them from
+/// the limiter's one lock-free copy, so the copy is a copy of words, nothing
+/// to convert.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Bit `budget.index()` set when `budget` is.

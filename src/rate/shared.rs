@@ -180,7 +180,10 @@ impl<W> SlotState<W> {
     }
 
     pub(crate) fn wake_head(&self) {
-        let head = self.waiters.as_ref().and_then(|w| w.queue.first_key_value());
+        let head = self
+            .waiters
+            .as_ref()
+            .and_then(|w| w.queue.first_key_value());
         if let Some((_, entry)) = head {
             if let Some(waker) = &entry.waker {
                 waker.wake_by_ref();
@@ -983,11 +986,7 @@ mod tests {
     /// window's head, 128 bytes from the start of the allocation.
     #[test]
     fn a_slot_keeps_its_hot_state_in_the_first_128_bytes() {
-        let slot = Slot::new(
-            MemoryWindow::default(),
-            None,
-            &Arc::new(AtomicU64::new(0)),
-        );
+        let slot = Slot::new(MemoryWindow::default(), None, &Arc::new(AtomicU64::new(0)));
         let base = &slot as *const Slot<MemoryWindow> as usize;
         let state = slot.state.lock();
         let window = &state.window as *const MemoryWindow as usize;

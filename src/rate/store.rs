@@ -372,7 +372,11 @@ impl RateStore for MemoryStore {
         for i in bits(limits.mask()) {
             let limit = limits.budget(i).0;
             let span = span_of(limits, i);
-            let unseen = clamps.get(i).copied().flatten().map(|c| (c.unseen, c.until));
+            let unseen = clamps
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|c| (c.unseen, c.until));
             window.log.expire_budget(i, t, span);
             let amount = amounts[i];
             // Fits under what the server leaves (when it clamps), or waits
