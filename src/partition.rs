@@ -52,14 +52,18 @@ pub(crate) enum Placement {
     Overflow,
 }
 
-/// One lock-protected slice of the map. Entries keep their hash so a lookup
-/// hashes the key once (for the shard and the table alike).
+/// One lock-protected slice of the map.
 type Shard<V> = Mutex<HashTable<Entry<V>>>;
 
+/// 32 bytes (40 with a hash of its own): the state's pointer next to the
+/// key, which keeps its hash (rehashing reads it there). A lookup with a
+/// clone of the stored key compares the text pointers and clones the state:
+/// two words of one small entry, in one cache line more often than in a
+/// 40-byte entry.
+#[repr(C)]
 struct Entry<V> {
-    hash: u64,
-    key: PartitionKey,
     state: Arc<V>,
+    key: PartitionKey,
 }
 
 pub(crate) struct Partitions<V> {
@@ -127,11 +131,10 @@ impl<V: Idle> Partitions<V> {
         table.insert_unique(
             hash,
             Entry {
-                hash,
-                key: key.clone(),
                 state: state.clone(),
+                key: key.clone(),
             },
-            |e| e.hash,
+            |e| self.hasher.hash_one(&e.key),
         );
         (state, Placement::Own)
     }

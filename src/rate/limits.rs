@@ -1,6 +1,7 @@
 //! The budgets of one scope (a partition, or the global budget).
 
 use std::fmt;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -148,50 +149,52 @@ impl Demand {
 }
 
 /// The limits of one scope: a window length and up to six budgets.
+///
+/// Ten words, all plain integers: every admission takes a copy of them from
+/// the limiter's one lock-free copy, so the copy is a copy of words, nothing
+/// to convert.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(C)] // the mask and the first budgets side by side (the window is cold)
 pub struct Limits {
     /// Bit `budget.index()` set when `budget` is.
     mask: u8,
-    /// Per budget: its limit (0 where unset) and the sliding interval it is
-    /// counted over in nanoseconds (the window, or the burst interval
-    /// `window * burst / limit`, rounded up). Side by side, so an admission
-    /// reads one place per budget; the whole value is small enough that
-    /// every partition keeps a copy.
-    budgets: [(u64, u64); 6],
-    window: Duration,
+    /// Per budget: its limit (0 where unset).
+    limits: [u64; 6],
+    /// The burst bounds' sliding intervals in nanoseconds: `window * burst /
+    /// limit`, rounded up (the window while unset). The other budgets count
+    /// over the window.
+    spans: [u64; 2],
+    /// The window in nanoseconds. Exact: a window is at most 31 days (the
+    /// cap on every duration setting), far inside a `u64` of nanoseconds.
+    window: u64,
 }
 
 impl Limits {
     pub(crate) fn new(window: Duration) -> Self {
+        let window = duration_nanos(window);
         Limits {
-            window,
             mask: 0,
-            budgets: [(0, duration_nanos(window)); 6],
+            limits: [0; 6],
+            spans: [window; 2],
+            window,
         }
     }
 
     /// The window length.
     pub fn window(&self) -> Duration {
-        self.window
+        Duration::from_nanos(self.window)
     }
 
     /// The limit of `budget`, if set.
     pub fn get(&self, budget: Budget) -> Option<u64> {
         let i = budget.index();
-        (self.mask & (1 << i) != 0).then_some(self.budgets[i].0)
+        (self.mask & (1 << i) != 0).then_some(self.limits[i])
     }
 
     /// The sliding interval `budget` is counted over: the window, or for a
     /// burst bound `window * burst / limit` (rounded up to the nanosecond, so
     /// pacing is never faster than a bucket refilled at `limit / window`).
     pub fn span(&self, budget: Budget) -> Duration {
-        let nanos = self.budgets[budget.index()].1;
-        if nanos == duration_nanos(self.window) {
-            self.window
-        } else {
-            Duration::from_nanos(nanos)
-        }
+        Duration::from_nanos(self.budget(budget.index()).1)
     }
 
     /// Whether any budget is set.
@@ -204,19 +207,19 @@ impl Limits {
         match value {
             Some(v) => {
                 self.mask |= 1 << i;
-                self.budgets[i].0 = v;
+                self.limits[i] = v;
             }
             None => {
                 self.mask &= !(1 << i);
-                self.budgets[i].0 = 0;
+                self.limits[i] = 0;
             }
         }
         self.recompute_spans();
     }
 
     fn recompute_spans(&mut self) {
-        let window = duration_nanos(self.window);
-        for budget in Budget::ALL {
+        let window = self.window;
+        for budget in [Budget::RequestBurst, Budget::TokenBurst] {
             let span = match (budget.paced(), self.get(budget)) {
                 (Some(paced), Some(burst)) => match self.get(paced) {
                     Some(limit) if limit > 0 => {
@@ -228,7 +231,7 @@ impl Limits {
                 },
                 _ => window,
             };
-            self.budgets[budget.index()].1 = span;
+            self.spans[budget.index() - 4] = span;
         }
     }
 
@@ -240,9 +243,13 @@ impl Limits {
 
     /// The limit (0 when unset) and the span in nanoseconds of the budget
     /// with index `i`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn budget(&self, i: usize) -> (u64, u64) {
-        self.budgets[i]
+        let span = match i {
+            4 | 5 => self.spans[i - 4],
+            _ => self.window,
+        };
+        (self.limits[i], span)
     }
 
     /// Checks every setting; `global` picks the field names.
@@ -277,6 +284,133 @@ impl Limits {
     }
 }
 
+/// How many words [`SeqLimits`] keeps per scope: the mask, the six limits,
+/// the two burst spans and the window.
+const WORDS: usize = 10;
+
+impl Limits {
+    /// The limits as words, for [`SeqLimits`].
+    fn to_words(self) -> [u64; WORDS] {
+        let l = &self.limits;
+        [
+            u64::from(self.mask),
+            l[0],
+            l[1],
+            l[2],
+            l[3],
+            l[4],
+            l[5],
+            self.spans[0],
+            self.spans[1],
+            self.window,
+        ]
+    }
+}
+
+/// The partition and global limits of one limiter, read by every admission
+/// without a lock: a sequence lock over atomic words (no `unsafe`).
+///
+/// One copy for the whole limiter, so it stays in cache however many
+/// partitions there are (a copy per partition cost a cache miss per keyed
+/// admission). Writers are serialized by the caller (the limiter's limits
+/// lock); a writer makes the sequence number odd, stores the words, and makes
+/// it even again. A reader loads the sequence number, the words, then the
+/// number again, and retries if it changed or was odd: it never returns a
+/// mix of two versions.
+pub(crate) struct SeqLimits {
+    seq: AtomicU64,
+    part: [AtomicU64; WORDS],
+    /// All zero (mask 0) when no global limits are set.
+    global: [AtomicU64; WORDS],
+}
+
+impl SeqLimits {
+    pub(crate) fn new(part: &Limits, global: Option<&Limits>) -> Self {
+        let words = |w: [u64; WORDS]| w.map(AtomicU64::new);
+        SeqLimits {
+            seq: AtomicU64::new(0),
+            part: words(part.to_words()),
+            global: words(global.map_or([0; WORDS], |g| g.to_words())),
+        }
+    }
+
+    /// Publishes new limits. The caller serializes writers (holds the
+    /// limits' write lock).
+    pub(crate) fn store(&self, part: &Limits, global: Option<&Limits>) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd number before the words: a reader that sees any new
+        // word sees the sequence number changed when it looks again.
+        fence(Ordering::Release);
+        for (slot, w) in self.part.iter().zip(part.to_words()) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        let global = global.map_or([0; WORDS], |g| g.to_words());
+        for (slot, w) in self.global.iter().zip(global) {
+            slot.store(w, Ordering::Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The partition limits, when no global limits are set and no writer
+    /// interferes: one straight pass (no loop, no second value), so the
+    /// words load straight into the returned value. `None` means: ask
+    /// [`load`](Self::load).
+    #[inline(always)]
+    pub(crate) fn partition_only(&self) -> Option<Limits> {
+        let seq = self.seq.load(Ordering::Acquire);
+        let part = load(&self.part);
+        let global = self.global[0].load(Ordering::Relaxed);
+        // Orders the word loads before the second look: if any of them saw
+        // a write, that writer's odd sequence number is seen now.
+        fence(Ordering::Acquire);
+        (seq & 1 == 0 && global == 0 && self.seq.load(Ordering::Relaxed) == seq).then_some(part)
+    }
+
+    /// The partition limits and the global ones (if set), as of one write.
+    pub(crate) fn load(&self) -> (Limits, Option<Limits>) {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                let part = load(&self.part);
+                let global =
+                    (self.global[0].load(Ordering::Relaxed) != 0).then(|| load(&self.global));
+                // As in `partition_only`.
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == seq {
+                    return (part, global);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The limits in `w` (as [`Limits::to_words`] made them), each word loaded
+/// straight into its field. With only requests and tokens set (the usual
+/// case) the other words are known without loading them: an unset limit is
+/// 0 and an unset burst's span is the window.
+#[inline(always)]
+fn load(w: &[AtomicU64; WORDS]) -> Limits {
+    let word = |i: usize| w[i].load(Ordering::Relaxed);
+    let mask = word(0);
+    let window = word(9);
+    if mask & !0b11 == 0 {
+        return Limits {
+            mask: mask as u8,
+            limits: [word(1), word(2), 0, 0, 0, 0],
+            spans: [window; 2],
+            window,
+        };
+    }
+    Limits {
+        mask: mask as u8,
+        limits: [word(1), word(2), word(3), word(4), word(5), word(6)],
+        spans: [word(7), word(8)],
+        window,
+    }
+}
+
 /// A duration in whole nanoseconds, saturating (settings are capped far
 /// below the 584 years a `u64` holds).
 pub(crate) fn duration_nanos(d: Duration) -> u64 {
@@ -286,7 +420,7 @@ pub(crate) fn duration_nanos(d: Duration) -> u64 {
 impl fmt::Debug for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Limits");
-        d.field("window", &self.window);
+        d.field("window", &self.window());
         for budget in Budget::ALL {
             if let Some(v) = self.get(budget) {
                 d.field(budget.field(), &v);
@@ -314,6 +448,59 @@ mod tests {
             Duration::from_nanos(8_571_428_572)
         );
         assert_eq!(limits.span(Budget::Requests), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn seq_limits_round_trip_every_setting() {
+        let mut part = Limits::new(Duration::from_millis(1500));
+        part.set(Budget::Requests, Some(7));
+        part.set(Budget::RequestBurst, Some(2));
+        part.set(Budget::OutputTokens, Some(u64::MAX));
+        let mut global = Limits::new(Duration::from_millis(1500));
+        global.set(Budget::Tokens, Some(1000));
+        global.set(Budget::TokenBurst, Some(3));
+        let seq = SeqLimits::new(&part, None);
+        assert_eq!(seq.load(), (part, None));
+        seq.store(&part, Some(&global));
+        assert_eq!(seq.load(), (part, Some(global)));
+        assert_eq!(
+            seq.load().1.unwrap().span(Budget::TokenBurst),
+            global.span(Budget::TokenBurst)
+        );
+        seq.store(&global, None);
+        assert_eq!(seq.load(), (global, None));
+    }
+
+    #[test]
+    fn seq_limits_readers_never_see_a_torn_write() {
+        // Two versions that differ in every word; a reader racing the
+        // writer sees one or the other, whole.
+        let mut a = Limits::new(Duration::from_secs(60));
+        let mut b = Limits::new(Duration::from_secs(30));
+        for (i, budget) in Budget::ALL.into_iter().enumerate().take(4) {
+            a.set(budget, Some(100 + i as u64));
+            b.set(budget, Some(200 + i as u64));
+        }
+        a.set(Budget::RequestBurst, Some(10));
+        b.set(Budget::TokenBurst, Some(20));
+        let seq = std::sync::Arc::new(SeqLimits::new(&a, Some(&b)));
+        let writer = {
+            let seq = seq.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    if i % 2 == 0 {
+                        seq.store(&b, Some(&a));
+                    } else {
+                        seq.store(&a, Some(&b));
+                    }
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            let got = seq.load();
+            assert!(got == (a, Some(b)) || got == (b, Some(a)), "{got:?}");
+        }
+        writer.join().unwrap();
     }
 
     #[test]

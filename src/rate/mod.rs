@@ -84,9 +84,24 @@
 //! of them atomically (under the partition lock, then the global one).
 //!
 //! An admission that fits reads the clock once and takes only those locks:
-//! each partition keeps a copy of the limits, tagged with a generation that
-//! [`RateLimitHandle::set_limit`] bumps, so the limits' own lock is taken
-//! only after a change. Requests without a key touch no reference count.
+//! the limits are read without a lock from one copy per limiter (a sequence
+//! lock over atomic words, which [`RateLimitHandle::set_limit`] writes), so
+//! they stay in cache however many partitions there are. Requests without a
+//! key touch no reference count.
+//!
+//! # Memory and cache lines per partition
+//!
+//! A partition costs about 300 bytes while it lives: its slot (lock, queue
+//! pointer, admission count, window head and a cold tail; 216 bytes with
+//! [`MemoryStore`]) with the `Arc`'s counts, and its log's buffer, which
+//! starts at two entries (one cache line) and doubles while the window
+//! holds more. What only some partitions need is made when first needed: the
+//! waiting queue (for the first waiter) and the server's cooldown and
+//! clamps (on the first 429 or rate-limit headers). A keyed admission reads
+//! one map entry, then the first 128 bytes of the slot's allocation (the
+//! counts, the lock and the window's head) and the log's newest and oldest
+//! entries; a log found empty takes its next entry where the newest was,
+//! so a partition used now and then touches one buffer line.
 //!
 //! The clock is read even when the request carries its
 //! [`arrival`](crate::LlmRequest::arrival): an entry stamped earlier than the

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::handle::{Control, RateStats};
-use super::limits::{Budget, Demand, Limits};
+use super::limits::{Budget, Demand, Limits, SeqLimits};
 use super::store::{RateStore, WindowState};
 use super::window::Verdict;
 use crate::classify::{Classification, Outcome};
@@ -40,16 +40,19 @@ struct Entry {
 /// One scope: its window in the store and its queue of waiters.
 ///
 /// Laid out for a keyed admission, which finds the slot cold in a large
-/// map: the `Arc`'s counts, `metrics`, the lock, the queue's length and
-/// `admitted` share the first cache line; the window's header and first
-/// logs the next two; the cached limits' hot part one more (four lines, not
-/// five: the cached limits' cold tail no longer sits between hot fields).
-#[repr(C)]
+/// map: what it touches is the `Arc`'s counts, then the lock, the waiters'
+/// pointer, `admitted` and the window's hot head (for the memory store: 80
+/// bytes), 128 bytes in a row from the start of the allocation; everything
+/// else (the window's cold tail, the metric handles) comes after. The limits
+/// are not here: one copy per limiter ([`SeqLimits`]) stays in cache. The
+/// queue lives out of line, made for the first waiter (most partitions never
+/// queue).
+#[repr(C)] // the lock (and with it the hot state) first
 pub(crate) struct Slot<W> {
+    pub(crate) state: Mutex<SlotState<W>>,
     /// The slot's own metric handles, with a `partition` label (only with
     /// `partition_label`; otherwise the limiter's are used).
     metrics: Option<Box<Metrics>>,
-    pub(crate) state: Mutex<SlotState<W>>,
     /// Where this slot's admission count goes when it is dropped (evicted),
     /// so the limiter's total survives eviction.
     retired: Arc<AtomicU64>,
@@ -57,32 +60,23 @@ pub(crate) struct Slot<W> {
 
 #[repr(C)] // what an admission touches first, side by side
 pub(crate) struct SlotState<W> {
-    queue: BTreeMap<WaitKey, Entry>,
+    /// The queue, `Some` only while someone waits.
+    waiters: Option<Box<Waiters>>,
     /// Requests admitted here, counted under the lock held anyway rather
     /// than in one atomic all admissions contend on.
     admitted: u64,
-    /// Next to the hot line: the store puts what an admission reads (for
-    /// the memory store: its header and first logs) first.
+    /// The store puts what an admission reads (for the memory store: its
+    /// header) first.
     pub(crate) window: W,
-    /// A copy of this scope's limits (for the global slot: the global
-    /// limits) as of limits generation `generation`, so an admission reads
-    /// them under the lock it holds anyway instead of taking the limits lock.
-    /// Its hot part (generation, mask, first budgets) is one cache line.
-    cached: CachedLimits,
+}
+
+/// A scope's waiters: by place in line, and by expiry (the head times out
+/// the others). Never empty while it exists.
+#[derive(Default)]
+struct Waiters {
+    queue: BTreeMap<WaitKey, Entry>,
     expiries: BTreeSet<(Instant, WaitKey)>,
 }
-
-/// A scope's copy of the limits. `generation == STALE` means never filled.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct CachedLimits {
-    generation: u64,
-    /// For a partition slot: whether global limits are set.
-    global: bool,
-    limits: Option<Limits>,
-}
-
-const STALE: u64 = u64::MAX;
 
 impl<W> Slot<W> {
     fn new(window: W, metrics: Option<Box<Metrics>>, retired: &Arc<AtomicU64>) -> Self {
@@ -90,15 +84,9 @@ impl<W> Slot<W> {
             metrics,
             retired: retired.clone(),
             state: Mutex::new(SlotState {
-                window,
-                queue: BTreeMap::new(),
-                expiries: BTreeSet::new(),
-                cached: CachedLimits {
-                    generation: STALE,
-                    global: false,
-                    limits: None,
-                },
+                waiters: None,
                 admitted: 0,
+                window,
             }),
         }
     }
@@ -129,22 +117,74 @@ impl<W> Clone for SlotRef<W> {
 }
 
 impl<W> SlotState<W> {
-    fn is_head(&self, key: &WaitKey) -> bool {
-        self.queue.first_key_value().map(|(k, _)| k) == Some(key)
+    /// Whether nobody waits here.
+    #[inline]
+    fn queue_is_empty(&self) -> bool {
+        self.waiters.is_none()
     }
 
-    fn remove(&mut self, key: &WaitKey) -> bool {
-        match self.queue.remove(key) {
-            Some(entry) => {
-                self.expiries.remove(&(entry.expiry, *key));
-                true
-            }
-            None => false,
+    fn contains(&self, key: &WaitKey) -> bool {
+        self.waiters
+            .as_ref()
+            .is_some_and(|w| w.queue.contains_key(key))
+    }
+
+    fn is_head(&self, key: &WaitKey) -> bool {
+        self.waiters
+            .as_ref()
+            .and_then(|w| w.queue.first_key_value())
+            .map(|(k, _)| k)
+            == Some(key)
+    }
+
+    /// Queues `key` until `expiry`.
+    fn insert(&mut self, key: WaitKey, expiry: Instant) {
+        let waiters = self.waiters.get_or_insert_with(Box::default);
+        waiters.queue.insert(
+            key,
+            Entry {
+                waker: None,
+                expiry,
+            },
+        );
+        waiters.expiries.insert((expiry, key));
+    }
+
+    /// The earliest expiry of any waiter.
+    fn first_expiry(&self) -> Option<(Instant, WaitKey)> {
+        self.waiters
+            .as_ref()
+            .and_then(|w| w.expiries.first().copied())
+    }
+
+    /// Drops the queue once nobody is left in it.
+    fn drop_if_empty(&mut self) {
+        if self.waiters.as_ref().is_some_and(|w| w.queue.is_empty()) {
+            self.waiters = None;
         }
     }
 
+    fn remove(&mut self, key: &WaitKey) -> bool {
+        let Some(waiters) = self.waiters.as_mut() else {
+            return false;
+        };
+        let removed = match waiters.queue.remove(key) {
+            Some(entry) => {
+                waiters.expiries.remove(&(entry.expiry, *key));
+                true
+            }
+            None => false,
+        };
+        self.drop_if_empty();
+        removed
+    }
+
     pub(crate) fn wake_head(&self) {
-        if let Some((_, entry)) = self.queue.first_key_value() {
+        let head = self
+            .waiters
+            .as_ref()
+            .and_then(|w| w.queue.first_key_value());
+        if let Some((_, entry)) = head {
             if let Some(waker) = &entry.waker {
                 waker.wake_by_ref();
             }
@@ -152,7 +192,8 @@ impl<W> SlotState<W> {
     }
 
     fn set_waker(&mut self, key: &WaitKey, waker: &Waker) {
-        if let Some(entry) = self.queue.get_mut(key) {
+        let entry = self.waiters.as_mut().and_then(|w| w.queue.get_mut(key));
+        if let Some(entry) = entry {
             match &entry.waker {
                 Some(w) if w.will_wake(waker) => {}
                 _ => entry.waker = Some(waker.clone()),
@@ -163,7 +204,10 @@ impl<W> SlotState<W> {
     /// Removes and wakes every waiter but `head` whose time is up; returns
     /// how many.
     fn drain_expired(&mut self, now: Instant, head: &WaitKey) -> usize {
-        let expired: Vec<(Instant, WaitKey)> = self
+        let Some(waiters) = self.waiters.as_mut() else {
+            return 0;
+        };
+        let expired: Vec<(Instant, WaitKey)> = waiters
             .expiries
             .iter()
             .take_while(|(expiry, _)| *expiry <= now)
@@ -171,13 +215,14 @@ impl<W> SlotState<W> {
             .copied()
             .collect();
         for item in &expired {
-            self.expiries.remove(item);
-            if let Some(entry) = self.queue.remove(&item.1) {
+            waiters.expiries.remove(item);
+            if let Some(entry) = waiters.queue.remove(&item.1) {
                 if let Some(waker) = entry.waker {
                     waker.wake();
                 }
             }
         }
+        self.drop_if_empty();
         expired.len()
     }
 }
@@ -185,7 +230,7 @@ impl<W> SlotState<W> {
 impl<W: WindowState> Idle for Slot<W> {
     fn is_idle(&self, now: Instant) -> bool {
         let mut state = self.state.lock();
-        state.queue.is_empty() && state.window.is_idle(now)
+        state.queue_is_empty() && state.window.is_idle(now)
     }
 }
 
@@ -268,11 +313,12 @@ pub(crate) struct Settings {
 pub(crate) struct Shared<C, St: RateStore> {
     pub(crate) store: St,
     pub(crate) classifier: C,
-    /// The partition limits and the global ones, read together.
+    /// The partition limits and the global ones, read together: what the
+    /// handle reads, and the lock writers take.
     limits: RwLock<(Limits, Option<Limits>)>,
-    /// Bumped (under the write lock) on every change of `limits`; slots
-    /// keep a copy tagged with the generation it was taken at.
-    generation: AtomicU64,
+    /// The same, as admissions read it: without a lock, one copy for every
+    /// partition (written under `limits`' write lock).
+    current: SeqLimits,
     partitions: Partitions<Slot<St::Window>>,
     global: Slot<St::Window>,
     max_wait: Duration,
@@ -356,7 +402,7 @@ impl<C, St: RateStore> Shared<C, St> {
             store,
             classifier,
             limits: RwLock::new((settings.limits, settings.global)),
-            generation: AtomicU64::new(0),
+            current: SeqLimits::new(&settings.limits, settings.global.as_ref()),
             partitions,
             global,
             max_wait: settings.max_wait,
@@ -393,6 +439,11 @@ impl<C, St: RateStore> Shared<C, St> {
     /// label, else the limiter's.
     #[inline]
     fn metrics<'a>(&'a self, slot: &'a Slot<St::Window>) -> &'a Metrics {
+        // Without partition labels no slot has handles of its own: the slot
+        // (its cold tail) is not even looked at.
+        if self.metric_settings.partition_labels.is_none() {
+            return &self.metrics;
+        }
         slot.metrics.as_deref().unwrap_or(&self.metrics)
     }
 
@@ -405,105 +456,68 @@ impl<C, St: RateStore> Shared<C, St> {
 
     /// Where `demand` stands in the partition and the global budget.
     fn verdict(&self, state: &mut SlotState<St::Window>, demand: &Demand, now: Instant) -> Verdict {
-        let guard = self.limits.read();
-        let (limits, global) = &*guard;
-        let verdict = self.store.check(&mut state.window, demand, limits, now);
+        let (limits, global) = self.current.load();
+        let verdict = self.store.check(&mut state.window, demand, &limits, now);
         match (global, verdict) {
             (_, Verdict::Never { .. }) | (None, _) => verdict,
             (Some(global), _) => {
                 let mut g = self.global.state.lock();
-                verdict.and(self.store.check(&mut g.window, demand, global, now))
+                verdict.and(self.store.check(&mut g.window, demand, &global, now))
             }
         }
     }
 
     /// Admits `demand` if both scopes have room, atomically.
     ///
-    /// Reads the limits from the copies the slots keep when those are
-    /// current (no limits lock taken), else from the limits lock, refreshing
-    /// the copies.
+    /// Reads the limits without a lock from the limiter's one copy (a
+    /// sequence lock), so a keyed admission touches no per-partition copy.
+    #[inline]
     fn attempt(
         &self,
         state: &mut SlotState<St::Window>,
         demand: &Demand,
         now: Instant,
     ) -> Attempt<St::Ticket> {
-        let generation = self.generation.load(Ordering::Acquire);
-        if state.cached.generation == generation {
-            if let Some(limits) = &state.cached.limits {
-                if !state.cached.global {
-                    return match self
-                        .store
-                        .try_reserve(&mut state.window, demand, limits, now)
-                    {
-                        Ok(part) => Attempt::Admitted { part, global: None },
-                        Err(verdict) => Attempt::refused(verdict, now),
-                    };
-                }
-                // Lock order: partition, then global.
-                let mut guard = self.global.state.lock();
-                let g = &mut *guard;
-                if g.cached.generation == generation {
-                    if let Some(global) = &g.cached.limits {
-                        return self.attempt_both(
-                            &mut state.window,
-                            &mut g.window,
-                            demand,
-                            (limits, global),
-                            now,
-                        );
-                    }
-                }
-            }
+        match self.current.partition_only() {
+            Some(limits) => match self
+                .store
+                .try_reserve(&mut state.window, demand, &limits, now)
+            {
+                Ok(part) => Attempt::Admitted { part, global: None },
+                Err(verdict) => Attempt::refused(verdict, now),
+            },
+            None => self.attempt_global(state, demand, now),
         }
-        self.attempt_locked(state, demand, now)
     }
 
-    /// [`attempt`](Self::attempt) under the limits lock; refreshes the
-    /// slots' copies of the limits.
-    #[cold]
-    fn attempt_locked(
+    /// [`attempt`](Self::attempt) with global limits set (or a limit
+    /// changing meanwhile).
+    #[inline(never)]
+    fn attempt_global(
         &self,
         state: &mut SlotState<St::Window>,
         demand: &Demand,
         now: Instant,
     ) -> Attempt<St::Ticket> {
-        // Lock order: partition (held by the caller), limits (read), global.
-        let guard = self.limits.read();
-        // Stable while the read lock is held: writers bump it under the
-        // write lock.
-        let generation = self.generation.load(Ordering::Acquire);
-        state.cached = CachedLimits {
-            generation,
-            limits: Some(guard.0),
-            global: guard.1.is_some(),
-        };
-        let (limits, global_limits) = &*guard;
-        match global_limits {
-            None => match self
+        let (limits, global) = self.current.load();
+        let Some(global) = global else {
+            return match self
                 .store
-                .try_reserve(&mut state.window, demand, limits, now)
+                .try_reserve(&mut state.window, demand, &limits, now)
             {
                 Ok(part) => Attempt::Admitted { part, global: None },
                 Err(verdict) => Attempt::refused(verdict, now),
-            },
-            Some(global) => {
-                // Lock order: partition, then global.
-                let mut g = self.global.state.lock();
-                g.cached = CachedLimits {
-                    generation,
-                    limits: Some(*global),
-                    global: false,
-                };
-                self.attempt_both(
-                    &mut state.window,
-                    &mut g.window,
-                    demand,
-                    (limits, global),
-                    now,
-                )
-            }
-        }
+            };
+        };
+        // Lock order: partition (held by the caller), then global.
+        let mut g = self.global.state.lock();
+        self.attempt_both(
+            &mut state.window,
+            &mut g.window,
+            demand,
+            (&limits, &global),
+            now,
+        )
     }
 
     /// Admits `demand` into a partition's window and the global one, in both
@@ -586,7 +600,7 @@ impl<C, St: RateStore> Shared<C, St> {
             metrics.deadline.increment(1);
             return Enter::Failed(Box::new(Error::DeadlineExceeded));
         }
-        let verdict = if state.queue.is_empty() {
+        let verdict = if state.queue_is_empty() {
             match self.attempt(&mut state, demand, now) {
                 Attempt::Admitted { part, global } => {
                     state.admitted += 1;
@@ -643,17 +657,10 @@ impl<C, St: RateStore> Shared<C, St> {
             arrival: arrival.unwrap_or(now).min(now),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
         };
-        state.queue.insert(
-            key,
-            Entry {
-                waker: None,
-                expiry,
-            },
-        );
-        state.expiries.insert((expiry, key));
+        state.insert(key, expiry);
         // The head's timer covers the earliest expiry it saw: a newcomer
         // behind it that expires first must make it re-arm.
-        if !state.is_head(&key) && state.expiries.first().map(|e| e.1) == Some(key) {
+        if !state.is_head(&key) && state.first_expiry().map(|e| e.1) == Some(key) {
             state.wake_head();
         }
         drop(state);
@@ -725,7 +732,7 @@ impl<C, St: RateStore> Shared<C, St> {
             tracing::debug!(?delay, "rate: partition cooling down after a 429");
         }
         if let Some(server) = &class.rate_limits {
-            let limits = self.limits.read().0;
+            let limits = self.current.load().0;
             self.store
                 .clamp(&mut state.window, &part, server, &limits, now);
         }
@@ -800,7 +807,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
         if self.done {
             return WaitPoll::Park(None);
         }
-        if !state.queue.contains_key(&self.key) {
+        if !state.contains(&self.key) {
             // The head removed it (and counted it out): its time was up.
             self.done = true;
             return WaitPoll::Failed(self.expired(&mut state, demand, now));
@@ -854,7 +861,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
             }
             Attempt::Wait(at) => {
                 state.set_waker(&self.key, waker);
-                let first_expiry = state.expiries.first().map_or(at, |&(e, _)| e);
+                let first_expiry = state.first_expiry().map_or(at, |(e, _)| e);
                 WaitPoll::Park(Some(at.min(first_expiry)))
             }
         }
@@ -932,14 +939,14 @@ where
             next.set(budget, value);
             next.validate(true)?;
             current.1 = (!next.is_empty()).then_some(next);
-            self.generation.fetch_add(1, Ordering::Release);
+            self.current.store(&current.0, current.1.as_ref());
         } else {
             let mut current = self.limits.write();
             let mut next = current.0;
             next.set(budget, value);
             next.validate(false)?;
             current.0 = next;
-            self.generation.fetch_add(1, Ordering::Release);
+            self.current.store(&current.0, current.1.as_ref());
         }
         tracing::info!(?budget, ?value, global, "rate: limit changed");
         // Raised limits may let waiters in now; lowered ones move their
@@ -966,5 +973,31 @@ where
         self.reported_partitions.store(live, Ordering::Relaxed);
         self.metrics.partitions.set(live as f64);
         evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate::store::MemoryWindow;
+
+    /// What a keyed admission touches of its slot: the `Arc`'s two counts,
+    /// then the lock, the waiters' pointer, `admitted` and the memory
+    /// window's head, 128 bytes from the start of the allocation.
+    #[test]
+    fn a_slot_keeps_its_hot_state_in_the_first_128_bytes() {
+        let slot = Slot::new(MemoryWindow::default(), None, &Arc::new(AtomicU64::new(0)));
+        let base = &slot as *const Slot<MemoryWindow> as usize;
+        let state = slot.state.lock();
+        let window = &state.window as *const MemoryWindow as usize;
+        let hot_end = window - base + MemoryWindow::HOT_BYTES;
+        println!(
+            "slot {} bytes, window at {}, hot end {}",
+            std::mem::size_of::<Slot<MemoryWindow>>(),
+            window - base,
+            hot_end
+        );
+        assert!(16 + hot_end <= 128, "hot state ends at {hot_end}");
+        assert!(std::mem::size_of::<Slot<MemoryWindow>>() <= 256);
     }
 }

@@ -153,7 +153,8 @@ pub trait WindowState: Send + 'static {
 /// count in its low bit, then total, input and output tokens; the burst
 /// bounds read the same entries), so at most `requests_per_minute` entries
 /// when a request budget is set. The buffer doubles as needed (a power of
-/// two, at least 8 entries) and keeps its size while the scope lives.
+/// two, from 2 entries: one cache line) and keeps its size while the scope
+/// lives. Beside it a scope keeps about 230 bytes (a partition's slot).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MemoryStore;
 
@@ -164,19 +165,39 @@ pub struct MemoryStore;
 /// reservation with all its amounts, so one sequence number identifies a
 /// reservation in all of them.
 #[derive(Default)]
-#[repr(C)] // what an admission touches first, side by side
+#[repr(C)] // what an admission touches first (80 bytes), side by side
 pub struct MemoryWindow {
-    /// Whether a cooldown or a clamp may be in force (then admission takes
-    /// the path that looks at them).
-    feedback: bool,
+    /// The server's feedback, `Some` only while a cooldown or a clamp may be
+    /// in force (then admission takes the path that looks at them): most
+    /// partitions never get any, so it is not kept inline.
+    feedback: Option<Box<Feedback>>,
     origin: Option<Instant>,
     log: SlidingLog,
     /// The window length in nanoseconds: the longest span of any budget,
     /// which `is_idle` expires the log with.
     span: u64,
+}
+
+impl MemoryWindow {
+    /// How many bytes from its start an admission reads (the feedback
+    /// pointer, the origin and the log's head).
+    #[cfg(test)]
+    pub(crate) const HOT_BYTES: usize = 8 + 16 + SlidingLog::HOT_BYTES;
+}
+
+/// What the server said about one scope.
+#[derive(Debug, Default)]
+struct Feedback {
     cooldown: Option<Instant>,
     /// Server clamps on requests, tokens, input and output tokens.
     clamps: [Option<Clamp>; 4],
+}
+
+impl Feedback {
+    /// Whether nothing is in force any more.
+    fn is_empty(&self) -> bool {
+        self.cooldown.is_none() && self.clamps.iter().all(Option::is_none)
+    }
 }
 
 /// Usage the server counts and the local window does not, until `until`.
@@ -277,7 +298,7 @@ impl MemoryWindow {
     #[inline(never)]
     fn resync(&mut self, limits: &Limits) {
         self.log.activate(limits.mask());
-        self.span = duration_nanos(limits.window());
+        self.span = limits.budget(0).1;
     }
 
     /// Records `amounts` at window time `t` (nothing when no budget is set).
@@ -330,21 +351,28 @@ impl RateStore for MemoryStore {
         let t = window.time(now);
         window.sync(limits);
         let amounts = demand.amounts();
-        for clamp in &mut window.clamps {
-            if clamp.is_some_and(|c| now >= c.until) {
-                *clamp = None;
+        if let Some(feedback) = &mut window.feedback {
+            for clamp in &mut feedback.clamps {
+                if clamp.is_some_and(|c| now >= c.until) {
+                    *clamp = None;
+                }
+            }
+            if feedback.cooldown.is_some_and(|until| now >= until) {
+                feedback.cooldown = None;
+            }
+            if feedback.is_empty() {
+                window.feedback = None;
             }
         }
-        if window.cooldown.is_some_and(|until| now >= until) {
-            window.cooldown = None;
-        }
-        window.feedback = window.cooldown.is_some() || window.clamps.iter().any(Option::is_some);
+        let (cooldown, clamps) = match &window.feedback {
+            Some(f) => (f.cooldown, f.clamps),
+            None => (None, [None; 4]),
+        };
         let mut verdict = Verdict::Fits;
         for i in bits(limits.mask()) {
             let limit = limits.budget(i).0;
             let span = span_of(limits, i);
-            let unseen = window
-                .clamps
+            let unseen = clamps
                 .get(i)
                 .copied()
                 .flatten()
@@ -370,7 +398,7 @@ impl RateStore for MemoryStore {
             };
             verdict = verdict.and(v);
         }
-        if let Some(until) = window.cooldown {
+        if let Some(until) = cooldown {
             verdict = verdict.and(Verdict::NotUntil(until));
         }
         verdict
@@ -399,7 +427,7 @@ impl RateStore for MemoryStore {
         limits: &Limits,
         now: Instant,
     ) -> Result<MemoryTicket, Verdict> {
-        if window.feedback {
+        if window.feedback.is_some() {
             return slow_reserve(self, window, demand, limits, now);
         }
         let t = window.time(now);
@@ -439,8 +467,8 @@ impl RateStore for MemoryStore {
     }
 
     fn cool_down(&self, window: &mut MemoryWindow, until: Instant) {
-        window.cooldown = Some(window.cooldown.map_or(until, |c| c.max(until)));
-        window.feedback = true;
+        let feedback = window.feedback.get_or_insert_with(Box::default);
+        feedback.cooldown = Some(feedback.cooldown.map_or(until, |c| c.max(until)));
     }
 
     fn clamp(
@@ -474,22 +502,35 @@ impl RateStore for MemoryStore {
                 .reset
                 .unwrap_or(limits.window())
                 .min(crate::error::LONGEST_SETTING);
-            window.clamps[i] = (unseen > 0 && reset > Duration::ZERO).then(|| Clamp {
+            let clamp = (unseen > 0 && reset > Duration::ZERO).then(|| Clamp {
                 until: now + reset,
                 unseen,
             });
-            window.feedback |= window.clamps[i].is_some();
+            match (&mut window.feedback, clamp) {
+                (Some(feedback), clamp) => feedback.clamps[i] = clamp,
+                (None, Some(clamp)) => {
+                    let mut feedback = Box::<Feedback>::default();
+                    feedback.clamps[i] = Some(clamp);
+                    window.feedback = Some(feedback);
+                }
+                (None, None) => {}
+            }
+        }
+        if window.feedback.as_ref().is_some_and(|f| f.is_empty()) {
+            window.feedback = None;
         }
     }
 }
 
 impl WindowState for MemoryWindow {
     fn is_idle(&mut self, now: Instant) -> bool {
-        if self.cooldown.is_some_and(|c| now < c) {
-            return false;
-        }
-        if self.clamps.iter().flatten().any(|c| now < c.until) {
-            return false;
+        if let Some(feedback) = &self.feedback {
+            if feedback.cooldown.is_some_and(|c| now < c) {
+                return false;
+            }
+            if feedback.clamps.iter().flatten().any(|c| now < c.until) {
+                return false;
+            }
         }
         // An emptied log is as good as a new one.
         let t = self.time(now);
@@ -502,7 +543,7 @@ impl fmt::Debug for MemoryWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryWindow")
             .field("entries", &self.log.len())
-            .field("cooldown", &self.cooldown)
+            .field("cooldown", &self.feedback.as_ref().and_then(|f| f.cooldown))
             .finish_non_exhaustive()
     }
 }

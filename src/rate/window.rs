@@ -42,7 +42,11 @@ impl Verdict {
 /// the request amount is the low bit of `stamp` and the timestamp the other
 /// 63 bits (292 years of nanoseconds). The burst bounds spend the request
 /// and token amounts, so they need no slots of their own.
+///
+/// Aligned to its size, so an entry never straddles two cache lines (an
+/// admission reads the oldest entry and writes the newest).
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(32))]
 struct Entry {
     /// `at << 1 | requests`.
     stamp: u64,
@@ -130,10 +134,15 @@ pub(crate) struct SlidingLog {
     start: u64,
     /// The newest timestamp recorded: timestamps never go backwards.
     newest: u64,
-    /// Running sums of budgets 0 to 3 over `start..pushed`. The sum of a
-    /// budget that is not set is meaningless (it is reset when set).
-    sums: [u64; 4],
+    /// Running sums of budgets 0 and 1 (requests and tokens) over
+    /// `start..pushed`. The sum of a budget that is not set is meaningless
+    /// (it is reset when set).
+    sums: [u64; 2],
     buf: Box<[Entry]>,
+    /// The same for budgets 2 and 3 (input and output tokens), kept only
+    /// while one of them is set: apart from the hot head, since few
+    /// limiters meter them.
+    io: [u64; 2],
     /// The burst bounds on requests and tokens.
     bursts: [Cursor; 2],
     /// The first entry each whole-window budget counts: where it was last
@@ -150,6 +159,11 @@ pub(crate) enum LogVerdict {
 }
 
 impl SlidingLog {
+    /// How many bytes from its start an admission reads when only requests
+    /// and tokens are limited: `active` to `buf`.
+    #[cfg(test)]
+    pub(crate) const HOT_BYTES: usize = std::mem::offset_of!(SlidingLog, io);
+
     /// The budgets that count (bit `i` for index `i`).
     #[inline]
     pub(crate) fn active(&self) -> u8 {
@@ -171,7 +185,7 @@ impl SlidingLog {
                 for seq in self.start..self.pushed {
                     self.buf[seq as usize & m].set_amount(k, 0);
                 }
-                self.sums[k] = 0;
+                *self.sum_mut(k) = 0;
                 self.since[k] = self.pushed;
             }
         }
@@ -205,6 +219,7 @@ impl SlidingLog {
         // `at <= cutoff` exactly when `stamp <= cutoff << 1 | 1`.
         let bound = (cutoff.min(MAX_TIME) << 1) | 1;
         let m = self.mask();
+        let io = self.active & 0b1100 != 0;
         while self.start != self.pushed {
             let e = self.buf[self.start as usize & m];
             if e.stamp > bound {
@@ -212,8 +227,10 @@ impl SlidingLog {
             }
             self.sums[0] = self.sums[0].wrapping_sub(e.stamp & 1);
             self.sums[1] = self.sums[1].wrapping_sub(e.tokens);
-            self.sums[2] = self.sums[2].wrapping_sub(e.input);
-            self.sums[3] = self.sums[3].wrapping_sub(e.output);
+            if io {
+                self.io[0] = self.io[0].wrapping_sub(e.input);
+                self.io[1] = self.io[1].wrapping_sub(e.output);
+            }
             self.start += 1;
         }
     }
@@ -230,7 +247,9 @@ impl SlidingLog {
         let bound = (cutoff.min(MAX_TIME) << 1) | 1;
         let m = self.mask();
         let mut c = self.bursts[j];
-        debug_assert!(c.start >= self.start || self.active & (16 << j) == 0);
+        // Before this loop the cursor may lag behind `start` (entries the
+        // window expired first); they are still in the buffer (nothing was
+        // pushed since) and leave the burst here too.
         while c.start != self.pushed {
             let e = self.buf[c.start as usize & m];
             if e.stamp > bound {
@@ -239,6 +258,7 @@ impl SlidingLog {
             c.sum = c.sum.wrapping_sub(e.amount(4 + j));
             c.start += 1;
         }
+        debug_assert!(c.start >= self.start || self.active & (16 << j) == 0);
         self.bursts[j] = c;
     }
 
@@ -256,7 +276,16 @@ impl SlidingLog {
     pub(crate) fn sum(&self, i: usize) -> u64 {
         match i {
             4 | 5 => self.bursts[i - 4].sum,
+            2 | 3 => self.io[i - 2],
             _ => self.sums[i],
+        }
+    }
+
+    /// The running sum of whole-window budget `k` (0 to 3).
+    fn sum_mut(&mut self, k: usize) -> &mut u64 {
+        match k {
+            2 | 3 => &mut self.io[k - 2],
+            _ => &mut self.sums[k],
         }
     }
 
@@ -334,13 +363,21 @@ impl SlidingLog {
     ///
     /// Sums add without overflow checks: a budget's sum stays at most its
     /// limit when the reservation was checked to fit.
+    ///
+    /// Into an empty log the entry goes where the newest one was (the
+    /// numbers in between are skipped: no reservation has them), so a
+    /// partition that is used now and then keeps touching one cache line of
+    /// its buffer, the one it read to find the log empty.
     #[inline(always)]
     pub(crate) fn push(&mut self, now: u64, amounts: &[u64; 6]) -> u64 {
+        let at = now.min(MAX_TIME).max(self.newest);
+        self.newest = at;
+        if self.start == self.pushed && self.pushed != 0 {
+            self.restart();
+        }
         if self.len() == self.buf.len() as u64 {
             self.grow();
         }
-        let at = now.min(MAX_TIME).max(self.newest);
-        self.newest = at;
         let request = u64::from(amounts[0] != 0);
         let seq = self.pushed;
         let m = self.mask();
@@ -352,12 +389,40 @@ impl SlidingLog {
         };
         self.sums[0] = self.sums[0].wrapping_add(request);
         self.sums[1] = self.sums[1].wrapping_add(amounts[1]);
-        self.sums[2] = self.sums[2].wrapping_add(amounts[2]);
-        self.sums[3] = self.sums[3].wrapping_add(amounts[3]);
-        self.bursts[0].sum = self.bursts[0].sum.wrapping_add(request);
-        self.bursts[1].sum = self.bursts[1].sum.wrapping_add(amounts[1]);
+        if self.active & 0b1100 != 0 {
+            self.io[0] = self.io[0].wrapping_add(amounts[2]);
+            self.io[1] = self.io[1].wrapping_add(amounts[3]);
+        }
+        if self.active & 0b11_0000 != 0 {
+            self.bursts[0].sum = self.bursts[0].sum.wrapping_add(request);
+            self.bursts[1].sum = self.bursts[1].sum.wrapping_add(amounts[1]);
+        }
         self.pushed = seq + 1;
         seq
+    }
+
+    /// Renumbers an empty log (with a buffer) so that the next entry goes
+    /// into the newest entry's place: `pushed - 1 + capacity`. Nothing is
+    /// held, so every budget (burst bounds too: their spans are at most the
+    /// window) starts there empty; a ticket for an older number finds it
+    /// before `start` and changes nothing.
+    #[inline(always)]
+    fn restart(&mut self) {
+        let next = self.pushed - 1 + self.buf.len() as u64;
+        self.start = next;
+        self.pushed = next;
+        self.sums = [0; 2];
+        // The cold parts only when in use (their values mean nothing
+        // otherwise, and are reset when a budget is set).
+        if self.active & 0b1100 != 0 {
+            self.io = [0; 2];
+        }
+        if self.active & 0b11_0000 != 0 {
+            self.bursts = [Cursor {
+                start: next,
+                sum: 0,
+            }; 2];
+        }
     }
 
     /// Doubles the buffer (amortized O(1) per push; never per admission once
@@ -365,7 +430,8 @@ impl SlidingLog {
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
-        let cap = (self.buf.len() * 2).max(8);
+        // From two entries (one cache line): most partitions hold few.
+        let cap = (self.buf.len() * 2).max(2);
         let mut buf = vec![Entry::default(); cap].into_boxed_slice();
         let (old, new) = (self.mask(), cap - 1);
         for seq in self.start..self.pushed {
@@ -392,7 +458,8 @@ impl SlidingLog {
             entry.set_amount(k, amount);
             let new = entry.amount(k);
             // A budget's sum counts `old`; an absurd `new` saturates.
-            self.sums[k] = self.sums[k].wrapping_sub(old).saturating_add(new);
+            let sum = self.sum_mut(k);
+            *sum = sum.wrapping_sub(old).saturating_add(new);
             // The burst bound on the same amount, if it counts the entry.
             if k < 2 && self.active & (16 << k) != 0 && seq >= self.bursts[k].start {
                 let c = &mut self.bursts[k];
@@ -421,7 +488,8 @@ impl SlidingLog {
             .is_some_and(|cutoff| self.newest <= cutoff);
         if all_out {
             self.start = self.pushed;
-            self.sums = [0; 4];
+            self.sums = [0; 2];
+            self.io = [0; 2];
             self.bursts = [Cursor {
                 start: self.pushed,
                 sum: 0,
@@ -590,6 +658,34 @@ mod tests {
         // unset everything: every entry is forgotten
         log.activate(0);
         assert_eq!(log.len(), 0);
+    }
+
+    #[test]
+    fn an_emptied_log_reuses_the_newest_place_and_ignores_old_tickets() {
+        let mut log = log(0b11_0011);
+        let a = log.push(secs(1), &call(10));
+        let b = log.push(secs(2), &call(20));
+        log.expire(secs(62), W);
+        log.expire_burst(0, secs(62), secs(5));
+        log.expire_burst(1, secs(62), secs(5));
+        assert_eq!(log.len(), 0);
+        let c = log.push(secs(62), &call(30));
+        // the new entry sits where `b` was, under a new number
+        let m = log.buf.len() - 1;
+        assert_eq!(c as usize & m, b as usize & m);
+        assert!(c > b);
+        assert_eq!([0, 1, 4, 5].map(|i| log.sum(i)), [1, 30, 1, 30]);
+        // corrections of the expired reservations change nothing
+        log.set(a, &call(500));
+        log.set(b, &[0; 6]);
+        assert_eq!([0, 1, 4, 5].map(|i| log.sum(i)), [1, 30, 1, 30]);
+        log.set(c, &call(7));
+        assert_eq!([0, 1, 4, 5].map(|i| log.sum(i)), [1, 7, 1, 7]);
+        // a timestamp earlier than the newest is still recorded at it
+        let d = log.push(secs(61), &call(1));
+        assert_eq!(d, c + 1);
+        assert!(!log.is_empty_at(secs(121), W));
+        assert!(log.is_empty_at(secs(122), W));
     }
 
     #[test]
