@@ -257,16 +257,7 @@ where
     S::Error: std::fmt::Debug + Send,
     S::Response: Send,
 {
-    let mut handles = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let svc = svc.clone();
-        handles.push(tokio::spawn(async move {
-            svc.oneshot(RequestMeta::new()).await.map(drop)
-        }));
-    }
-    for h in handles {
-        h.await.unwrap().unwrap();
-    }
+    spawn_calls(svc, n, false).await
 }
 
 /// [`fan_out`] with every task's polls counted (into `POLLS`).
@@ -277,12 +268,25 @@ where
     S::Error: std::fmt::Debug + Send,
     S::Response: Send,
 {
+    spawn_calls(svc, n, true).await
+}
+
+async fn spawn_calls<S>(svc: &S, n: u64, count_polls: bool)
+where
+    S: Service<RequestMeta> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: std::fmt::Debug + Send,
+    S::Response: Send,
+{
     let mut handles = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let svc = svc.clone();
-        handles.push(tokio::spawn(counted(async move {
-            svc.oneshot(RequestMeta::new()).await.map(drop)
-        })));
+        let call = async move { svc.oneshot(RequestMeta::new()).await.map(drop) };
+        handles.push(if count_polls {
+            tokio::spawn(counted(call))
+        } else {
+            tokio::spawn(call)
+        });
     }
     for h in handles {
         h.await.unwrap().unwrap();
