@@ -250,28 +250,8 @@ where
 }
 
 /// Spawns `n` tasks that each call a clone of `svc` once; waits for all.
-async fn fan_out<S>(svc: &S, n: u64)
-where
-    S: Service<RequestMeta> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug + Send,
-    S::Response: Send,
-{
-    spawn_calls(svc, n, false).await
-}
-
-/// [`fan_out`] with every task's polls counted (into `POLLS`).
-async fn fan_out_counted<S>(svc: &S, n: u64)
-where
-    S: Service<RequestMeta> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: std::fmt::Debug + Send,
-    S::Response: Send,
-{
-    spawn_calls(svc, n, true).await
-}
-
-async fn spawn_calls<S>(svc: &S, n: u64, count_polls: bool)
+/// With `count_polls`, every task's polls are counted (into `POLLS`).
+async fn fan_out<S>(svc: &S, n: u64, count_polls: bool)
 where
     S: Service<RequestMeta> + Clone + Send + 'static,
     S::Future: Send,
@@ -379,13 +359,13 @@ fn benches(c: &mut Criterion) {
     {
         let svc = ours(CONTENDED_LIMIT, TASKS as usize).layer(inner);
         group.bench_function("contended/llm-sluice", |b| {
-            b.to_async(&rt).iter(|| fan_out(&svc, TASKS))
+            b.to_async(&rt).iter(|| fan_out(&svc, TASKS, false))
         });
     }
     {
         let svc = TowerLimit::new(inner, CONTENDED_LIMIT);
         group.bench_function("contended/tower", |b| {
-            b.to_async(&rt).iter(|| fan_out(&svc, TASKS))
+            b.to_async(&rt).iter(|| fan_out(&svc, TASKS, false))
         });
     }
 
@@ -527,9 +507,9 @@ fn contended_pairs() {
     let time = |ours: bool| {
         let start = Instant::now();
         if ours {
-            rt.block_on(fan_out(&sluice, TASKS));
+            rt.block_on(fan_out(&sluice, TASKS, false));
         } else {
-            rt.block_on(fan_out(&tower, TASKS));
+            rt.block_on(fan_out(&tower, TASKS, false));
         }
         start.elapsed().as_secs_f64()
     };
@@ -639,9 +619,9 @@ fn contended_probe(rounds: usize) {
         let (u0, p0, b0) = (usage(), parks(), busy());
         let start = Instant::now();
         if which == 0 {
-            rt.block_on(fan_out_counted(&sluice, TASKS));
+            rt.block_on(fan_out(&sluice, TASKS, true));
         } else {
-            rt.block_on(fan_out_counted(&tower, TASKS));
+            rt.block_on(fan_out(&tower, TASKS, true));
         }
         let wall = start.elapsed().as_secs_f64();
         let u1 = usage();
@@ -674,7 +654,7 @@ fn contended_probe(rounds: usize) {
     }
 }
 
-/// Polls of the tasks of [`fan_out_counted`] that have finished.
+/// Polls of the tasks of [`fan_out`] with `count_polls` that have finished.
 static POLLS: AtomicU64 = AtomicU64::new(0);
 
 pin_project_lite::pin_project! {
