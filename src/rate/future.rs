@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::time::{sleep_until, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
 use super::limits::Demand;
 use super::shared::{Reservation, Shared, WaitGuard, WaitPoll};
+use super::stage::{self, Admitted};
 use super::store::{MemoryStore, RateStore};
 use crate::classify::{Classify, DefaultClassifier};
 
@@ -39,13 +40,83 @@ pin_project! {
 /// What a waiting request holds. Boxed: most requests are admitted at once,
 /// and every layer around this one moves the future, so it is kept to what
 /// the admitted path needs.
-struct Waiting<S, Req, C, St: RateStore> {
+pub(crate) struct Waiting<S, Req, C, St: RateStore> {
     inner: Option<S>,
     request: Option<Req>,
     demand: Demand,
     guard: WaitGuard<C, St>,
     // Boxed as well: only a queue's head ever arms it.
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// What a waiter has once admitted: the readied inner service, the request,
+/// its reservation and the instant of admission, and the limiter.
+pub(crate) struct Admit<S, Req, C, St: RateStore> {
+    pub(crate) inner: S,
+    pub(crate) request: Req,
+    pub(crate) reservation: Reservation<St>,
+    pub(crate) at: Instant,
+    pub(crate) shared: Arc<Shared<C, St>>,
+}
+
+impl<S, Req, C, St: RateStore> Waiting<S, Req, C, St> {
+    pub(crate) fn new(
+        inner: S,
+        request: Req,
+        demand: Demand,
+        guard: WaitGuard<C, St>,
+    ) -> Box<Self> {
+        Box::new(Waiting {
+            inner: Some(inner),
+            request: Some(request),
+            demand,
+            guard,
+            sleep: None,
+        })
+    }
+
+    /// Waits in the partition's queue: ready once admitted (once only) or
+    /// refused. Only the queue's head holds a timer, reset in place.
+    pub(crate) fn poll_admit(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Admit<S, Req, C, St>, BoxError>> {
+        loop {
+            match self.guard.poll_wait(&self.demand, cx.waker()) {
+                WaitPoll::Admitted(reservation, at) => {
+                    let (Some(inner), Some(request)) = (self.inner.take(), self.request.take())
+                    else {
+                        unreachable!("a waiter is admitted once");
+                    };
+                    let shared = self.guard.shared().clone();
+                    return Poll::Ready(Ok(Admit {
+                        inner,
+                        request,
+                        reservation,
+                        at,
+                        shared,
+                    }));
+                }
+                WaitPoll::Failed(error) => return Poll::Ready(Err(error)),
+                WaitPoll::Park(None) => {
+                    self.sleep = None;
+                    return Poll::Pending;
+                }
+                WaitPoll::Park(Some(at)) => {
+                    let sleep = match &mut self.sleep {
+                        Some(sleep) => {
+                            sleep.as_mut().reset(at);
+                            sleep
+                        }
+                        None => self.sleep.insert(Box::pin(sleep_until(at))),
+                    };
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -110,13 +181,7 @@ where
     pub(crate) fn waiting(inner: S, request: Req, demand: Demand, guard: WaitGuard<C, St>) -> Self {
         ResponseFuture {
             state: State::Waiting {
-                waiting: Box::new(Waiting {
-                    inner: Some(inner),
-                    request: Some(request),
-                    demand,
-                    guard,
-                    sleep: None,
-                }),
+                waiting: Waiting::new(inner, request, demand, guard),
             },
         }
     }
@@ -135,44 +200,28 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { waiting } => {
-                    let w = &mut **waiting;
-                    match w.guard.poll_wait(&w.demand, cx.waker()) {
-                        WaitPoll::Admitted(reservation) => {
-                            let mut service = w.inner.take().expect("admitted once");
-                            let request = w.request.take().expect("admitted once");
-                            let shared = w.guard.shared().clone();
-                            // Called at the instant of admission: the window's
-                            // timestamp is when the upstream is called.
-                            let future = service.call(request);
-                            this.state.set(State::Calling {
-                                future,
-                                reservation: Some(reservation),
-                                shared,
-                            });
-                        }
-                        WaitPoll::Failed(error) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(error));
-                        }
-                        WaitPoll::Park(None) => {
-                            w.sleep = None;
-                            return Poll::Pending;
-                        }
-                        WaitPoll::Park(Some(at)) => {
-                            let sleep = match &mut w.sleep {
-                                Some(sleep) => {
-                                    sleep.as_mut().reset(at);
-                                    sleep
-                                }
-                                None => w.sleep.insert(Box::pin(sleep_until(at))),
-                            };
-                            if sleep.as_mut().poll(cx).is_pending() {
-                                return Poll::Pending;
-                            }
-                        }
+                StateProj::Waiting { waiting } => match ready!(waiting.poll_admit(cx)) {
+                    Ok(Admit {
+                        mut inner,
+                        request,
+                        reservation,
+                        shared,
+                        ..
+                    }) => {
+                        // Called at the instant of admission: the window's
+                        // timestamp is when the upstream is called.
+                        let future = inner.call(request);
+                        this.state.set(State::Calling {
+                            future,
+                            reservation: Some(reservation),
+                            shared,
+                        });
                     }
-                }
+                    Err(error) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error));
+                    }
+                },
                 StateProj::Calling {
                     future,
                     reservation,
@@ -197,6 +246,134 @@ where
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
+    }
+}
+
+pin_project! {
+    /// The future of [`Admission`](super::Admission): waits for room in the
+    /// windows, then calls the inner service with the [`Admitted`] request
+    /// and returns its result.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it while it waits leaves the queue (waking the next waiter if
+    /// it was at the head), as [`ResponseFuture`] does. After admission the
+    /// reservation travels with the request: dropping this future drops the
+    /// inner one, and with it the request if it had not been sent, which
+    /// gives the reservation back.
+    pub struct AdmissionFuture<S, Req, C = DefaultClassifier, St = MemoryStore>
+    where
+        S: Service<Admitted<Req, C, St>>,
+        St: RateStore,
+    {
+        #[pin]
+        state: AdmissionState<S, Req, C, St>,
+    }
+}
+
+pin_project! {
+    #[project = AdmissionProj]
+    enum AdmissionState<S, Req, C, St>
+    where
+        S: Service<Admitted<Req, C, St>>,
+        St: RateStore,
+    {
+        Waiting {
+            waiting: Box<Waiting<S, Req, C, St>>,
+        },
+        Called {
+            #[pin]
+            future: S::Future,
+        },
+        Failed {
+            error: Option<BoxError>,
+        },
+        Done,
+    }
+}
+
+impl<S, Req, C, St> AdmissionFuture<S, Req, C, St>
+where
+    S: Service<Admitted<Req, C, St>>,
+    St: RateStore,
+{
+    pub(crate) fn called(future: S::Future) -> Self {
+        AdmissionFuture {
+            state: AdmissionState::Called { future },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        AdmissionFuture {
+            state: AdmissionState::Failed { error: Some(error) },
+        }
+    }
+
+    pub(crate) fn waiting(inner: S, request: Req, demand: Demand, guard: WaitGuard<C, St>) -> Self {
+        AdmissionFuture {
+            state: AdmissionState::Waiting {
+                waiting: Waiting::new(inner, request, demand, guard),
+            },
+        }
+    }
+}
+
+impl<S, Req, C, St> Future for AdmissionFuture<S, Req, C, St>
+where
+    S: Service<Admitted<Req, C, St>>,
+    S::Error: Into<BoxError>,
+    St: RateStore,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                AdmissionProj::Waiting { waiting } => match ready!(waiting.poll_admit(cx)) {
+                    Ok(Admit {
+                        mut inner,
+                        request,
+                        reservation,
+                        at,
+                        shared,
+                    }) => {
+                        let request = stage::admitted(request, reservation, at, shared);
+                        let future = inner.call(request);
+                        this.state.set(AdmissionState::Called { future });
+                    }
+                    Err(error) => {
+                        this.state.set(AdmissionState::Done);
+                        return Poll::Ready(Err(error));
+                    }
+                },
+                AdmissionProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                AdmissionProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    this.state.set(AdmissionState::Done);
+                    return Poll::Ready(Err(error));
+                }
+                AdmissionProj::Done => panic!("AdmissionFuture polled after completion"),
+            }
+        }
+    }
+}
+
+impl<S, Req, C, St> fmt::Debug for AdmissionFuture<S, Req, C, St>
+where
+    S: Service<Admitted<Req, C, St>>,
+    St: RateStore,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            AdmissionState::Waiting { .. } => "waiting",
+            AdmissionState::Called { .. } => "called",
+            AdmissionState::Failed { .. } => "failed",
+            AdmissionState::Done => "done",
+        };
+        f.debug_struct("AdmissionFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
     }
 }
 

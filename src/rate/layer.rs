@@ -21,7 +21,7 @@ use crate::telemetry::{self, PartitionLabels, Scope};
 /// process inside one API key's limits however many clients it builds).
 /// Build a second layer for an independent set of budgets.
 pub struct RateLimitLayer<C = DefaultClassifier, St: RateStore = MemoryStore> {
-    shared: Arc<Shared<C, St>>,
+    pub(super) shared: Arc<Shared<C, St>>,
 }
 
 impl RateLimitLayer {

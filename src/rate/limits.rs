@@ -197,6 +197,26 @@ impl Limits {
         Duration::from_nanos(self.budget(budget.index()).1)
     }
 
+    /// How long the windows take to free room for `demand` at the limits'
+    /// own pace: the longest, over the whole-window budgets, of the window's
+    /// share that `demand` is of the limit (one request at 60 per minute:
+    /// 1 s). Zero with no budget set. What a refusal tells a caller to wait
+    /// when the windows would fit the demand now but it could not wait for
+    /// its turn.
+    pub(crate) fn pace(&self, demand: &Demand) -> Duration {
+        let amounts = demand.amounts();
+        let nanos = (0..4)
+            .filter(|&i| self.mask & (1 << i) != 0 && self.limits[i] > 0)
+            .map(|i| {
+                let share = u128::from(self.window) * u128::from(amounts[i]);
+                share.div_ceil(u128::from(self.limits[i]))
+            })
+            .max()
+            .unwrap_or(0);
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        Duration::from_nanos(nanos.min(self.window))
+    }
+
     /// Whether any budget is set.
     pub fn is_empty(&self) -> bool {
         self.mask == 0

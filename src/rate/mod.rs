@@ -262,6 +262,7 @@ mod layer;
 mod limits;
 mod service;
 mod shared;
+mod stage;
 pub mod store;
 mod window;
 
@@ -269,5 +270,6 @@ pub use handle::{RateLimitHandle, RateStats};
 pub use layer::{Builder, RateLimitLayer};
 pub use limits::{Budget, Demand, Limits};
 pub use service::RateLimit;
+pub use stage::{Admission, AdmissionLayer, Admitted, Dispatch, DispatchLayer};
 pub use store::{MemoryStore, RateStore};
 pub use window::Verdict;

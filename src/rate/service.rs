@@ -26,26 +26,12 @@ use crate::request::LlmRequest;
 /// instant it is admitted.
 pub struct RateLimit<S, C = DefaultClassifier, St: RateStore = MemoryStore> {
     inner: S,
-    /// `None`: no window, calls pass through (the stack's disabled part).
-    shared: Option<Arc<Shared<C, St>>>,
+    shared: Arc<Shared<C, St>>,
 }
 
 impl<S, C, St: RateStore> RateLimit<S, C, St> {
     pub(crate) fn new(inner: S, shared: Arc<Shared<C, St>>) -> Self {
-        RateLimit {
-            inner,
-            shared: Some(shared),
-        }
-    }
-
-    /// A limiter without limits: every call goes to `inner` at once.
-    /// [`LlmStack`](crate::LlmStack) puts one where its rate window is off,
-    /// so that part costs a branch rather than a wrapper future.
-    pub(crate) fn pass_through(inner: S) -> Self {
-        RateLimit {
-            inner,
-            shared: None,
-        }
+        RateLimit { inner, shared }
     }
 
     /// The inner service.
@@ -100,9 +86,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let Some(shared) = &self.shared else {
-            return ResponseFuture::passed(self.inner.call(request));
-        };
+        let shared = &self.shared;
         let _scope = clock::enter();
         let demand = Demand::estimate(request.token_estimate());
         let key = request.partition();

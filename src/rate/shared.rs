@@ -24,6 +24,9 @@ use crate::partition::{Idle, Partitions};
 use crate::request::{PartitionKey, Priority};
 use crate::telemetry::{self, Counter, Gauge, Histogram, PartitionLabels, Scope};
 
+/// The least delay a refusal carries: a caller reads zero as "no hint".
+const MIN_HINT: Duration = Duration::from_millis(1);
+
 /// Where a waiter stands: higher priority first, then earlier arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct WaitKey {
@@ -243,6 +246,7 @@ pub(crate) struct Metrics {
     wait_timeout: Counter,
     deadline: Counter,
     waiters_full: Counter,
+    changed: Counter,
     reserved: Counter,
     refunded: Counter,
     wait: Histogram,
@@ -263,6 +267,7 @@ impl Metrics {
             wait_timeout: rejected("wait_timeout"),
             deadline: rejected("deadline"),
             waiters_full: rejected("waiters_full"),
+            changed: rejected("changed"),
             reserved: Counter::new("llm_sluice_rate_tokens_reserved_total", scope, &[]),
             refunded: Counter::new("llm_sluice_rate_tokens_refunded_total", scope, &[]),
             wait: Histogram::new("llm_sluice_rate_wait_seconds", scope, &[]),
@@ -371,7 +376,8 @@ pub(crate) enum Enter<C, St: RateStore> {
 }
 
 pub(crate) enum WaitPoll<St: RateStore> {
-    Admitted(Reservation<St>),
+    /// Admitted at this instant.
+    Admitted(Reservation<St>, Instant),
     Failed(BoxError),
     /// Wait to be woken, and (as the head) until this instant.
     Park(Option<Instant>),
@@ -574,12 +580,43 @@ impl<C, St: RateStore> Shared<C, St> {
         })
     }
 
-    fn retry_hint(&self, verdict: Verdict, now: Instant) -> Option<Duration> {
-        match verdict {
-            Verdict::Fits => Some(Duration::ZERO),
-            Verdict::NotUntil(at) => Some(at.saturating_duration_since(now)),
-            Verdict::Never { .. } => None,
+    /// The delay a refusal carries: when the windows will have room for
+    /// `demand`, never zero. A verdict that the demand fits now (the request
+    /// was refused for its place in line, or because the waiter list was
+    /// full) gives the time the windows need to free room for one such
+    /// demand at the limits' own pace; `None` only for a demand that can
+    /// never fit.
+    fn retry_hint(&self, verdict: Verdict, demand: &Demand, now: Instant) -> Option<Duration> {
+        let delay = match verdict {
+            Verdict::Never { .. } => return None,
+            Verdict::NotUntil(at) => at.saturating_duration_since(now),
+            Verdict::Fits => self.current.load().0.pace(demand),
+        };
+        Some(delay.max(MIN_HINT))
+    }
+
+    /// Refuses a request the windows cannot admit before `expiry`, with
+    /// the delay until they can.
+    fn refuse(
+        &self,
+        metrics: &Metrics,
+        verdict: Verdict,
+        demand: &Demand,
+        deadline_bound: bool,
+        now: Instant,
+    ) -> BoxError {
+        if deadline_bound {
+            metrics.deadline.increment(1);
+        } else {
+            metrics.wait_timeout.increment(1);
         }
+        tracing::debug!(
+            deadline_bound,
+            "rate: no room before the request stops waiting"
+        );
+        Box::new(Error::RateLimited {
+            retry_after: self.retry_hint(verdict, demand, now),
+        })
     }
 
     /// Admits a new request at once, fails it at once, or queues it.
@@ -633,11 +670,14 @@ impl<C, St: RateStore> Shared<C, St> {
             Some(d) if d < by_wait => (d, true),
             _ => (by_wait, false),
         };
-        if expiry <= now {
-            metrics.wait_timeout.increment(1);
-            return Enter::Failed(Box::new(Error::RateLimited {
-                retry_after: self.retry_hint(verdict, now),
-            }));
+        // Known in advance: by what the windows hold now (a cooldown, the
+        // instant enough entries expire), no room comes before the request
+        // stops waiting, so waiting would only hold its place, and whatever
+        // holds it, for nothing. Only a refund (usage below an estimate)
+        // could come sooner; the delay tells the caller when to come back.
+        let late = matches!(verdict, Verdict::NotUntil(at) if at > expiry);
+        if expiry <= now || late {
+            return Enter::Failed(self.refuse(metrics, verdict, demand, deadline_bound, now));
         }
         let admitted_waiter = self
             .waiting
@@ -649,7 +689,7 @@ impl<C, St: RateStore> Shared<C, St> {
             metrics.waiters_full.increment(1);
             tracing::debug!("rate: waiter limit reached, request shed");
             return Enter::Failed(Box::new(Error::RateLimited {
-                retry_after: self.retry_hint(verdict, now),
+                retry_after: self.retry_hint(verdict, demand, now),
             }));
         }
         let key = WaitKey {
@@ -700,11 +740,7 @@ impl<C, St: RateStore> Shared<C, St> {
         let mut wake = false;
         if release {
             // A local layer refused it: it never reached the upstream.
-            self.store.release(&mut state.window, &part, now);
-            if let Some(ticket) = &global {
-                let mut g = self.global.state.lock();
-                self.store.release(&mut g.window, ticket, now);
-            }
+            self.give_back(&mut state.window, &part, global.as_ref(), now);
             metrics.refunded.increment(estimate);
             wake = true;
         } else if let Some(usage) = &class.usage {
@@ -738,6 +774,97 @@ impl<C, St: RateStore> Shared<C, St> {
         }
         if wake {
             state.wake_head();
+        }
+    }
+
+    /// Releases a reservation's tickets (the partition's lock held).
+    fn give_back(
+        &self,
+        window: &mut St::Window,
+        part: &St::Ticket,
+        global: Option<&St::Ticket>,
+        now: Instant,
+    ) {
+        self.store.release(window, part, now);
+        if let Some(ticket) = global {
+            let mut g = self.global.state.lock();
+            self.store.release(&mut g.window, ticket, now);
+        }
+    }
+
+    /// Gives a reservation back whole: the request never left this process
+    /// (dropped between admission and dispatch). Wakes the partition's head,
+    /// which may fit now.
+    pub(crate) fn release(&self, reservation: Reservation<St>) {
+        let now = Instant::now();
+        let Reservation {
+            slot,
+            part,
+            global,
+            estimate,
+        } = reservation;
+        let resolved = self.resolve(&slot);
+        let mut state = resolved.state.lock();
+        self.give_back(&mut state.window, &part, global.as_ref(), now);
+        self.metrics(resolved).refunded.increment(estimate);
+        state.wake_head();
+    }
+
+    /// Moves a reservation made at `admitted` to `now`, the instant its
+    /// request is sent: the entry then leaves the window when the server's
+    /// does. The reservation is given back and made again at `now` under
+    /// the same locks, so what the windows hold in between is unchanged
+    /// unless they changed meanwhile: if the request no longer fits (it
+    /// waited longer than a burst span or the window, or a cooldown, a
+    /// server clamp or a lowered limit came), it is refused with the delay
+    /// until it would, and its place is given to the partition's head.
+    pub(crate) fn redate(
+        &self,
+        reservation: Reservation<St>,
+        admitted: Instant,
+        now: Instant,
+    ) -> Result<Reservation<St>, BoxError> {
+        if now <= admitted {
+            // Sent in the same chain of calls that admitted it: the entry is
+            // already dated right (the common case, a permit free at once).
+            return Ok(reservation);
+        }
+        let Reservation {
+            slot,
+            part,
+            global,
+            estimate,
+        } = reservation;
+        let demand = Demand::estimate(estimate);
+        let resolved = self.resolve(&slot);
+        let mut state = resolved.state.lock();
+        self.give_back(&mut state.window, &part, global.as_ref(), now);
+        let attempt = self.attempt(&mut state, &demand, now);
+        if !matches!(attempt, Attempt::Admitted { .. }) {
+            state.wake_head();
+        }
+        drop(state);
+        match attempt {
+            Attempt::Admitted { part, global } => Ok(Reservation {
+                slot,
+                part,
+                global,
+                estimate,
+            }),
+            Attempt::Wait(at) => {
+                let metrics = self.metrics(self.resolve(&slot));
+                metrics.refunded.increment(estimate);
+                metrics.changed.increment(1);
+                tracing::debug!("rate: the windows changed while the request queued");
+                Err(Box::new(Error::RateLimited {
+                    retry_after: self.retry_hint(Verdict::NotUntil(at), &demand, now),
+                }))
+            }
+            Attempt::Never { amount, limit } => {
+                let metrics = self.metrics(self.resolve(&slot));
+                metrics.refunded.increment(estimate);
+                Err(self.too_large(metrics, amount, limit))
+            }
         }
     }
 
@@ -792,7 +919,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
             tracing::debug!("rate: no room within max_wait");
             let verdict = shared.verdict(state, demand, now);
             Box::new(Error::RateLimited {
-                retry_after: shared.retry_hint(verdict, now),
+                retry_after: shared.retry_hint(verdict, demand, now),
             })
         }
     }
@@ -830,12 +957,23 @@ impl<C, St: RateStore> WaitGuard<C, St> {
             shared.waiting.fetch_sub(expired, Ordering::AcqRel);
         }
         let attempt = shared.attempt(&mut state, demand, now);
-        if matches!(attempt, Attempt::Wait(_)) && self.expiry <= now {
-            state.remove(&self.key);
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            self.done = true;
-            state.wake_head();
-            return WaitPoll::Failed(self.expired(&mut state, demand, now));
+        if let Attempt::Wait(at) = attempt {
+            if self.expiry <= now || at > self.expiry {
+                // Out of time, or sure to be (a cooldown or a lowered limit
+                // since it queued): it leaves now, with the exact delay.
+                state.remove(&self.key);
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                self.done = true;
+                state.wake_head();
+                let error = if self.expiry <= now {
+                    self.expired(&mut state, demand, now)
+                } else {
+                    let metrics = shared.metrics(shared.resolve(&slot));
+                    let verdict = Verdict::NotUntil(at);
+                    shared.refuse(metrics, verdict, demand, self.deadline_bound, now)
+                };
+                return WaitPoll::Failed(error);
+            }
         }
         match attempt {
             Attempt::Admitted { part, global } => {
@@ -845,7 +983,8 @@ impl<C, St: RateStore> WaitGuard<C, St> {
                 self.done = true;
                 state.wake_head();
                 drop(state);
-                WaitPoll::Admitted(shared.admitted(slot, part, global, demand, now - self.since))
+                let reservation = shared.admitted(slot, part, global, demand, now - self.since);
+                WaitPoll::Admitted(reservation, now)
             }
             Attempt::Never { amount, limit } => {
                 // Only possible after the limits were lowered at runtime.

@@ -14,7 +14,7 @@ use crate::classify::DefaultClassifier;
 use crate::concurrency::ConcurrencyLimitLayer;
 use crate::error::ConfigError;
 use crate::fallback::FallbackLayer;
-use crate::rate::{RateLimit, RateLimitHandle, RateLimitLayer};
+use crate::rate::{Admission, DispatchLayer, RateLimitHandle, RateLimitLayer};
 use crate::retry::{CloneRequest, Retry, RetryLayer};
 use crate::stats::Stats;
 use crate::timeout::{DeadlineLayer, SetDeadline, TimeoutLayer};
@@ -142,11 +142,15 @@ where
         // response future once more (and moving those nested futures is a
         // large share of what a call through the stack costs).
         let s = self.timeout.layer(inner);
-        let s = match &self.rate {
-            Some(layer) => layer.layer(s),
-            None => RateLimit::pass_through(s),
-        };
+        // The window in two stages around the queue (see the module docs):
+        // waiting for room holds no permit, and a request is dated when it
+        // is sent.
+        let s = DispatchLayer::new().layer(s);
         let s = self.concurrency.layer(s);
+        let s = match &self.rate {
+            Some(layer) => layer.admission().layer(s),
+            None => Admission::pass_through(s),
+        };
         let s = match &self.breaker {
             Some(layer) => layer.layer(s),
             None => CircuitBreaker::pass_through(s, self.classifier.clone()),

@@ -8,16 +8,17 @@ use tower_service::Service;
 
 use crate::breaker::CircuitBreaker;
 use crate::concurrency::ConcurrencyLimit;
-use crate::rate::RateLimit;
+use crate::rate::{Admission, Dispatch};
 use crate::retry::Retry;
 use crate::timeout::{SetDeadline, Timeout};
 
 /// Every part is always in place; a disabled one passes calls through
 /// inside its own service (a branch per call).
 pub(super) type AttemptPart<S> = Timeout<S>;
-pub(super) type RatePart<S, C> = RateLimit<AttemptPart<S>, C>;
-pub(super) type QueuePart<S, C> = ConcurrencyLimit<RatePart<S, C>>;
-pub(super) type BreakerPart<S, C> = CircuitBreaker<QueuePart<S, C>, C>;
+pub(super) type DispatchPart<S> = Dispatch<AttemptPart<S>>;
+pub(super) type QueuePart<S> = ConcurrencyLimit<DispatchPart<S>>;
+pub(super) type AdmissionPart<S, C> = Admission<QueuePart<S>, C>;
+pub(super) type BreakerPart<S, C> = CircuitBreaker<AdmissionPart<S, C>, C>;
 /// The stack up to the retry layer: what the fallback part wraps.
 pub type RetryPart<S, C, P> = Retry<BreakerPart<S, C>, C, P>;
 pub(super) type FallbackPart<S, C, P, F> = <F as Layer<RetryPart<S, C, P>>>::Service;

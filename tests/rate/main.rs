@@ -336,7 +336,9 @@ async fn remaining_and_reset_headers_clamp_the_local_view() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn waiting_times_out_with_retry_after() {
+async fn a_refusal_known_in_advance_is_immediate() {
+    // rpm 1, max_wait 10 s: after one request the window has room again in
+    // 60 s, which no waiter will live to see: refused at once, exact delay
     let layer = RateLimitLayer::builder()
         .requests_per_minute(1)
         .max_wait(Duration::from_secs(10))
@@ -345,14 +347,12 @@ async fn waiting_times_out_with_retry_after() {
     let (inner, log) = upstream(ok);
     let mut svc = layer.layer(inner);
     svc.ready().await.unwrap().call(req(0)).await.unwrap();
+    advance(Duration::from_secs(5)).await;
     let mut b = task::spawn(svc.ready().await.unwrap().call(req(0)));
-    assert_pending!(b.poll());
-    advance(Duration::from_secs(10)).await;
-    assert!(b.is_woken());
     assert_eq!(
         err_of(assert_ready!(b.poll())),
         Error::RateLimited {
-            retry_after: Some(Duration::from_secs(50))
+            retry_after: Some(Duration::from_secs(55))
         }
     );
     assert_eq!(log.lock().len(), 1);
@@ -360,7 +360,7 @@ async fn waiting_times_out_with_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn deadline_bounds_the_wait() {
+async fn a_deadline_before_the_next_room_is_refused_at_once() {
     let layer = RateLimitLayer::builder()
         .requests_per_minute(1)
         .build()
@@ -370,9 +370,67 @@ async fn deadline_bounds_the_wait() {
     svc.ready().await.unwrap().call(req(0)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut b = task::spawn(svc.ready().await.unwrap().call(req(0).deadline(deadline)));
-    assert_pending!(b.poll());
+    assert_eq!(
+        err_of(assert_ready!(b.poll())),
+        Error::RateLimited {
+            retry_after: Some(Duration::from_secs(60))
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_the_wait() {
+    // the request fits the window now, but a large one ahead of it holds
+    // the head of the line until after its deadline
+    let layer = RateLimitLayer::builder()
+        .tokens_per_minute(100)
+        .build()
+        .unwrap();
+    let (inner, _) = upstream(ok);
+    let mut svc = layer.layer(inner);
+    svc.ready().await.unwrap().call(req(60)).await.unwrap();
+    let mut big = task::spawn(svc.ready().await.unwrap().call(req(50)));
+    assert_pending!(big.poll());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut small = task::spawn(svc.ready().await.unwrap().call(req(10).deadline(deadline)));
+    assert_pending!(small.poll());
     advance(Duration::from_secs(3)).await;
-    assert_eq!(err_of(assert_ready!(b.poll())), Error::DeadlineExceeded);
+    assert_eq!(err_of(assert_ready!(small.poll())), Error::DeadlineExceeded);
+    assert_pending!(big.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_room_moves_past_its_wait_leaves_at_once() {
+    // tpm 100, max_wait 40 s. t=0: 60 tokens; t=30: 30 more. Then, at
+    // t=30, a 50 waits for the 60 to expire (t=60), and a 25 queues
+    // behind it (its own room would come at t=60 too). When the 50 is
+    // admitted at t=60 the 25's room moves to t=90, past its wait (t=70):
+    // it leaves at t=60, told to come back in 30 s, not at t=70.
+    let layer = RateLimitLayer::builder()
+        .tokens_per_minute(100)
+        .max_wait(Duration::from_secs(40))
+        .build()
+        .unwrap();
+    let (inner, log) = upstream(ok);
+    let mut svc = layer.layer(inner);
+    svc.ready().await.unwrap().call(req(60)).await.unwrap();
+    advance(Duration::from_secs(30)).await;
+    svc.ready().await.unwrap().call(req(30)).await.unwrap();
+    let mut big = task::spawn(svc.ready().await.unwrap().call(req(50)));
+    assert_pending!(big.poll());
+    let mut small = task::spawn(svc.ready().await.unwrap().call(req(25)));
+    assert_pending!(small.poll());
+    advance(Duration::from_secs(30)).await;
+    assert_ready!(big.poll()).unwrap();
+    assert!(small.is_woken());
+    assert_eq!(
+        err_of(assert_ready!(small.poll())),
+        Error::RateLimited {
+            retry_after: Some(Duration::from_secs(30))
+        }
+    );
+    assert_eq!(log.lock().len(), 3);
+    assert_eq!(layer.handle().stats().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -100,8 +100,10 @@ async fn huge_server_delays_do_not_panic_the_rate_limiter() {
 /// to outlive its deadline: the head's timer did not cover it.
 #[tokio::test(start_paused = true)]
 async fn rate_waiter_fails_at_its_deadline_behind_a_long_head() {
+    // The newcomer fits the window alone (a refusal known in advance would
+    // fail it at once otherwise), but head of line is strict.
     let layer = RateLimitLayer::builder()
-        .requests_per_minute(1)
+        .tokens_per_minute(100)
         .max_wait(Duration::from_secs(120))
         .build()
         .unwrap();
@@ -110,12 +112,17 @@ async fn rate_waiter_fails_at_its_deadline_behind_a_long_head() {
     svc.ready()
         .await
         .unwrap()
-        .call(RequestMeta::new())
+        .call(RequestMeta::new().tokens(60))
         .await
         .unwrap();
     advance(Duration::from_secs(1)).await;
     // The head: fits at 60 s.
-    let mut head = task::spawn(svc.ready().await.unwrap().call(RequestMeta::new()));
+    let mut head = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(RequestMeta::new().tokens(50)),
+    );
     assert_pending!(head.poll());
     advance(Duration::from_secs(1)).await;
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -123,7 +130,7 @@ async fn rate_waiter_fails_at_its_deadline_behind_a_long_head() {
         svc.ready()
             .await
             .unwrap()
-            .call(RequestMeta::new().deadline(deadline)),
+            .call(RequestMeta::new().tokens(10).deadline(deadline)),
     );
     assert_pending!(short.poll());
     advance(Duration::from_secs(3)).await;
