@@ -400,6 +400,51 @@ async fn deadline_bounds_the_wait() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_refusal_always_carries_a_positive_delay() {
+    // tpm 100 with 60 spent, a 50 waiting for room, one waiter allowed: a
+    // 10 that would fit now is refused for want of a place in line. Zero
+    // would read as "no hint"; it is told the time the window takes to
+    // free 10 tokens at its own pace (6 s).
+    let layer = RateLimitLayer::builder()
+        .tokens_per_minute(100)
+        .max_waiters(1)
+        .build()
+        .unwrap();
+    let (inner, _) = upstream(ok);
+    let mut svc = layer.layer(inner);
+    svc.ready().await.unwrap().call(req(60)).await.unwrap();
+    let mut big = task::spawn(svc.ready().await.unwrap().call(req(50)));
+    assert_pending!(big.poll());
+    let mut small = task::spawn(svc.ready().await.unwrap().call(req(10)));
+    assert_eq!(
+        err_of(assert_ready!(small.poll())),
+        Error::RateLimited {
+            retry_after: Some(Duration::from_secs(6))
+        }
+    );
+
+    // no waiting at all (max_wait 0), a window with room but a queue: the
+    // same rule
+    let layer = RateLimitLayer::builder()
+        .requests_per_minute(60)
+        .max_wait(Duration::ZERO)
+        .build()
+        .unwrap();
+    let (inner, _) = upstream(ok);
+    let mut svc = layer.layer(inner);
+    for _ in 0..60 {
+        svc.ready().await.unwrap().call(req(0)).await.unwrap();
+    }
+    let mut over = task::spawn(svc.ready().await.unwrap().call(req(0)));
+    assert_eq!(
+        err_of(assert_ready!(over.poll())),
+        Error::RateLimited {
+            retry_after: Some(Duration::from_secs(60))
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_waiter_whose_room_moves_past_its_wait_leaves_at_once() {
     // tpm 100, max_wait 40 s. t=0: 60 tokens; t=30: 30 more. Then, at
     // t=30, a 50 waits for the 60 to expire (t=60), and a 25 queues

@@ -129,7 +129,8 @@ async fn a_flooding_key_waits_on_its_window_while_another_keys_requests_pass() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_larger_than_a_budget_fails_before_it_queues() {
-    let budgets: [(&str, fn(&mut StackConfig)); 5] = [
+    type Set = fn(&mut StackConfig);
+    let budgets: [(&str, Set); 5] = [
         ("tokens_per_minute", |c| {
             c.rate.tokens_per_minute = Some(1_000)
         }),
