@@ -15,10 +15,11 @@
 //! | [`stats`] | outcome counts, live state and latency percentiles, read in code |
 //!
 //! Outermost first, the recommended order is deadline → fallback → retry →
-//! breaker → concurrency → rate → attempt timeout → the client. The rate
-//! window sits inside the queue so a request is counted when it is sent, not
-//! when it queued; the attempt timeout sits inside the breaker so a hung
-//! upstream's timeouts trip it. [`LlmStack`] builds that order from one
+//! breaker → rate admission → concurrency → rate dispatch → attempt timeout
+//! → the client. The rate window is split around the queue: a request waits
+//! for room before it queues, holding no permit, and its reservation is
+//! dated when it is sent, not when it queued; the attempt timeout sits
+//! inside the breaker so a hung upstream's timeouts trip it. [`LlmStack`] builds that order from one
 //! [`StackConfig`] (see [`stack`] for the reasons in full), and
 //! [`ServiceBuilderExt`] adds the layers one at a time.
 //!

@@ -165,8 +165,31 @@
 //! deadline, then fails with
 //! [`Error::RateLimited { retry_after }`](crate::Error::RateLimited) (or
 //! [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded) when its
-//! deadline was the limit). At most `max_waiters` wait at once; more fail at
-//! once.
+//! deadline passed while it waited). At most `max_waiters` wait at once;
+//! more fail at once.
+//!
+//! ## Refusals known in advance
+//!
+//! When the windows already know that the request's room comes later than
+//! it may wait (a cooldown longer than `max_wait`, or the instant enough
+//! entries expire lies past its deadline), it is refused at once with
+//! `RateLimited` and the exact delay, instead of waiting in vain. The same
+//! holds for a waiter whose room moves past its wait while it queues (the
+//! request ahead of it took the room, a cooldown began): it leaves when that
+//! is known, not when its wait runs out. The instant is computed from what
+//! the windows hold; only a refund (usage below an estimate) arriving later
+//! could have let it in sooner, and the delay tells the caller when to come
+//! back.
+//!
+//! ## Every refusal carries a delay
+//!
+//! A refusal's `retry_after` is never zero, which callers read as "no
+//! hint": it is the time until the windows have room for the request, or,
+//! when they have room now but the request could not wait for its turn
+//! (the waiter list was full, or others queue ahead of it), the time the
+//! windows take to free that much room at the limits' own pace (one
+//! request at 60 a minute: 1 s), and at least 1 ms. Only a request that can
+//! never fit has none (it fails with `RequestTooLarge`).
 //!
 //! Waiters are queued per partition, ordered by priority, then arrival time
 //! (a retried request keeps its first [`Arrival`](crate::request::Arrival)).
@@ -177,6 +200,57 @@
 //! parks with its waker and is woken in order. There is no polling loop and
 //! no timer per waiter. Refunds, releases and limit changes wake the head
 //! early.
+//!
+//! # Two stages around a queue
+//!
+//! [`RateLimitLayer`] waits and reserves in one step, at the instant it
+//! calls the inner service: the right place for it is just in front of the
+//! client. With a queue (a concurrency limit) in front of the client, the
+//! window goes in two stages around it, as [`LlmStack`](crate::LlmStack)
+//! does:
+//!
+//! ```
+//! # use std::time::Duration;
+//! use llm_sluice::concurrency::ConcurrencyLimitLayer;
+//! use llm_sluice::rate::{DispatchLayer, RateLimitLayer};
+//! use llm_sluice::request::RequestMeta;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower::BoxError> {
+//! # let client = tower::service_fn(|_req: RequestMeta| async { Ok::<_, tower::BoxError>(()) });
+//! let rate = RateLimitLayer::builder().requests_per_minute(500).build()?;
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(rate.admission()) // waits for room, holding no permit
+//!     .layer(ConcurrencyLimitLayer::builder().max_in_flight(8).build()?)
+//!     .layer(DispatchLayer::new()) // dates the reservation when sent
+//!     .service(client);
+//! svc.ready().await?.call(RequestMeta::new().tokens(100)).await?;
+//! assert_eq!(rate.handle().stats().admitted, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! [`Admission`] waits for room exactly as [`RateLimit`] does, reserves it,
+//! and passes the request on as an [`Admitted`], which carries the
+//! reservation. [`Dispatch`] moves the reservation to the instant it is
+//! called (when the request leaves the queue), so its entry expires when
+//! the server's does, then corrects it from the result as [`RateLimit`]
+//! does. While the request queues in between, its reservation counts from
+//! its admission: never less than the server will count.
+//!
+//! - **Dated when sent.** A request sent in the same chain of calls that
+//!   admitted it is dated once. One that queued is given back and reserved
+//!   again at the send instant, under the partition's lock: nothing changes
+//!   unless the windows changed while it queued. If it no longer fits (it
+//!   queued longer than a burst bound's span or the whole window, or a
+//!   cooldown, a server clamp or a lowered limit came), it is not sent: it
+//!   fails with `RateLimited` and the delay until it would fit (metric
+//!   reason `changed`), and its room goes to the partition's head.
+//! - **No permit while waiting.** A partition whose budget is spent keeps
+//!   its requests in its own queue, not in the concurrency queue, so it
+//!   never takes permits or queue places from other partitions.
+//! - **Cancel safety.** An [`Admitted`] dropped before [`Dispatch`] (shed or
+//!   timed out by the queue, cancelled by its caller) gives its reservation
+//!   back and wakes the partition's head.
 //!
 //! # Fairness
 //!
@@ -240,7 +314,7 @@
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
 //! | `llm_sluice_admitted_total` | counter | | requests admitted |
-//! | `llm_sluice_rejected_total` | counter | `reason`: `too_large`, `wait_timeout`, `deadline`, `waiters_full` | requests refused |
+//! | `llm_sluice_rejected_total` | counter | `reason`: `too_large`, `wait_timeout`, `deadline`, `waiters_full`, `changed` | requests refused (`changed`: at dispatch, see above) |
 //! | `llm_sluice_rate_tokens_reserved_total` | counter | | tokens reserved: estimates, plus usage above them |
 //! | `llm_sluice_rate_tokens_refunded_total` | counter | | tokens given back: over-estimates, released reservations |
 //! | `llm_sluice_rate_wait_seconds` | histogram | | wait of each admitted request (0 when it fit at once) |

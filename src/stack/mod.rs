@@ -56,17 +56,51 @@
 //!    fails requests at once instead of letting them queue for a dead
 //!    upstream; it sees each attempt's result, timeouts included, because
 //!    the attempt timeout is inside it.
-//! 5. **Concurrency limit and priority queue** (`concurrency`): bounds the
+//! 5. **Rate window, admission** ([`Admission`](crate::rate::Admission),
+//!    `rate`): waits for room in the request's windows and reserves it,
+//!    *before* the queue, so waiting for room holds no permit: a key that
+//!    floods its own budget waits on its own window while other keys'
+//!    requests take the permits. A request that can never fit (larger than
+//!    a whole budget) fails here, before it queues; one whose room the
+//!    window knows comes later than it may wait fails here too, at once,
+//!    with the exact delay.
+//! 6. **Concurrency limit and priority queue** (`concurrency`): bounds the
 //!    requests in the upstream; under overload it sheds low priorities
 //!    first.
-//! 6. **Rate window** (`rate`): inside the queue, so a request is counted
-//!    when it is actually sent, not when it joined the queue. Counting at
-//!    queue entry lets the client's window expire before the server's (the
-//!    server counts when the request arrives), and the client overshoots.
-//!    The cost: a request holding a permit may wait here for room; keep
-//!    `rate.max_wait` short relative to `concurrency.max_queue_wait` when
-//!    one hot partition must not crowd out others.
-//! 7. **Attempt timeout** (`timeout`): innermost, so it times exactly one
+//! 7. **Rate window, dispatch** ([`Dispatch`](crate::rate::Dispatch)):
+//!    dates the reservation at the instant the request leaves the queue, so
+//!    the window counts a request from when it is **sent**, as the server
+//!    does from when it arrives. Counting from queue entry would let the
+//!    client's window expire before the server's, and the client would
+//!    overshoot.
+//!
+//! ## Why the window is split around the queue
+//!
+//! A window inside the queue counts requests when they are sent, but a
+//! request holding a permit then waits there for room, and one key's wait
+//! blocks every other key's. A window outside the queue holds no permit
+//! while it waits, but counts requests from when they queued. The two
+//! stages keep what is right in each: the admission stage reserves room
+//! (so the requests in the queue never add up to more than the windows
+//! allow), the dispatch stage moves the reservation to the send instant
+//! (so the window's entry expires when the server's does). In between, a
+//! queued request is counted from admission, which only errs on the safe
+//! side. Order within a priority is kept: the window admits a partition's
+//! requests by priority, then arrival, and the queue serves them the same
+//! way.
+//!
+//! A request admitted at once by both stages is dated once (the two stages
+//! share the call's clock reading). One that queued is given back and
+//! reserved again at the send instant under the partition's lock, which
+//! changes nothing unless the windows changed meanwhile; if it no longer
+//! fits (it queued longer than a burst span or the whole window, or a
+//! cooldown, a server clamp or a lowered limit came), it fails with
+//! [`Error::RateLimited`](crate::Error::RateLimited) and the delay until it
+//! would fit, and the retry layer sends it through the admission stage
+//! again. A request dropped between the stages (shed, timed out in the
+//! queue, cancelled) gives its reservation back.
+//!
+//! 8. **Attempt timeout** (`timeout`): innermost, so it times exactly one
 //!    call of your service (and its body's first chunk and idle gaps), and
 //!    its `Timeout { kind: Attempt }` is seen, and counted, by the breaker
 //!    and the retry layer.
