@@ -10,7 +10,10 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateStats {
-    /// Requests admitted since the limiter was built.
+    /// Requests admitted since the limiter was built. A request given back
+    /// before it was sent (dropped between
+    /// [`Admission`](super::Admission) and [`Dispatch`](super::Dispatch),
+    /// or refused at dispatch) is not counted.
     pub admitted: u64,
     /// Requests waiting for room now.
     pub waiting: usize,

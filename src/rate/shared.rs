@@ -806,6 +806,8 @@ impl<C, St: RateStore> Shared<C, St> {
         let resolved = self.resolve(&slot);
         let mut state = resolved.state.lock();
         self.give_back(&mut state.window, &part, global.as_ref(), now);
+        // Never sent: not an admission after all.
+        state.admitted = state.admitted.saturating_sub(1);
         self.metrics(resolved).refunded.increment(estimate);
         state.wake_head();
     }
@@ -841,6 +843,8 @@ impl<C, St: RateStore> Shared<C, St> {
         self.give_back(&mut state.window, &part, global.as_ref(), now);
         let attempt = self.attempt(&mut state, &demand, now);
         if !matches!(attempt, Attempt::Admitted { .. }) {
+            // Not sent: not an admission after all.
+            state.admitted = state.admitted.saturating_sub(1);
             state.wake_head();
         }
         drop(state);

@@ -2,9 +2,9 @@
 //! `tower::ServiceBuilder`, under every fault the simulated upstream can
 //! inject, in virtual time.
 //!
-//! fallback → retry (total deadline) → circuit breaker → concurrency limit
-//! (priority queue) → rate window → attempt timeout → `sim::Upstream`
-//! (typed `SimRequest` path); the fallback's secondary is a second
+//! fallback → retry (total deadline) → circuit breaker → rate admission →
+//! concurrency limit (priority queue) → rate dispatch → attempt timeout →
+//! `sim::Upstream` (typed `SimRequest` path); the fallback's secondary is a second
 //! `sim::Upstream` behind its own attempt timeout.
 //!
 //! 100,000 requests from four API keys at four priorities, 10% of them
@@ -17,7 +17,7 @@
 //! waiter is back.
 //!
 //! Thin marker layers between the real ones record, in a task-local, how far
-//! each caller's request got (queued, waiting on the window, in flight, in
+//! each caller's request got (waiting on the window, queued, in flight, in
 //! retry backoff, at the secondary, streaming), so the callers that drop
 //! their futures show they dropped them at each of those points. An audit
 //! ([`audit`]) models each breaker's half-open probe slots from outside and
@@ -33,7 +33,7 @@ use std::time::Duration;
 use llm_sluice::breaker::{CircuitBreakerLayer, StateChange};
 use llm_sluice::concurrency::ConcurrencyLimitLayer;
 use llm_sluice::fallback::{FallbackLayer, RecordServedBy};
-use llm_sluice::rate::RateLimitLayer;
+use llm_sluice::rate::{Admitted, DispatchLayer, RateLimitLayer};
 use llm_sluice::retry::RetryLayer;
 use llm_sluice::sim::{
     Count, Dist, Faults, Received, SimRequest, SimResponse, TokenCharge, Upstream,
@@ -76,10 +76,11 @@ const HALF_OPEN_MAX_WAIT: Duration = Duration::from_secs(60);
 enum Stage {
     /// Not yet past the retry layer.
     Start,
-    /// An attempt passed the breaker and waits for a concurrency permit.
-    Queued,
-    /// The attempt holds a permit and waits on the rate window.
+    /// An attempt passed the breaker and waits for room in the rate window
+    /// (holding no permit).
     Window,
+    /// The window admitted the attempt; it waits for a concurrency permit.
+    Queued,
     /// The attempt is at the upstream.
     InFlight,
     /// The upstream answered; the answer is on its way out.
@@ -320,19 +321,20 @@ async fn full_stack_survives_chaos() {
         .layer(fallback)
         .layer(retry)
         .map_future(|f| marked(Stage::Backoff, f))
-        .map_request(|req: SimRequest| {
-            mark(Stage::Queued);
-            req
-        })
         .layer(audit.rejections_layer(breaker_handle.clone()))
         .layer(breaker.clone())
         .layer(audit.probes_layer(breaker_handle.clone()))
-        .layer(concurrency.clone())
         .map_request(|req: SimRequest| {
             mark(Stage::Window);
             req
         })
-        .layer(rate)
+        .layer(rate.admission())
+        .map_request(|req: Admitted<SimRequest>| {
+            mark(Stage::Queued);
+            req
+        })
+        .layer(concurrency.clone())
+        .layer(DispatchLayer::new())
         .layer(attempt_timeout)
         .map_future(|f| marked(Stage::Answered, f))
         .map_request(|req: SimRequest| {
