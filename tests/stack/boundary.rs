@@ -276,3 +276,169 @@ async fn a_request_dropped_between_the_stages_gives_its_room_back() {
     reply.send_response("three");
     assert_eq!(third.await.unwrap().unwrap(), "three");
 }
+
+mod prop {
+    //! The two stages under random traffic: random keys, sizes, priorities
+    //! and upstream latencies, and callers that give up at random moments.
+
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use llm_sluice::concurrency::ConcurrencyLimitLayer;
+    use llm_sluice::rate::{DispatchLayer, RateLimitLayer};
+    use proptest::prelude::*;
+    use tower::Layer;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Call {
+        at_ms: u64,
+        tokens: u64,
+        key: u8,
+        priority: u8,
+        /// Gives up after this long, if set.
+        give_up_ms: Option<u64>,
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        (
+            0u64..20_000,
+            0u64..300,
+            0u8..3,
+            any::<u8>(),
+            proptest::option::weighted(0.3, 0u64..8_000),
+        )
+            .prop_map(|(at_ms, tokens, key, priority, give_up_ms)| Call {
+                at_ms,
+                tokens,
+                key,
+                priority,
+                give_up_ms,
+            })
+    }
+
+    /// What reached the upstream: when, whose, how many tokens.
+    type Sent = Arc<Mutex<Vec<(Instant, String, u64)>>>;
+
+    fn request(key: &str, tokens: u64) -> RequestMeta {
+        RequestMeta::new()
+            .tokens(tokens)
+            .partition(PartitionKey::new(key))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_window_over_its_limit_and_nothing_held_at_the_end(
+            rpm in 1u64..6,
+            tpm in 300u64..1_000,
+            in_flight in 1usize..4,
+            window_ms in 2_000u64..10_000,
+            calls in proptest::collection::vec(call(), 1..50),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let window = Duration::from_millis(window_ms);
+            let rate = RateLimitLayer::builder()
+                .window(window)
+                .requests_per_minute(rpm)
+                .tokens_per_minute(tpm)
+                .max_wait(window * 2)
+                .build()
+                .unwrap();
+            let concurrency = ConcurrencyLimitLayer::builder()
+                .max_in_flight(in_flight)
+                .max_queued(8)
+                .max_queue_wait(Duration::from_secs(5))
+                .build_shared()
+                .unwrap();
+            let sent: Sent = Arc::default();
+            let calls_made = calls.len();
+            let (ended, refused_later) = rt.block_on(async {
+                let log = sent.clone();
+                // the upstream takes 10 ms a token
+                let upstream = tower::service_fn(move |r: RequestMeta| {
+                    let key = r.partition.as_ref().map_or(String::new(), |k| k.as_str().to_owned());
+                    log.lock().unwrap().push((Instant::now(), key, r.tokens));
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(10 * r.tokens)).await;
+                        Ok::<_, BoxError>(())
+                    }
+                });
+                let svc = ServiceBuilder::new()
+                    .layer(rate.admission())
+                    .layer(concurrency.clone())
+                    .layer(DispatchLayer::new())
+                    .service(upstream);
+                let t0 = Instant::now();
+                // the callers, polled together in this task (not spawned:
+                // nothing here needs to be `Send`)
+                let callers = calls.into_iter().map(|c| {
+                    let svc = svc.clone();
+                    async move {
+                        tokio::time::sleep_until(t0 + Duration::from_millis(c.at_ms)).await;
+                        let call = svc.oneshot(
+                            request(&format!("k{}", c.key), c.tokens)
+                                .priority(Priority::new(c.priority)),
+                        );
+                        match c.give_up_ms {
+                            Some(ms) => {
+                                let _ = timeout(Duration::from_millis(ms), call).await;
+                            }
+                            None => {
+                                let _ = call.await;
+                            }
+                        }
+                    }
+                });
+                // every caller ends (a lost wake-up would hang here)
+                let ended = timeout(
+                    Duration::from_secs(3_600),
+                    futures::future::join_all(callers),
+                )
+                .await
+                .map_or(0, |ended| ended.len());
+                // every entry leaves the window; then each key's whole
+                // budget is there again, at once: no reservation leaked
+                tokio::time::sleep(window * 2).await;
+                let probe = rate.layer(tower::service_fn(|_: RequestMeta| async {
+                    Ok::<_, BoxError>(())
+                }));
+                let mut refused_later = 0;
+                for key in ["k0", "k1", "k2"] {
+                    for _ in 0..rpm {
+                        let call = probe.clone().oneshot(request(key, tpm / rpm));
+                        if !matches!(timeout(Duration::ZERO, call).await, Ok(Ok(()))) {
+                            refused_later += 1;
+                        }
+                    }
+                }
+                (ended, refused_later)
+            });
+            prop_assert_eq!(ended, calls_made, "a caller never ended");
+            prop_assert_eq!(refused_later, 0, "a reservation outlived its request");
+            let sent = sent.lock().unwrap().clone();
+            // no sliding window of any key over its limits, by send time
+            let mut by_key: HashMap<&str, Vec<(Instant, u64)>> = HashMap::new();
+            for (at, key, tokens) in &sent {
+                by_key.entry(key.as_str()).or_default().push((*at, *tokens));
+            }
+            for (key, sends) in &by_key {
+                for (i, &(t, _)) in sends.iter().enumerate() {
+                    let live = sends[..=i].iter().filter(|(s, _)| *s + window > t);
+                    let (requests, tokens) = live.fold((0, 0), |(r, k), (_, x)| (r + 1, k + x));
+                    prop_assert!(requests <= rpm, "{key}: {requests} requests > {rpm}");
+                    prop_assert!(tokens <= tpm, "{key}: {tokens} tokens > {tpm}");
+                }
+            }
+            let stats = concurrency.stats().unwrap();
+            prop_assert_eq!((stats.in_flight, stats.queued), (0, 0));
+            prop_assert_eq!(rate.handle().stats().waiting, 0);
+        }
+    }
+}
