@@ -46,9 +46,9 @@
 //! - They never panic, whatever the input.
 //! - Decimal numbers are converted exactly (not through `f64`), and a
 //!   fraction of a nanosecond is rounded *up*: a delay is never shorter than
-//!   what the server said. Exponent notation (`1.5e3`) is accepted for the
-//!   float headers and converted through `f64`; a value too large for an
-//!   `f64` (`1e400`) is still a number, so it saturates too.
+//!   what the server said. Exponent notation (`1.5e3`, `25E-3`) is accepted
+//!   for the float headers and converted exactly too (the exponent moves the
+//!   decimal point), so `1e400` saturates like any other huge number.
 //! - A timestamp in the past is a delay of zero (`Some(Duration::ZERO)`),
 //!   not `None`: the server's answer was understood, it just says "now".
 //!   Whether a zero delay is useful is the caller's decision (the HTTP
@@ -282,34 +282,81 @@ fn split_unit(input: &[u8]) -> Option<(u128, &[u8])> {
 }
 
 /// A non-negative number of `unit`-nanosecond units: `[+]digits[.digits]`,
-/// or exponent notation converted through `f64`.
+/// optionally followed by an exponent `(e|E)[+|-]digits`.
 fn parse_number(value: &[u8], unit: u128) -> Option<Duration> {
     let unsigned = value.strip_prefix(b"+").unwrap_or(value);
-    if let Some((decimal, rest)) = split_decimal(unsigned) {
-        if rest.is_empty() {
-            return Some(nanos_to_duration(decimal.to_nanos(unit)));
-        }
-        if matches!(rest.first(), Some(b'e' | b'E')) {
-            return parse_float(value, unit);
-        }
-    }
-    None
+    let (decimal, rest) = split_decimal(unsigned)?;
+    let nanos = match rest {
+        [] => decimal.to_nanos(unit),
+        [b'e' | b'E', exponent @ ..] => with_exponent(&decimal, exponent)?.to_nanos(unit),
+        _ => return None,
+    };
+    Some(nanos_to_duration(nanos))
 }
 
-/// Exponent notation: through `f64`, saturating at [`Duration::MAX`].
-fn parse_float(value: &[u8], unit: u128) -> Option<Duration> {
-    let text = std::str::from_utf8(value).ok()?;
-    // Only digits, one dot, an exponent and signs reach here: no `inf`/`nan`
-    // words, so an infinity is a written number too large for an `f64`.
-    let number: f64 = text.parse().ok()?;
-    // `!(x >= 0)` also refuses NaN, though no text here can produce it.
-    if !(number >= 0.0) {
+/// `decimal` times ten to the `exponent` (`[+|-]digits`), as a decimal with
+/// its point moved: exact, where going through `f64` could round a delay
+/// down.
+fn with_exponent(decimal: &Decimal<'_>, exponent: &[u8]) -> Option<OwnedDecimal> {
+    let (negative, digits) = match exponent {
+        [b'-', digits @ ..] => (true, digits),
+        [b'+', digits @ ..] => (false, digits),
+        digits => (false, digits),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let secs = number * (unit as f64) / 1e9;
-    // Negative and NaN were refused above: the only failure left is a value
-    // too large (infinity included).
-    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+    let all: Vec<u8> = decimal.int.iter().chain(decimal.frac).copied().collect();
+    // Moving the point more than 64 places past every digit saturates any
+    // non-zero value (or leaves it below a nanosecond, which rounds up to
+    // one) just as a larger move would: the bound keeps the buffers small
+    // whatever exponent is written.
+    let bound = all.len() + 64;
+    let shift = digits
+        .iter()
+        .try_fold(0usize, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        })
+        .unwrap_or(bound)
+        .min(bound);
+    let int_len = decimal.int.len();
+    let mut int = Vec::new();
+    let mut frac = Vec::new();
+    if negative && shift > int_len {
+        // 0.000ddd: the integer part is empty.
+        frac.resize(shift - int_len, b'0');
+        frac.extend_from_slice(&all);
+    } else {
+        let point = if negative {
+            int_len - shift
+        } else {
+            int_len + shift
+        };
+        if point >= all.len() {
+            int.extend_from_slice(&all);
+            int.resize(point, b'0');
+        } else {
+            int.extend_from_slice(&all[..point]);
+            frac.extend_from_slice(&all[point..]);
+        }
+    }
+    Some(OwnedDecimal { int, frac })
+}
+
+/// A [`Decimal`] built rather than borrowed (an exponent moved its point).
+struct OwnedDecimal {
+    int: Vec<u8>,
+    frac: Vec<u8>,
+}
+
+impl OwnedDecimal {
+    fn to_nanos(&self, unit: u128) -> u128 {
+        Decimal {
+            int: &self.int,
+            frac: &self.frac,
+        }
+        .to_nanos(unit)
+    }
 }
 
 /// RFC 3339 `date-time`: `YYYY-MM-DD(T|t| )HH:MM:SS[.frac](Z|z|(+|-)HH:MM)`.

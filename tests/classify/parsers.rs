@@ -397,6 +397,38 @@ proptest! {
         }
     }
 
+    /// Exponent notation is converted exactly, like plain decimals: a
+    /// fraction of a nanosecond rounds up, so the delay is never shorter
+    /// than the server wrote (`2e14` through an `f64` came out 31 ns short).
+    #[test]
+    fn exponent_notation_is_exact_and_never_shorter(
+        int in 0u64..10_000_000,
+        frac in "[0-9]{0,6}",
+        exponent in -30i32..16,
+        upper in any::<bool>(),
+    ) {
+        let e = if upper { 'E' } else { 'e' };
+        let dot = if frac.is_empty() { String::new() } else { format!(".{frac}") };
+        let text = format!("{int}{dot}{e}{exponent}");
+        // The value as an integer numerator over 10^scale, in nanoseconds
+        // (seconds) and microseconds (milliseconds), rounded up.
+        let digits: u128 = format!("{int}{frac}").parse().unwrap();
+        let scale = frac.len() as i32 - exponent;
+        let exact = |unit_nanos: u128| -> u128 {
+            let n = digits * unit_nanos;
+            let nanos = if scale <= 0 {
+                n * 10u128.pow(scale.unsigned_abs())
+            } else {
+                n.div_ceil(10u128.pow(scale.unsigned_abs()))
+            };
+            nanos.min(Duration::MAX.as_nanos())
+        };
+        let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos());
+        prop_assert_eq!(nanos(parse_retry_after(text.as_bytes(), UNIX_EPOCH)), Some(exact(1_000_000_000)), "{}", text);
+        prop_assert_eq!(nanos(parse_go_duration(text.as_bytes())), Some(exact(1_000_000_000)), "{}", text);
+        prop_assert_eq!(nanos(parse_retry_after_ms(text.as_bytes())), Some(exact(1_000_000)), "{}", text);
+    }
+
     /// Saturation is monotone: appending digits to a number never makes its
     /// delay shorter, so "more" can never read as "less" or as nothing.
     #[test]
