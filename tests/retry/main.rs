@@ -1009,6 +1009,32 @@ fn invalid_settings_are_config_errors() {
         field(RetryLayer::builder().total_timeout(Duration::ZERO)),
         "total_timeout"
     );
+    // Past the longest setting (31 days), each is refused under its own
+    // name: a huge base is not a cap below the base.
+    let days = |n: u64| Duration::from_secs(n * 24 * 3_600);
+    assert_eq!(
+        field(RetryLayer::builder().backoff_base(days(32))),
+        "backoff_base"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().backoff_cap(days(32))),
+        "backoff_cap"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().max_server_delay(Duration::MAX)),
+        "max_server_delay"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().total_timeout(days(32))),
+        "total_timeout"
+    );
+    assert!(RetryLayer::builder()
+        .backoff_base(days(31))
+        .backoff_cap(days(31))
+        .max_server_delay(days(31))
+        .total_timeout(days(31))
+        .build()
+        .is_ok());
     assert!(RetryLayer::builder().build().is_ok());
 }
 
