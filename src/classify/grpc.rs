@@ -46,8 +46,11 @@ mod code {
 /// | any other | client error | no |
 ///
 /// A `grpc-retry-pushback-ms` that is negative or malformed means "do not
-/// retry" (gRPC's retry design), which overrides the table. A malformed
-/// `grpc-status` is ignored: the response is a success so far.
+/// retry" (gRPC's retry design), which overrides the table. One too large
+/// for a [`Duration`] saturates to [`Duration::MAX`], like the HTTP delay
+/// headers ([`headers`](super::headers)): a very long delay, above any retry
+/// cap, not a malformed one. A malformed `grpc-status` is ignored: the
+/// response is a success so far.
 ///
 /// ```
 /// use llm_sluice::classify::{Classify, GrpcClassifier, Outcome};
@@ -97,18 +100,30 @@ impl<B> Classify<http::Response<B>> for GrpcClassifier {
             _ => (Outcome::ClientError, None),
         };
         let mut class = Classification::new(outcome).with_should_retry(retry);
-        if let Some(pushback) = headers.get("grpc-retry-pushback-ms") {
-            match pushback
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(ms) => class = class.with_retry_after(Some(Duration::from_millis(ms))),
+        if let Some(value) = headers.get("grpc-retry-pushback-ms") {
+            match pushback(value.as_bytes()) {
+                Some(delay) => class = class.with_retry_after(Some(delay)),
                 None => class = class.with_should_retry(Some(false)),
             }
         }
         class
     }
+}
+
+/// `grpc-retry-pushback-ms`: a non-negative integer of milliseconds
+/// (surrounding whitespace and a leading `+` tolerated). More digits than a
+/// `u64` holds saturate to [`Duration::MAX`]; anything else not a plain
+/// integer is `None`.
+fn pushback(value: &[u8]) -> Option<Duration> {
+    let value = value.trim_ascii();
+    let digits = value.strip_prefix(b"+").unwrap_or(value);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let ms = digits.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    });
+    Some(ms.map_or(Duration::MAX, Duration::from_millis))
 }
 
 #[cfg(test)]
@@ -160,7 +175,7 @@ mod tests {
         let class = grpc(Some("14"), Some("1500"));
         assert_eq!(class.retry_after, Some(Duration::from_millis(1500)));
         assert!(class.is_retryable());
-        for bad in ["-1", "soon", ""] {
+        for bad in ["-1", "soon", "", "1e20", "1.5", "+"] {
             let class = grpc(Some("14"), Some(bad));
             assert!(!class.is_retryable(), "pushback {bad:?}");
         }

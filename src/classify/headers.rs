@@ -33,13 +33,22 @@
 //! # Rules common to all parsers
 //!
 //! - Surrounding whitespace (spaces, tabs, CR, LF) is ignored.
-//! - Negative numbers, `NaN`, infinities, values that overflow a
-//!   [`Duration`] or a `u64`, and anything unparseable are `None`.
+//! - Negative numbers, `NaN`, infinities, and anything unparseable are
+//!   `None`: the server said nothing usable.
+//! - A well-formed delay too large for a [`Duration`]
+//!   (`retry-after: 18446744073709551616`, `retry-after-ms: 1e30`,
+//!   `x-ratelimit-reset-requests: 99999999999999999h`) *saturates* to
+//!   [`Duration::MAX`]: the server said "much longer than anything", and
+//!   reading that as "no delay" would retry at once. A caller caps it (the
+//!   retry layer's `max_server_delay`, the rate layer's cooldown at 31
+//!   days); never add it to an instant unchecked. A count too large for a
+//!   `u64` is still `None`: an unknown budget is safer than a huge one.
 //! - They never panic, whatever the input.
 //! - Decimal numbers are converted exactly (not through `f64`), and a
 //!   fraction of a nanosecond is rounded *up*: a delay is never shorter than
-//!   what the server said. Exponent notation (`1.5e3`) is accepted for the
-//!   float headers and converted through `f64` with a checked conversion.
+//!   what the server said. Exponent notation (`1.5e3`, `25E-3`) is accepted
+//!   for the float headers and converted exactly too (the exponent moves the
+//!   decimal point), so `1e400` saturates like any other huge number.
 //! - A timestamp in the past is a delay of zero (`Some(Duration::ZERO)`),
 //!   not `None`: the server's answer was understood, it just says "now".
 //!   Whether a zero delay is useful is the caller's decision (the HTTP
@@ -48,7 +57,7 @@
 use std::time::{Duration, SystemTime};
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
-/// The largest number of nanoseconds a `Duration` can hold.
+/// The largest number of nanoseconds a `Duration` can hold: [`Duration::MAX`].
 const MAX_NANOS: u128 = (u64::MAX as u128) * NANOS_PER_SEC + (NANOS_PER_SEC - 1);
 
 /// `retry-after-ms`: float milliseconds, e.g. `250` or `1500.5`.
@@ -58,6 +67,7 @@ const MAX_NANOS: u128 = (u64::MAX as u128) * NANOS_PER_SEC + (NANOS_PER_SEC - 1)
 /// # use llm_sluice::classify::headers::parse_retry_after_ms;
 /// assert_eq!(parse_retry_after_ms(b"1500.5"), Some(Duration::from_micros(1_500_500)));
 /// assert_eq!(parse_retry_after_ms(b"NaN"), None);
+/// assert_eq!(parse_retry_after_ms(b"1e30"), Some(Duration::MAX)); // saturated
 /// ```
 pub fn parse_retry_after_ms(value: &[u8]) -> Option<Duration> {
     parse_number(trim(value)?, 1_000_000)
@@ -76,6 +86,7 @@ pub fn parse_retry_after_ms(value: &[u8]) -> Option<Duration> {
 /// assert_eq!(parse_retry_after(b"Sun, 06 Nov 1994 08:49:47 GMT", now), Some(Duration::from_secs(10)));
 /// assert_eq!(parse_retry_after(b"Sun, 06 Nov 1994 08:49:27 GMT", now), Some(Duration::ZERO));
 /// assert_eq!(parse_retry_after(b"30", now), Some(Duration::from_secs(30)));
+/// assert_eq!(parse_retry_after(b"18446744073709551616", now), Some(Duration::MAX));
 /// ```
 pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     let value = trim(value)?;
@@ -102,6 +113,7 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
 /// assert_eq!(parse_go_duration(b"12ms"), Some(Duration::from_millis(12)));
 /// assert_eq!(parse_go_duration(b"7"), Some(Duration::from_secs(7)));
 /// assert_eq!(parse_go_duration(b"-1s"), None);
+/// assert_eq!(parse_go_duration(b"99999999999999999h"), Some(Duration::MAX));
 /// ```
 pub fn parse_go_duration(value: &[u8]) -> Option<Duration> {
     let value = trim(value)?;
@@ -120,11 +132,12 @@ pub fn parse_go_duration(value: &[u8]) -> Option<Duration> {
     while !rest.is_empty() {
         let (number, after) = split_decimal(rest)?;
         let (unit, after) = split_unit(after)?;
-        let nanos = number.to_nanos(unit)?;
-        total = total.checked_add(nanos)?;
+        // Saturating: the whole string is still checked for its grammar, and
+        // a sum past `Duration::MAX` is `Duration::MAX`.
+        total = total.saturating_add(number.to_nanos(unit));
         rest = after;
     }
-    nanos_to_duration(total)
+    Some(nanos_to_duration(total))
 }
 
 /// An RFC 3339 timestamp, as a delay from `now`; a time in the past is
@@ -178,19 +191,21 @@ fn delay_until(at: SystemTime, now: SystemTime) -> Duration {
     at.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
-fn nanos_to_duration(nanos: u128) -> Option<Duration> {
+/// Nanoseconds as a `Duration`, saturating at [`Duration::MAX`].
+fn nanos_to_duration(nanos: u128) -> Duration {
     // Nearly every header value fits 584 years of nanoseconds: u64
     // arithmetic, where u128 division is a library call.
     if let Ok(nanos) = u64::try_from(nanos) {
-        return Some(Duration::from_nanos(nanos));
+        return Duration::from_nanos(nanos);
     }
-    if nanos > MAX_NANOS {
-        return None;
+    if nanos >= MAX_NANOS {
+        return Duration::MAX;
     }
-    let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
-    // The remainder is below 1e9, so it fits a u32.
-    let sub = u32::try_from(nanos % NANOS_PER_SEC).ok()?;
-    Some(Duration::new(secs, sub))
+    // Below MAX_NANOS the quotient fits a u64 and the remainder (below 1e9)
+    // a u32; the fallbacks are unreachable and still not a panic.
+    let secs = u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX);
+    let sub = u32::try_from(nanos % NANOS_PER_SEC).unwrap_or(0);
+    Duration::new(secs, sub)
 }
 
 /// A decimal number as written: integer digits and fraction digits.
@@ -200,16 +215,16 @@ struct Decimal<'a> {
 }
 
 impl Decimal<'_> {
-    /// The number times `unit` nanoseconds, rounded up to a whole nanosecond.
-    fn to_nanos(&self, unit: u128) -> Option<u128> {
-        // Leading zeros do not change the value but could overflow the fold.
-        let int_digits = strip_leading_zeros(self.int);
-        let int = int_digits.iter().try_fold(0u128, |acc, &d| {
-            acc.checked_mul(10)?.checked_add(u128::from(d - b'0'))
-        })?;
-        let nanos = int.checked_mul(unit)?;
+    /// The number times `unit` nanoseconds, rounded up to a whole
+    /// nanosecond, saturating at `u128::MAX` (far above [`MAX_NANOS`]: a
+    /// saturated value stays saturated through [`nanos_to_duration`]).
+    fn to_nanos(&self, unit: u128) -> u128 {
+        let int = self.int.iter().fold(0u128, |acc, &d| {
+            acc.saturating_mul(10).saturating_add(u128::from(d - b'0'))
+        });
+        let nanos = int.saturating_mul(unit);
         if self.frac.is_empty() {
-            return Some(nanos);
+            return nanos;
         }
         // unit <= 3.6e12, so 19 fraction digits keep every nanosecond the
         // unit can express; later digits only decide the rounding.
@@ -226,16 +241,8 @@ impl Decimal<'_> {
         if !scaled.is_multiple_of(scale) || dropped.iter().any(|&d| d != b'0') {
             frac_nanos += 1;
         }
-        nanos.checked_add(frac_nanos)
+        nanos.saturating_add(frac_nanos)
     }
-}
-
-fn strip_leading_zeros(digits: &[u8]) -> &[u8] {
-    let first = digits
-        .iter()
-        .position(|&d| d != b'0')
-        .unwrap_or(digits.len());
-    &digits[first..]
 }
 
 /// Splits a leading decimal number (`12`, `3.5`, `.5`, `5.`) off `input`.
@@ -275,30 +282,81 @@ fn split_unit(input: &[u8]) -> Option<(u128, &[u8])> {
 }
 
 /// A non-negative number of `unit`-nanosecond units: `[+]digits[.digits]`,
-/// or exponent notation converted through `f64`.
+/// optionally followed by an exponent `(e|E)[+|-]digits`.
 fn parse_number(value: &[u8], unit: u128) -> Option<Duration> {
     let unsigned = value.strip_prefix(b"+").unwrap_or(value);
-    if let Some((decimal, rest)) = split_decimal(unsigned) {
-        if rest.is_empty() {
-            return nanos_to_duration(decimal.to_nanos(unit)?);
-        }
-        if matches!(rest.first(), Some(b'e' | b'E')) {
-            return parse_float(value, unit);
-        }
-    }
-    None
+    let (decimal, rest) = split_decimal(unsigned)?;
+    let nanos = match rest {
+        [] => decimal.to_nanos(unit),
+        [b'e' | b'E', exponent @ ..] => with_exponent(&decimal, exponent)?.to_nanos(unit),
+        _ => return None,
+    };
+    Some(nanos_to_duration(nanos))
 }
 
-/// Exponent notation: through `f64`, checked.
-fn parse_float(value: &[u8], unit: u128) -> Option<Duration> {
-    let text = std::str::from_utf8(value).ok()?;
-    // Only digits, one dot, an exponent and signs reach here: no `inf`/`nan`.
-    let number: f64 = text.parse().ok()?;
-    if !number.is_finite() || number < 0.0 {
+/// `decimal` times ten to the `exponent` (`[+|-]digits`), as a decimal with
+/// its point moved: exact, where going through `f64` could round a delay
+/// down.
+fn with_exponent(decimal: &Decimal<'_>, exponent: &[u8]) -> Option<OwnedDecimal> {
+    let (negative, digits) = match exponent {
+        [b'-', digits @ ..] => (true, digits),
+        [b'+', digits @ ..] => (false, digits),
+        digits => (false, digits),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let secs = number * (unit as f64) / 1e9;
-    Duration::try_from_secs_f64(secs).ok()
+    let all: Vec<u8> = decimal.int.iter().chain(decimal.frac).copied().collect();
+    // Moving the point more than 64 places past every digit saturates any
+    // non-zero value (or leaves it below a nanosecond, which rounds up to
+    // one) just as a larger move would: the bound keeps the buffers small
+    // whatever exponent is written.
+    let bound = all.len() + 64;
+    let shift = digits
+        .iter()
+        .try_fold(0usize, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+        })
+        .unwrap_or(bound)
+        .min(bound);
+    let int_len = decimal.int.len();
+    let mut int = Vec::new();
+    let mut frac = Vec::new();
+    if negative && shift > int_len {
+        // 0.000ddd: the integer part is empty.
+        frac.resize(shift - int_len, b'0');
+        frac.extend_from_slice(&all);
+    } else {
+        let point = if negative {
+            int_len - shift
+        } else {
+            int_len + shift
+        };
+        if point >= all.len() {
+            int.extend_from_slice(&all);
+            int.resize(point, b'0');
+        } else {
+            int.extend_from_slice(&all[..point]);
+            frac.extend_from_slice(&all[point..]);
+        }
+    }
+    Some(OwnedDecimal { int, frac })
+}
+
+/// A [`Decimal`] built rather than borrowed (an exponent moved its point).
+struct OwnedDecimal {
+    int: Vec<u8>,
+    frac: Vec<u8>,
+}
+
+impl OwnedDecimal {
+    fn to_nanos(&self, unit: u128) -> u128 {
+        Decimal {
+            int: &self.int,
+            frac: &self.frac,
+        }
+        .to_nanos(unit)
+    }
 }
 
 /// RFC 3339 `date-time`: `YYYY-MM-DD(T|t| )HH:MM:SS[.frac](Z|z|(+|-)HH:MM)`.
@@ -409,9 +467,7 @@ mod tests {
             b"abc",
             b"1.2.3",
             b"1 2",
-            b"1e400",
             b"1e-",
-            b"99999999999999999999999999999999999",
             b".",
         ] {
             assert_eq!(
@@ -460,7 +516,6 @@ mod tests {
             b"Sun, 06 Nov 1994 25:00:00 GMT",
             b"Sun, 32 Nov 1994 08:49:37 GMT",
             b"",
-            b"1e999",
         ] {
             assert_eq!(
                 parse_retry_after(bad, now),
@@ -518,8 +573,6 @@ mod tests {
             b"inf",
             b"",
             b"+",
-            b"99999999999999999999h",
-            b"5124095576030432h",
         ] {
             assert_eq!(
                 parse_go_duration(bad),
@@ -528,8 +581,9 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        // The largest hour count that still fits a Duration.
-        assert!(parse_go_duration(b"5124095576030431h").is_some());
+        // The largest hour count that still fits a Duration, and the next.
+        assert!(parse_go_duration(b"5124095576030431h").is_some_and(|d| d < Duration::MAX));
+        assert_eq!(parse_go_duration(b"5124095576030432h"), Some(Duration::MAX));
     }
 
     #[test]
@@ -618,18 +672,35 @@ mod tests {
     }
 
     #[test]
-    fn huge_values_do_not_panic() {
-        assert_eq!(parse_retry_after_ms(b"1e308"), None);
-        assert_eq!(parse_retry_after(b"18446744073709551616", UNIX_EPOCH), None);
+    fn huge_values_saturate_without_panicking() {
+        let max = Some(Duration::MAX);
+        assert_eq!(parse_retry_after_ms(b"1e308"), max);
+        assert_eq!(parse_retry_after_ms(b"1e400"), max);
+        assert_eq!(
+            parse_retry_after_ms(b"99999999999999999999999999999999999"),
+            max
+        );
+        assert_eq!(parse_retry_after(b"1e999", UNIX_EPOCH), max);
+        assert_eq!(parse_retry_after(b"18446744073709551616", UNIX_EPOCH), max);
         assert_eq!(
             parse_retry_after(b"18446744073709551615", UNIX_EPOCH),
             Some(Duration::from_secs(u64::MAX))
         );
+        // Past the last representable nanosecond.
         assert_eq!(
             parse_retry_after(b"18446744073709551615.9999999999", UNIX_EPOCH),
-            None
+            max
         );
-        assert_eq!(parse_go_duration(&[b'9'; 200]), None);
+        assert_eq!(
+            parse_retry_after(b"18446744073709551615.999999999", UNIX_EPOCH),
+            max
+        );
+        assert_eq!(parse_go_duration(&[b'9'; 200]), max);
+        assert_eq!(parse_go_duration(b"99999999999999999999h"), max);
+        assert_eq!(
+            parse_go_duration(b"5124095576030431h5124095576030431h"),
+            max
+        );
         assert_eq!(
             parse_go_duration(b"0000000000000000000000000000000000000001s"),
             secs(1)

@@ -59,7 +59,12 @@
 //!
 //! A value that is zero, negative, non-finite or unparseable is not usable:
 //! the next header is tried, and with none left `retry_after` is `None`, so a
-//! retry layer uses its computed backoff.
+//! retry layer uses its computed backoff. A value too large for a
+//! [`Duration`] (`retry-after: 1e20`) is usable: it saturates to
+//! [`Duration::MAX`] (see [`headers`](super::headers)), so a retry layer
+//! finds it above its `max_server_delay` (and by default returns the result
+//! without retrying) and a rate layer cools the partition down for its
+//! longest cooldown.
 //!
 //! Reset headers are used on a 429 only: on a 5xx they say when a budget is
 //! full again, which has nothing to do with when the upstream recovers, and

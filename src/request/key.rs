@@ -11,17 +11,29 @@ use std::sync::{Arc, OnceLock};
 /// once when the key is made, so a keyed layer looking the key up per
 /// request neither hashes nor reads the string (only a key that differs in
 /// the hash's bits is compared byte by byte). Build a key once per tenant
-/// and clone it into requests. Since it is often a secret,
-/// its `Debug` shows only the first four characters and a short fingerprint,
-/// never the whole key; [`as_str`](Self::as_str) gives the key itself.
+/// and clone it into requests.
+///
+/// # Printing
+///
+/// Since a key is often a secret, its `Debug` never shows it whole: a key
+/// of 16 characters or more shows its first four (a quarter of it at most:
+/// enough to tell an `sk-p…` key from an `sk-a…` one) and its
+/// [`fingerprint`](Self::fingerprint); a shorter key shows only the
+/// fingerprint, because four of its characters would be most of it. There
+/// is no `Display`: [`as_str`](Self::as_str) gives the key itself, for where
+/// it is meant to go. The crate prints keys only through `Debug`, and labels
+/// metrics only with fingerprints.
 ///
 /// ```
 /// use llm_sluice::PartitionKey;
 /// let key = PartitionKey::new("sk-very-secret-value");
 /// let shown = format!("{key:?}");
 /// assert!(!shown.contains("secret"));
-/// assert!(shown.starts_with("PartitionKey(\"sk-v…"));
+/// assert!(shown.starts_with("PartitionKey(\"sk-v…#"));
 /// assert_eq!(key, PartitionKey::from("sk-very-secret-value"));
+///
+/// let short = PartitionKey::new("acme");
+/// assert_eq!(format!("{short:?}"), format!("PartitionKey(\"…#{:08x}\")", short.fingerprint()));
 /// ```
 #[derive(Clone)]
 pub struct PartitionKey {
@@ -54,8 +66,13 @@ impl PartitionKey {
         &self.text
     }
 
-    /// A stable 32-bit fingerprint of the key (FNV-1a), safe to log or to use
-    /// as a metric label where the key itself is a secret.
+    /// A stable 32-bit fingerprint of the key (FNV-1a), to log or to use as a
+    /// metric label where the key itself is a secret.
+    ///
+    /// It hides a key only as well as the key is long: anyone can compute
+    /// it, so a key of a few characters is found again by trying every
+    /// string that short. API keys (tens of random characters) are safe
+    /// behind it; a short tenant name is not a secret it can keep.
     pub fn fingerprint(&self) -> u32 {
         let mut hash: u32 = 0x811c_9dc5;
         for byte in self.text.bytes() {
@@ -116,10 +133,27 @@ impl From<Arc<str>> for PartitionKey {
     }
 }
 
+/// How many characters of a key its `Debug` shows, and how long the key
+/// must be for that: four of at least sixteen is at most a quarter, and
+/// leaves twelve or more characters hidden.
+const SHOWN_PREFIX: usize = 4;
+const SHOWN_FROM: usize = 16;
+
+/// `PartitionKey("sk-p…#1a2b3c4d")`, or `PartitionKey("…#1a2b3c4d")` for a
+/// key shorter than 16 characters (see [Printing](PartitionKey#printing)).
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix: String = self.text.chars().take(4).collect();
-        write!(f, "PartitionKey(\"{prefix}…#{:08x}\")", self.fingerprint())
+        f.write_str("PartitionKey(\"")?;
+        // Counted in characters, not bytes: a prefix never splits one, and
+        // a multibyte key is not "longer" for its encoding.
+        if self.text.chars().nth(SHOWN_FROM - 1).is_some() {
+            for c in self.text.chars().take(SHOWN_PREFIX) {
+                // Escaped, so a key cannot write quotes or line breaks into
+                // a log line.
+                write!(f, "{}", c.escape_debug())?;
+            }
+        }
+        write!(f, "…#{:08x}\")", self.fingerprint())
     }
 }
 
@@ -139,6 +173,62 @@ mod tests {
         assert_eq!(set.len(), 1);
         assert!(set.contains(&PartitionKey::from("tenant-a")));
         assert!(!set.contains(&PartitionKey::from("tenant-b")));
+    }
+
+    /// What `Debug` shows of a key, with its fingerprint taken out.
+    fn shown_without_fingerprint(key: &PartitionKey) -> String {
+        format!("{key:?}").replacen(&format!("#{:08x}", key.fingerprint()), "#", 1)
+    }
+
+    #[test]
+    fn a_short_key_shows_none_of_its_characters() {
+        // None of these characters is in `PartitionKey("…#")` or in a hex
+        // digit, so any of them in the output would come from the key.
+        let alphabet = ['x', 'z', 'Q', '€', '🔑', '\n', '\u{0}'];
+        for len in 1..SHOWN_FROM {
+            let key: String = alphabet.iter().cycle().take(len).collect();
+            let shown = format!("{:?}", PartitionKey::new(key.as_str()));
+            assert!(
+                !shown.contains(alphabet.as_slice()),
+                "{len} characters: {shown}"
+            );
+        }
+        let long: String = alphabet.iter().cycle().take(SHOWN_FROM).collect();
+        let shown = format!("{:?}", PartitionKey::new(long));
+        assert!(shown.starts_with("PartitionKey(\"xzQ€…#"), "{shown}");
+        assert!(!shown.contains('🔑'), "{shown}");
+    }
+
+    proptest::proptest! {
+        /// `Debug` depends on nothing but the fingerprint for a key shorter
+        /// than 16 characters, and on the first four characters too for a
+        /// longer one: two keys alike in those print alike, whatever else
+        /// they hold. Arbitrary strings, multibyte ones included, never
+        /// panic on a character boundary.
+        #[test]
+        fn debug_reveals_at_most_a_prefix_of_a_long_key(
+            text in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "\\PC{0,20}",
+                "[a-z0-9€🔑é]{0,20}",
+            ],
+        ) {
+            let key = PartitionKey::new(text.as_str());
+            let chars = text.chars().count();
+            // A key printed alike if only that much of it is shown.
+            let stand_in: String = if chars >= SHOWN_FROM {
+                text.chars()
+                    .take(SHOWN_PREFIX)
+                    .chain(std::iter::repeat_n('\u{0}', SHOWN_FROM))
+                    .collect()
+            } else {
+                String::new()
+            };
+            proptest::prop_assert_eq!(
+                shown_without_fingerprint(&key),
+                shown_without_fingerprint(&PartitionKey::new(stand_in))
+            );
+        }
     }
 
     #[test]

@@ -151,13 +151,14 @@ impl<C, P> RetryLayerBuilder<C, P> {
     }
 
     /// The computed delay before the first retry, before jitter (default
-    /// 0.5 s). Must be greater than zero.
+    /// 0.5 s). Must be greater than zero and at most 31 days.
     pub fn backoff_base(mut self, base: Duration) -> Self {
         self.base = base;
         self
     }
 
-    /// The largest computed delay (default 8 s). Must not be below the base.
+    /// The largest computed delay (default 8 s). Must not be below the base,
+    /// and at most 31 days.
     pub fn backoff_cap(mut self, cap: Duration) -> Self {
         self.cap = cap;
         self
@@ -172,7 +173,7 @@ impl<C, P> RetryLayerBuilder<C, P> {
     /// The longest server-requested delay that is honoured (default 60 s,
     /// the Node and Anthropic SDKs' choice; the Python SDK uses 120 s). What
     /// happens above it is [`over_cap`](Self::over_cap). Must be greater
-    /// than zero.
+    /// than zero and at most 31 days.
     pub fn max_server_delay(mut self, cap: Duration) -> Self {
         self.max_server_delay = cap;
         self
@@ -187,7 +188,8 @@ impl<C, P> RetryLayerBuilder<C, P> {
 
     /// Sets a deadline of `now + total` on requests that have none, when
     /// they enter the layer, so retries and every layer inside (queues, rate
-    /// windows) stop in time. Off by default. Must be greater than zero.
+    /// windows) stop in time. Off by default. Must be greater than zero and
+    /// at most 31 days.
     pub fn total_timeout(mut self, total: Duration) -> Self {
         self.total_timeout = Some(total);
         self
@@ -262,6 +264,15 @@ impl<C, P> RetryLayerBuilder<C, P> {
 
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<RetryLayer<C, P>, ConfigError> {
+        // Each duration is checked alone first: a base of 32 days is out of
+        // range, and must be reported as the base, not as a cap below it.
+        use crate::error::check_duration;
+        check_duration("backoff_base", self.base)?;
+        check_duration("backoff_cap", self.cap)?;
+        check_duration("max_server_delay", self.max_server_delay)?;
+        if let Some(total) = self.total_timeout {
+            check_duration("total_timeout", total)?;
+        }
         let backoff = Backoff::new(self.base, self.cap, self.jitter)?;
         if self.max_server_delay.is_zero() {
             return Err(ConfigError::new(

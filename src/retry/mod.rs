@@ -98,7 +98,10 @@
 //! [`max_server_delay`](RetryLayerBuilder::max_server_delay), 60 s by
 //! default, and above it [`OverCap::Fail`] (default) returns the result as
 //! it is (the caller, or a fallback, sees the server's delay), while
-//! [`OverCap::UseBackoff`] retries after the computed backoff.
+//! [`OverCap::UseBackoff`] retries after the computed backoff. A delay too
+//! large to represent (`retry-after: 1e20`) reaches the layer saturated to
+//! [`Duration::MAX`](std::time::Duration::MAX), so it is always above the
+//! cap: a server that asks for "forever" is not retried at once.
 //!
 //! Otherwise the delay is computed: `random(0, min(cap, base * 2^n))` after
 //! `n` retries, "full jitter", base 0.5 s and cap 8 s by default. Full jitter

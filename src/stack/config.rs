@@ -28,7 +28,11 @@ use super::duration::{opt_serde, plain as dur_serde};
 /// With the `serde` feature the configuration reads from TOML, JSON or any
 /// serde format; missing fields take their defaults, unknown fields are
 /// refused, durations are written as `"30s"`, `"1m 30s"`, `"250ms"`, and
-/// `"off"` turns off an optional one whose default is on:
+/// `"off"` turns off an optional one whose default is on. Read through
+/// `StackConfig::from_deserializer` (feature `serde`), a value that cannot
+/// be read is a [`ConfigError`] naming its section and field
+/// (`retry.backoff_base`), as [`LlmStack::from_config`](super::LlmStack::from_config)
+/// names a value that reads but is invalid:
 ///
 /// ```
 /// # #[cfg(feature = "serde")] {
@@ -469,7 +473,28 @@ impl RetryConfig {
         if let Some(seed) = self.seed {
             b = b.seed(seed);
         }
-        b.build().map(Some).map_err(section)
+        b.build()
+            .map(Some)
+            .map_err(|e| section(self.blame_the_base(e)))
+    }
+
+    /// A base above the cap is a conflict of two fields, which the builder
+    /// reports as the cap. When the cap is still its default and the base
+    /// is not, the base is what was set (`backoff_base = "10s"` alone), and
+    /// the error names it.
+    fn blame_the_base(&self, e: ConfigError) -> ConfigError {
+        let defaults = crate::retry::Backoff::default();
+        let conflict = e.field() == "backoff_cap" && self.backoff_base > self.backoff_cap;
+        if conflict && self.backoff_cap == defaults.cap() && self.backoff_base != defaults.base() {
+            return ConfigError::new(
+                "backoff_base",
+                format!(
+                    "must not be more than backoff_cap ({})",
+                    humantime::format_duration(self.backoff_cap)
+                ),
+            );
+        }
+        e
     }
 }
 

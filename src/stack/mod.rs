@@ -127,15 +127,20 @@
 //! # Configuration files
 //!
 //! With the `serde` feature, [`StackConfig`] (de)serializes with serde; see
-//! its docs for the format. Validation happens in
-//! [`LlmStack::from_config`], which names the section and field of the first
-//! invalid value.
+//! its docs for the format. Read it with `StackConfig::from_deserializer`:
+//! a value that cannot be read (wrong type, negative, not a duration) is a
+//! [`ConfigError`](crate::ConfigError) naming its section and field, inside
+//! a `ConfigReadError` that also reports misspelt keys. Validation of values
+//! that read happens in [`LlmStack::from_config`], which names the section
+//! and field of the first invalid value the same way.
 
 mod config;
 #[cfg(feature = "serde")]
 mod duration;
 mod ext;
 mod layer;
+#[cfg(feature = "serde")]
+mod read;
 mod service;
 
 pub use config::{
@@ -144,4 +149,6 @@ pub use config::{
 pub use ext::ServiceBuilderExt;
 pub(crate) use layer::OnChange;
 pub use layer::{LlmStack, LlmStackBuilder};
+#[cfg(feature = "serde")]
+pub use read::ConfigReadError;
 pub use service::{LlmService, RetryPart};

@@ -1,5 +1,6 @@
 //! Property tests for the header parsers: no input panics, bad input is
-//! `None`, and generated valid values round-trip.
+//! `None`, a delay too large to represent saturates to `Duration::MAX`, and
+//! generated valid values round-trip.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -227,5 +228,223 @@ proptest! {
             "{}",
             with_offset
         );
+    }
+}
+
+// ---------------------------------------------------- delays out of range
+
+/// Every spelling of "longer than a `Duration` can hold" in the issue's
+/// list, header by header: each saturates rather than reading as no delay.
+#[test]
+fn a_delay_too_large_to_represent_saturates() {
+    let max = Some(Duration::MAX);
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for text in [
+        "18446744073709551616",
+        "1e20",
+        "1E20",
+        "1.5e300",
+        "1e400",
+        "99999999999999999999999999999999999999999999",
+        " 18446744073709551616.5 ",
+    ] {
+        assert_eq!(
+            parse_retry_after(text.as_bytes(), now),
+            max,
+            "retry-after: {text}"
+        );
+    }
+    for text in ["1e30", "18446744073709551616000", "1e400", "+1e23"] {
+        assert_eq!(
+            parse_retry_after_ms(text.as_bytes()),
+            max,
+            "retry-after-ms: {text}"
+        );
+    }
+    for text in [
+        "99999999999999999h",
+        "5124095576030432h",
+        "99999999999999999999m",
+        "18446744073709551616s",
+        "18446744073709551616",
+        "1e20",
+        "5124095576030431h5124095576030431h",
+        "1h99999999999999999999999999999999999999999999ns",
+    ] {
+        assert_eq!(
+            parse_go_duration(text.as_bytes()),
+            max,
+            "x-ratelimit-reset-*: {text}"
+        );
+    }
+}
+
+/// The same values through the HTTP classifier: a 429 that asks for
+/// "forever" in any of these headers has a delay (`Duration::MAX`, or the
+/// far-future date's exact distance), never none.
+#[test]
+fn a_429_asking_for_forever_has_a_delay_in_every_header() {
+    use llm_sluice::classify::http::classify_response;
+
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let classify = |name: &str, value: &str| {
+        let response = http::Response::builder()
+            .status(429)
+            .header(name, value)
+            .body(())
+            .unwrap();
+        classify_response(&response, now).retry_after
+    };
+    for (name, value) in [
+        ("retry-after", "18446744073709551616"),
+        ("retry-after", "1e20"),
+        ("retry-after-ms", "1e30"),
+        ("x-ratelimit-reset-requests", "99999999999999999h"),
+        ("x-ratelimit-reset-tokens", "99999999999999999h"),
+        ("x-ratelimit-reset-tokens", "1e20"),
+    ] {
+        assert_eq!(
+            classify(name, value),
+            Some(Duration::MAX),
+            "{name}: {value}"
+        );
+    }
+    // An RFC 3339 reset in year 9999 fits a Duration: kept exactly.
+    let far = humantime::parse_rfc3339("9999-12-31T23:59:59Z").unwrap();
+    let exact = far.duration_since(now).unwrap();
+    for limit in ["requests", "tokens", "input-tokens", "output-tokens"] {
+        let name = format!("anthropic-ratelimit-{limit}-reset");
+        assert_eq!(
+            classify(&name, "9999-12-31T23:59:59Z"),
+            Some(exact),
+            "{name}"
+        );
+    }
+}
+
+/// `grpc-retry-pushback-ms` more than a `u64` of milliseconds is a very long
+/// delay (still retryable by the table, above any cap), not the malformed
+/// value that means "do not retry".
+#[test]
+fn a_grpc_pushback_too_large_to_represent_saturates() {
+    use llm_sluice::classify::{Classify, GrpcClassifier};
+
+    let classify = |pushback: &str| {
+        let response = http::Response::builder()
+            .header("grpc-status", "8")
+            .header("grpc-retry-pushback-ms", pushback)
+            .body(())
+            .unwrap();
+        GrpcClassifier.classify(Ok(&response))
+    };
+    for huge in [
+        "18446744073709551616",
+        "99999999999999999999999999999999999999999",
+    ] {
+        let class = classify(huge);
+        assert_eq!(class.retry_after, Some(Duration::MAX), "{huge}");
+        assert!(class.is_retryable(), "{huge}");
+    }
+    let class = classify("18446744073709551615");
+    assert_eq!(class.retry_after, Some(Duration::from_millis(u64::MAX)));
+    for bad in ["-1", "1e20", "NaN", "soon"] {
+        assert!(!classify(bad).is_retryable(), "{bad}");
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// An integer of 30 digits or more is beyond `u64::MAX` seconds in any
+    /// unit down to the nanosecond (`u64::MAX` seconds is about 1.8e28 ns):
+    /// saturated, whatever its digits, padding or `+` sign.
+    #[test]
+    fn huge_integers_saturate(
+        lead in 1u8..=9,
+        rest in "[0-9]{29,80}",
+        frac in "(\\.[0-9]{0,12})?",
+        plus in "\\+?",
+        pad in "[ \t]{0,2}",
+    ) {
+        let text = format!("{pad}{plus}{lead}{rest}{frac}{pad}");
+        let max = Some(Duration::MAX);
+        prop_assert_eq!(parse_retry_after(text.as_bytes(), UNIX_EPOCH), max, "{}", text);
+        prop_assert_eq!(parse_retry_after_ms(text.as_bytes()), max, "{}", text);
+        prop_assert_eq!(parse_go_duration(text.as_bytes()), max, "{}", text);
+        for unit in ["h", "m", "s", "ms", "us", "ns"] {
+            let go = format!("{plus}{lead}{rest}{unit}");
+            prop_assert_eq!(parse_go_duration(go.as_bytes()), max, "{}", go);
+        }
+    }
+
+    /// Exponent notation: saturated when the value is beyond a `Duration`
+    /// (`u64::MAX` seconds is about 1.8e19), a shorter delay below it, never
+    /// `None`.
+    #[test]
+    fn exponents_saturate_above_the_range(
+        mantissa in 1u32..10,
+        exponent in 0u32..400,
+    ) {
+        let text = format!("{mantissa}e{exponent}");
+        let parsed = parse_retry_after(text.as_bytes(), UNIX_EPOCH);
+        let exact = 10u128
+            .checked_pow(exponent)
+            .and_then(|p| p.checked_mul(u128::from(mantissa)))
+            .filter(|&secs| secs <= u128::from(u64::MAX));
+        match exact {
+            None => prop_assert_eq!(parsed, Some(Duration::MAX), "{}", text),
+            Some(_) => prop_assert!(parsed.is_some_and(|d| d < Duration::MAX), "{} -> {:?}", text, parsed),
+        }
+    }
+
+    /// Exponent notation is converted exactly, like plain decimals: a
+    /// fraction of a nanosecond rounds up, so the delay is never shorter
+    /// than the server wrote (`2e14` through an `f64` came out 31 ns short).
+    #[test]
+    fn exponent_notation_is_exact_and_never_shorter(
+        int in 0u64..10_000_000,
+        frac in "[0-9]{0,6}",
+        exponent in -30i32..16,
+        upper in any::<bool>(),
+    ) {
+        let e = if upper { 'E' } else { 'e' };
+        let dot = if frac.is_empty() { String::new() } else { format!(".{frac}") };
+        let text = format!("{int}{dot}{e}{exponent}");
+        // The value as an integer numerator over 10^scale, in nanoseconds
+        // (seconds) and microseconds (milliseconds), rounded up.
+        let digits: u128 = format!("{int}{frac}").parse().unwrap();
+        let scale = frac.len() as i32 - exponent;
+        let exact = |unit_nanos: u128| -> u128 {
+            let n = digits * unit_nanos;
+            let nanos = if scale <= 0 {
+                n * 10u128.pow(scale.unsigned_abs())
+            } else {
+                n.div_ceil(10u128.pow(scale.unsigned_abs()))
+            };
+            nanos.min(Duration::MAX.as_nanos())
+        };
+        let nanos = |d: Option<Duration>| d.map(|d| d.as_nanos());
+        prop_assert_eq!(nanos(parse_retry_after(text.as_bytes(), UNIX_EPOCH)), Some(exact(1_000_000_000)), "{}", text);
+        prop_assert_eq!(nanos(parse_go_duration(text.as_bytes())), Some(exact(1_000_000_000)), "{}", text);
+        prop_assert_eq!(nanos(parse_retry_after_ms(text.as_bytes())), Some(exact(1_000_000)), "{}", text);
+    }
+
+    /// Saturation is monotone: appending digits to a number never makes its
+    /// delay shorter, so "more" can never read as "less" or as nothing.
+    #[test]
+    fn a_longer_number_is_never_a_shorter_delay(
+        digits in "[1-9][0-9]{0,30}",
+        more in "[0-9]{1,30}",
+    ) {
+        let longer = format!("{digits}{more}");
+        for parse in [
+            |b: &[u8]| parse_retry_after(b, UNIX_EPOCH),
+            parse_retry_after_ms,
+            parse_go_duration,
+        ] {
+            let (short, long) = (parse(digits.as_bytes()), parse(longer.as_bytes()));
+            prop_assert!(short.is_some() && long.is_some());
+            prop_assert!(long >= short, "{} -> {:?}, {} -> {:?}", digits, short, longer, long);
+        }
     }
 }

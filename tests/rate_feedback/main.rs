@@ -88,3 +88,80 @@ async fn usage_the_server_saw_and_the_client_did_not_is_honoured() {
     // Over ten windows the unseen usage costs only what it really took.
     assert!(received >= 40 + RPM * 10 * 99 / 100 - 40, "{received}");
 }
+
+/// A 429 whose `retry-after` is more seconds than a `Duration` holds used to
+/// read as no delay, so no cooldown started and the partition kept sending.
+/// Saturated, it cools the partition down for the layer's longest cooldown
+/// (31 days, so `now + delay` cannot overflow), and other partitions go on.
+#[tokio::test(start_paused = true)]
+async fn a_429_asking_for_forever_cools_the_partition_down() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use llm_sluice::{Error, PartitionKey};
+    use tower::{BoxError, Layer, Service};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let inner = tower::service_fn(move |_req: http::Request<String>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            Ok::<_, BoxError>(
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "1e20")
+                    .body(String::new())
+                    .unwrap(),
+            )
+        }
+    });
+    let max_wait = Duration::from_secs(3_600);
+    let layer = RateLimitLayer::builder()
+        .requests_per_minute(RPM)
+        .max_wait(max_wait)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(inner);
+    let request = |key: &str| {
+        let mut req = http::Request::new(String::new());
+        req.extensions_mut().insert(PartitionKey::new(key));
+        req
+    };
+
+    let first = svc.ready().await.unwrap().call(request("k")).await.unwrap();
+    assert_eq!(first.status(), 429);
+    // One request of 60 in the window: only a cooldown keeps the next out.
+    let start = Instant::now();
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request("k"))
+        .await
+        .unwrap_err();
+    match err.downcast_ref::<Error>() {
+        Some(Error::RateLimited {
+            retry_after: Some(after),
+        }) => assert!(
+            *after > Duration::from_secs(30 * 24 * 3_600),
+            "the cooldown runs for about 31 days: {after:?}"
+        ),
+        other => panic!("expected a rate limit error, got {other:?} ({err})"),
+    }
+    // It waited for room its whole `max_wait` (the layer does not fail
+    // early on a cooldown longer than that), never reaching the upstream.
+    assert_eq!(Instant::now() - start, max_wait);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the cooling partition sent nothing"
+    );
+
+    let other = svc.ready().await.unwrap().call(request("other")).await;
+    assert_eq!(
+        other.unwrap().status(),
+        429,
+        "another partition is not cooling"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

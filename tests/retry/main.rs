@@ -1009,6 +1009,32 @@ fn invalid_settings_are_config_errors() {
         field(RetryLayer::builder().total_timeout(Duration::ZERO)),
         "total_timeout"
     );
+    // Past the longest setting (31 days), each is refused under its own
+    // name: a huge base is not a cap below the base.
+    let days = |n: u64| Duration::from_secs(n * 24 * 3_600);
+    assert_eq!(
+        field(RetryLayer::builder().backoff_base(days(32))),
+        "backoff_base"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().backoff_cap(days(32))),
+        "backoff_cap"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().max_server_delay(Duration::MAX)),
+        "max_server_delay"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().total_timeout(days(32))),
+        "total_timeout"
+    );
+    assert!(RetryLayer::builder()
+        .backoff_base(days(31))
+        .backoff_cap(days(31))
+        .max_server_delay(days(31))
+        .total_timeout(days(31))
+        .build()
+        .is_ok());
     assert!(RetryLayer::builder().build().is_ok());
 }
 
@@ -1271,6 +1297,61 @@ mod http_headers {
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers()["retry-after"], "120", "as the server sent it");
         assert_eq!(times.lock().unwrap().len(), 1);
+    }
+
+    /// `retry-after: 1e20` is more seconds than a `Duration` holds. It used
+    /// to read as no delay at all, so the 429 was retried at once on the
+    /// computed backoff; saturated to `Duration::MAX`, it is above the cap
+    /// and, by default, returned as it is, with the delay it asked for.
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn a_delay_too_large_to_represent_is_over_the_cap_not_no_delay() {
+        use llm_sluice::classify::http::classify_response;
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let forever = || response(429, &[("retry-after", "1e20".into())], "");
+                let (svc, times) = upstream((0..5).map(|_| forever()).collect());
+                let mut svc = builder().max_retries(4).build().unwrap().layer(svc);
+                let start = Instant::now();
+                let res = svc
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(http::Request::new(String::new()))
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 429);
+                assert_eq!(times.lock().unwrap().len(), 1, "not retried");
+                assert_eq!(Instant::now(), start, "returned at once");
+                let class = classify_response(&res, std::time::SystemTime::now());
+                assert_eq!(
+                    class.retry_after,
+                    Some(Duration::MAX),
+                    "the delay it asked for"
+                );
+            })
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let gave_up = |reason: &str| {
+            snapshot.iter().find_map(|(key, _, _, value)| {
+                (key.key().name() == "llm_sluice_retry_gave_up_total"
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "reason" && l.value() == reason))
+                .then_some(value)
+            })
+        };
+        assert_eq!(gave_up("over_cap"), Some(&DebugValue::Counter(1)));
     }
 
     #[tokio::test(start_paused = true)]
