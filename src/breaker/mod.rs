@@ -37,7 +37,9 @@
 //!
 //! # States
 //!
-//! The transitions are those of resilience4j's breaker:
+//! The transitions are those of resilience4j's breaker, except that
+//! half-open ends only through its probes, never by a timer (see
+//! [Re-opening needs a failure](#re-opening-needs-a-failure)):
 //!
 //! - **Closed**: calls pass; each finished call is classified and recorded.
 //!   The breaker opens when any configured condition holds after a call:
@@ -85,9 +87,10 @@
 //! future's resolution: a streamed body is not timed. Put a first-chunk
 //! timeout inside the breaker to count stalled streams as failures.
 //!
-//! Outcomes carry the generation of the state they were admitted in: a call
-//! admitted while closed that finishes after the breaker opened is not
-//! recorded.
+//! Outcomes carry the generation of the state they were admitted in (a
+//! probe, its own ticket): a call admitted while closed that finishes after
+//! the breaker opened is not recorded, nor is a probe's from an earlier
+//! half-open period or one already counted as hung.
 //!
 //! # Half-open probes
 //!
