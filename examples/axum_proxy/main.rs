@@ -15,8 +15,10 @@
 //!   The upstream's status, headers (`x-ratelimit-*`, `retry-after`, ...)
 //!   and body pass through unchanged.
 //! - `GET /v1/models`: the upstream's list.
-//! - `GET /health`: `{"status":"ok", "circuit", "in_flight", "queued",
-//!   "rate_waiting", "keys"}`.
+//! - `GET /health`: `{"status":"ok", "circuit", "circuits", "in_flight",
+//!   "queued", "rate_waiting", "keys"}`: `circuits` maps the cheap and the
+//!   strong model to their breaker's state, `circuit` is the worse of the
+//!   two.
 //! - `GET /metrics`: every `llm_sluice_*` metric and `proxy_responses_total`
 //!   in Prometheus text (`metrics-exporter-prometheus`, no HTTP listener of
 //!   its own). The recorder is installed before the layers are built,
@@ -43,16 +45,31 @@
 //!    "analyze", "analyse", "refactor", "debug"; otherwise to the cheap model
 //!    (`--cheap-model`, default `sim-1-mini`). The answer's `x-routed-model`
 //!    header says which. A request naming any other model is sent as it is.
-//! 5. The stack is `LlmStack::from_config` (outermost first: deadline →
-//!    retry → circuit breaker → concurrency limit with its priority queue →
-//!    per-key rate windows → attempt timeouts), then `ErrorBodyLayer` (so a
-//!    spent-quota 429 is never retried), then the hyper-util client. The
+//! 5. The stack is the llm-sluice stack in the order `LlmStack` uses
+//!    (outermost first: deadline → retry → circuit breaker → concurrency
+//!    limit with its priority queue → per-key rate windows → attempt
+//!    timeouts), then `ErrorBodyLayer` (so a spent-quota 429 is never
+//!    retried), then the hyper-util client. It is built from one
+//!    `StackConfig` in two parts, because the breaker is keyed by model and
+//!    the limits by caller key (see "Circuit breakers per model"). The
 //!    settings are `ProxyConfig::default_stack()`: `StackConfig::default()`
 //!    plus a 120 s deadline and, per caller key, 60 requests and 60,000
 //!    tokens a minute with at most 16 requests waiting 5 s for room. A TOML
 //!    file (`--config`, feature `serde`) replaces them; `--rpm`, `--tpm` and
 //!    `--max-in-flight` override single values. Streamed answers hold their
 //!    concurrency slot until the stream ends.
+//!
+//! # Circuit breakers per model
+//!
+//! One upstream serves every model, but a model can fail alone (an
+//! overloaded deployment, a bad rollout), so each model has its own breaker:
+//! a run of 500s from the strong model opens its breaker, and requests
+//! routed to the cheap model still pass. The breaker reads the model as the
+//! request's partition key while the request passes it; the concurrency
+//! limit and the rate windows, inside it, read the caller's key, put back
+//! in its place. The stack's `breaker.per_partition` bounds how many models
+//! have a breaker of their own (64 when unset; past that, idle ones are
+//! evicted, and while none is idle new models share one).
 //!
 //! # Isolation between keys
 //!
@@ -240,11 +257,19 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
         let passed = self_test(addr, &args).await;
         if let (Some(rate), Some(breaker)) = (&proxy.rate, &proxy.breaker) {
             let rate = rate.stats();
+            let circuit = |model: &str| {
+                breaker
+                    .partition_state(&router::route_key(model))
+                    .map_or_else(|| "unused".to_owned(), |s| s.to_string())
+            };
             println!(
-                "stack: {} requests admitted for {} keys, circuit {}",
+                "stack: {} requests admitted for {} keys, circuits: {} {}, {} {}",
                 rate.admitted,
                 rate.partitions,
-                breaker.state()
+                args.cheap_model,
+                circuit(&args.cheap_model),
+                args.strong_model,
+                circuit(&args.strong_model),
             );
         }
         let _ = stop_tx.send(());

@@ -18,8 +18,8 @@ use llm_sluice::breaker::CircuitHandle;
 use llm_sluice::classify::ErrorBodyLayer;
 use llm_sluice::rate::RateLimitHandle;
 use llm_sluice::{
-    ConcurrencyLimitLayer, ConfigError, Deadline, Error, LlmStack, PartitionKey, Priority,
-    StackConfig, TokenEstimate,
+    CircuitState, ConcurrencyLimitLayer, ConfigError, Deadline, DeadlineLayer, Error, LlmStack,
+    PartitionKey, Priority, StackConfig, TokenEstimate,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -37,6 +37,10 @@ pub const DEADLINE_HEADER: &str = "x-deadline-ms";
 pub const ROUTED_HEADER: &str = "x-routed-model";
 /// The model name that asks the proxy to choose (as does no model at all).
 pub const AUTO_MODEL: &str = "auto";
+/// Breakers kept, one per model, when the stack's `breaker.per_partition`
+/// is not set: past this many models seen at once, an idle one is evicted
+/// (or new ones share one breaker while none is idle).
+pub const ROUTE_BREAKERS: usize = 64;
 
 /// Everything the proxy needs to know.
 #[derive(Debug, Clone)]
@@ -165,7 +169,7 @@ pub struct Proxy {
     pub router: Router,
     /// The per-key rate windows (admitted, waiting, keys), if enabled.
     pub rate: Option<RateLimitHandle>,
-    /// The circuit breaker, if enabled.
+    /// The circuit breakers, one per model ([`route_key`]), if enabled.
     pub breaker: Option<CircuitHandle>,
 }
 
@@ -220,12 +224,36 @@ impl Proxy {
                 Err(_) => return Err(ConfigError::new("upstream_key", "must be printable ASCII")),
             },
         };
-        // deadline -> retry -> breaker -> concurrency -> rate -> timeout
-        let stack = LlmStack::from_config(&config.stack)?;
+        // The rate windows budget per caller key and the breakers guard one
+        // route (model) each, but the stack's layers read one partition key.
+        // So the stack goes in two parts around a key swap:
+        // deadline -> retry -> breaker by model
+        //   -> (caller key) -> concurrency -> rate -> timeout.
+        let mut stack_config = config.stack.clone();
+        stack_config.breaker.per_partition =
+            Some(stack_config.breaker.per_partition.unwrap_or(ROUTE_BREAKERS));
+        // `parts` checks every section and gives the retry and breaker
+        // layers (its other parts stay unused); `inner` is the same settings
+        // without them.
+        let parts = LlmStack::from_config(&stack_config)?;
+        let mut inner_config = stack_config.clone();
+        inner_config.deadline = None;
+        inner_config.retry.enabled = false;
+        inner_config.breaker.enabled = false;
+        let inner = LlmStack::from_config(&inner_config)?;
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let service = ServiceBuilder::new()
             .map_response(|res: Response<_>| res.map(Body::new))
-            .layer(stack.clone())
+            .option_layer(stack_config.deadline.map(DeadlineLayer::new))
+            .option_layer(parts.retry().cloned())
+            .option_layer(parts.breaker().cloned())
+            .map_request(|mut req: Request<Full<Bytes>>| {
+                if let Some(CallerKey(key)) = req.extensions_mut().remove::<CallerKey>() {
+                    req.extensions_mut().insert(key);
+                }
+                req
+            })
+            .layer(inner.clone())
             // reads error bodies, so a spent quota (a 429 that never
             // succeeds) is not retried
             .layer(ErrorBodyLayer::new())
@@ -237,9 +265,9 @@ impl Proxy {
             models_uri,
             upstream_auth,
             metrics,
-            rate: stack.rate_handle(),
-            breaker: stack.breaker_handle(),
-            concurrency: stack.concurrency().cloned(),
+            rate: inner.rate_handle(),
+            breaker: parts.breaker_handle(),
+            concurrency: inner.concurrency().cloned(),
             config,
         });
         let router = Router::new()
@@ -536,8 +564,17 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     if let Some(accept) = headers.get(header::ACCEPT) {
         h.insert(header::ACCEPT, accept.clone());
     }
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let route = route_key(&model);
     let ext = req.extensions_mut();
-    ext.insert(key);
+    // The breaker reads the route; the swap inside the stack gives the
+    // concurrency limit and the rate windows the caller's key.
+    ext.insert(route);
+    ext.insert(CallerKey(key));
     ext.insert(TokenEstimate(tokens));
     ext.insert(priority);
     if let Some(after) = deadline {
@@ -558,6 +595,18 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
         }
     }
 }
+
+/// The breaker's key for a request: its model. The proxy has one upstream,
+/// so a model is a route; a model's failures open only its breaker.
+pub fn route_key(model: &str) -> PartitionKey {
+    PartitionKey::new(model)
+}
+
+/// The caller's key while the request passes the breaker (keyed by route);
+/// put back as the `PartitionKey` for the concurrency limit and the rate
+/// windows, which budget per caller.
+#[derive(Clone)]
+struct CallerKey(PartitionKey);
 
 /// `GET /v1/models`: the upstream's list, fetched with the caller's key (or
 /// the upstream key). Listing spends no token budget, so it bypasses the
@@ -586,9 +635,30 @@ async fn health(State(state): State<Arc<AppState>>) -> Response<Body> {
         .concurrency
         .as_ref()
         .and_then(ConcurrencyLimitLayer::stats);
+    // The breakers of the models `auto` routes to; a model never called has
+    // none yet, which reads as closed.
+    let routing = &state.config.routing;
+    let circuits: Option<Vec<(&str, CircuitState)>> = state.breaker.as_ref().map(|b| {
+        [routing.cheap.as_str(), routing.strong.as_str()]
+            .map(|model| {
+                let s = b.partition_state(&route_key(model));
+                (model, s.unwrap_or(CircuitState::Closed))
+            })
+            .to_vec()
+    });
+    let worst = circuits.as_ref().and_then(|c| {
+        c.iter()
+            .map(|(_, s)| *s)
+            .max_by(|a, b| a.gauge_value().total_cmp(&b.gauge_value()))
+    });
     let body = json!({
         "status": "ok",
-        "circuit": state.breaker.as_ref().map(|b| b.state().to_string()),
+        "circuit": worst.map(|s| s.to_string()),
+        "circuits": circuits.map(|c| {
+            c.into_iter()
+                .map(|(m, s)| (m.to_owned(), Value::String(s.to_string())))
+                .collect::<serde_json::Map<_, _>>()
+        }),
         "in_flight": conc.map(|s| s.in_flight),
         "queued": conc.map(|s| s.queued),
         "rate_waiting": rate.map(|r| r.waiting),

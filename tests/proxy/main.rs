@@ -952,3 +952,122 @@ async fn deadline_header_gives_504_when_the_upstream_hangs() {
     assert_eq!(a.error_code(), "timeout");
     assert_eq!(h.upstream_received(), 1, "a passed deadline is not retried");
 }
+
+/// An upstream that answers every chat request with what `answer` makes of
+/// the requested model, and counts the requests per model.
+async fn scripted_upstream(
+    answer: fn(&str) -> axum::http::Response<Body>,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+) {
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let seen = counts.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: Bytes| {
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let model = json["model"].as_str().unwrap_or("").to_owned();
+            *seen.lock().unwrap().entry(model.clone()).or_insert(0) += 1;
+            async move { answer(&model) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (addr, counts)
+}
+
+async fn proxy_for(upstream: SocketAddr, stack: StackConfig) -> Harness {
+    let (addr, proxy, stop) = serve_proxy(ProxyConfig {
+        stack,
+        ..ProxyConfig::new(format!("http://{upstream}"))
+    })
+    .await;
+    Harness {
+        addr,
+        proxy,
+        upstream: None,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _sim: None,
+        _stop: stop,
+    }
+}
+
+/// 500 for the strong model, a small completion for any other.
+fn strong_model_fails(model: &str) -> axum::http::Response<Body> {
+    let (status, body) = if model == "sim-1" {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#,
+        )
+    } else {
+        (
+            StatusCode::OK,
+            r#"{"object":"chat.completion","choices":[]}"#,
+        )
+    };
+    axum::http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_of_500s_on_one_model_opens_only_that_models_breaker() {
+    let (up, counts) = scripted_upstream(strong_model_fails).await;
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(100);
+    stack.breaker.consecutive_failures = Some(3);
+    let h = proxy_for(up, stack).await;
+    let complex = chat_body("Prove that the sky is blue.", false);
+    let simple = chat_body("Hi", false);
+
+    // The strong model's three attempts fail: its breaker opens.
+    let failed = h
+        .send(h.request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("sk-olga-00015"),
+            Some(&complex),
+        ))
+        .await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failed.header(router::ROUTED_HEADER), "sim-1");
+    let refused = h
+        .send(h.request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("sk-olga-00015"),
+            Some(&complex),
+        ))
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), "upstream_unavailable");
+    assert_eq!(counts.lock().unwrap().get("sim-1"), Some(&3));
+
+    // Requests routed to the cheap model, from any key, are unaffected.
+    for key in ["sk-olga-00015", "sk-pete-00016"] {
+        let ok = h
+            .send(h.request(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(key),
+                Some(&simple),
+            ))
+            .await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        assert_eq!(ok.header(router::ROUTED_HEADER), "sim-1-mini");
+    }
+    let breakers = h.proxy.breaker.as_ref().expect("breaker on");
+    let state = |model: &str| breakers.partition_state(&llm_sluice::PartitionKey::new(model));
+    assert_eq!(state("sim-1"), Some(llm_sluice::CircuitState::Open));
+    assert_eq!(state("sim-1-mini"), Some(llm_sluice::CircuitState::Closed));
+    let health = h
+        .send(h.request(Method::GET, "/health", None, None))
+        .await
+        .json();
+    assert_eq!(health["circuits"]["sim-1"], "open", "{health}");
+    assert_eq!(health["circuits"]["sim-1-mini"], "closed", "{health}");
+}
