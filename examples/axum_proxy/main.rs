@@ -13,7 +13,8 @@
 //!   JSON answers come back whole; `"stream": true` answers
 //!   (`text/event-stream`) are passed through chunk by chunk as they arrive.
 //!   The upstream's status, headers (`x-ratelimit-*`, `retry-after`, ...)
-//!   and body pass through unchanged.
+//!   and body pass through unchanged, except for the retry advice added to
+//!   a failed answer (see "Retries" below).
 //! - `GET /v1/models`: the upstream's list.
 //! - `GET /health`: `{"status":"ok", "circuit", "circuits", "in_flight",
 //!   "queued", "rate_waiting", "keys"}`: `circuits` maps the cheap and the
@@ -93,6 +94,37 @@
 //! | `Timeout`, `DeadlineExceeded` | 504 | — |
 //! | `RequestTooLarge` (estimate over the key's tokens per minute) | 413 | — |
 //! | the upstream could not be reached | 502 | — |
+//!
+//! # Retries: the proxy's, not the caller's too
+//!
+//! The official OpenAI SDKs retry 408, 409, 429 and 5xx twice on their own,
+//! unless the answer says `x-should-retry: false`. Behind a proxy that has
+//! retried already, that multiplies: an upstream answering 429 to
+//! everything got 9 attempts per SDK call (3 by the proxy times 3 by the
+//! SDK). So a failed answer carries `x-should-retry: false` when a retry by
+//! the caller is spent or pointless:
+//!
+//! - the proxy made more than one attempt (its own retries are spent; this
+//!   includes a breaker that opened between two attempts);
+//! - the proxy retries, and stopped at the first attempt of a retryable
+//!   answer (its retry budget is spent, the server's delay is over its cap,
+//!   or the deadline is too near);
+//! - the answer is one no retry fixes: a spent quota (read from the error
+//!   body), a caller error, the upstream's own `x-should-retry: false`, a
+//!   request larger than the key's tokens a minute;
+//! - the delay it knows is over `retry.max_server_delay` (60 s by default,
+//!   the shortest any official SDK honours), as from a breaker open for
+//!   long: an SDK would come back after its own shorter backoff.
+//!
+//! With it goes the delay the proxy knows, as `retry-after-ms` and
+//! `retry-after` when the upstream's answer had neither (OpenAI often puts
+//! it only in `x-ratelimit-reset-requests`, which the SDKs do not read).
+//! Otherwise the header is left as the upstream sent it: the proxy's own
+//! refusals (its rate window, a full queue, an open breaker's short wait, a
+//! half-open breaker whose probes are all out, a deadline that ran out) and
+//! anything when the proxy's retries are off are for the caller to retry
+//! after `retry-after`. Against an upstream that always answers 429, an
+//! SDK call now makes 3 upstream attempts (`tests/proxy`).
 //!
 //! Without `--upstream` the proxy starts a simulated OpenAI-compatible
 //! upstream (`llm_sluice::sim`) on `127.0.0.1:0`, so it runs with no setup.
@@ -490,6 +522,7 @@ async fn self_test(addr: SocketAddr, args: &Args) -> bool {
     // windows): two more pass, the next is refused with a delay.
     let mut statuses = Vec::new();
     let mut retry_after = String::new();
+    let mut should_retry = String::new();
     for _ in 0..3 {
         match send(
             &client,
@@ -504,14 +537,19 @@ async fn self_test(addr: SocketAddr, args: &Args) -> bool {
             Ok(a) => {
                 statuses.push(a.status.as_u16());
                 retry_after = a.header("retry-after").to_owned();
+                should_retry = a.header(router::SHOULD_RETRY_HEADER).to_owned();
             }
             Err(e) => check("chat, over budget", false, e.to_string()),
         }
     }
+    // The proxy's own window refused it without retrying: the caller may
+    // retry after `retry-after`, so no `x-should-retry: false`.
     check(
         "chat, over budget",
-        statuses == [200, 200, 429] && retry_after.parse::<u64>().is_ok_and(|s| s > 0),
-        format!("statuses={statuses:?} retry-after={retry_after}"),
+        statuses == [200, 200, 429]
+            && retry_after.parse::<u64>().is_ok_and(|s| s > 0)
+            && should_retry != "false",
+        format!("statuses={statuses:?} retry-after={retry_after} x-should-retry={should_retry:?}"),
     );
     match send(
         &client,
