@@ -13,10 +13,13 @@
 //!   JSON answers come back whole; `"stream": true` answers
 //!   (`text/event-stream`) are passed through chunk by chunk as they arrive.
 //!   The upstream's status, headers (`x-ratelimit-*`, `retry-after`, ...)
-//!   and body pass through unchanged.
+//!   and body pass through unchanged, except for the retry advice added to
+//!   a failed answer (see "Retries" below).
 //! - `GET /v1/models`: the upstream's list.
-//! - `GET /health`: `{"status":"ok", "circuit", "in_flight", "queued",
-//!   "rate_waiting", "keys"}`.
+//! - `GET /health`: `{"status":"ok", "circuit", "circuits", "in_flight",
+//!   "queued", "rate_waiting", "keys"}`: `circuits` maps the cheap and the
+//!   strong model to their breaker's state, `circuit` is the worse of the
+//!   two.
 //! - `GET /metrics`: every `llm_sluice_*` metric and `proxy_responses_total`
 //!   in Prometheus text (`metrics-exporter-prometheus`, no HTTP listener of
 //!   its own). The recorder is installed before the layers are built,
@@ -43,16 +46,31 @@
 //!    "analyze", "analyse", "refactor", "debug"; otherwise to the cheap model
 //!    (`--cheap-model`, default `sim-1-mini`). The answer's `x-routed-model`
 //!    header says which. A request naming any other model is sent as it is.
-//! 5. The stack is `LlmStack::from_config` (outermost first: deadline →
-//!    retry → circuit breaker → concurrency limit with its priority queue →
-//!    per-key rate windows → attempt timeouts), then `ErrorBodyLayer` (so a
-//!    spent-quota 429 is never retried), then the hyper-util client. The
+//! 5. The stack is the llm-sluice stack in the order `LlmStack` uses
+//!    (outermost first: deadline → retry → circuit breaker → concurrency
+//!    limit with its priority queue → per-key rate windows → attempt
+//!    timeouts), then `ErrorBodyLayer` (so a spent-quota 429 is never
+//!    retried), then the hyper-util client. It is built from one
+//!    `StackConfig` in two parts, because the breaker is keyed by model and
+//!    the limits by caller key (see "Circuit breakers per model"). The
 //!    settings are `ProxyConfig::default_stack()`: `StackConfig::default()`
 //!    plus a 120 s deadline and, per caller key, 60 requests and 60,000
 //!    tokens a minute with at most 16 requests waiting 5 s for room. A TOML
 //!    file (`--config`, feature `serde`) replaces them; `--rpm`, `--tpm` and
 //!    `--max-in-flight` override single values. Streamed answers hold their
 //!    concurrency slot until the stream ends.
+//!
+//! # Circuit breakers per model
+//!
+//! One upstream serves every model, but a model can fail alone (an
+//! overloaded deployment, a bad rollout), so each model has its own breaker:
+//! a run of 500s from the strong model opens its breaker, and requests
+//! routed to the cheap model still pass. The breaker reads the model as the
+//! request's partition key while the request passes it; the concurrency
+//! limit and the rate windows, inside it, read the caller's key, put back
+//! in its place. The stack's `breaker.per_partition` bounds how many models
+//! have a breaker of their own (64 when unset; past that, idle ones are
+//! evicted, and while none is idle new models share one).
 //!
 //! # Isolation between keys
 //!
@@ -76,6 +94,37 @@
 //! | `Timeout`, `DeadlineExceeded` | 504 | — |
 //! | `RequestTooLarge` (estimate over the key's tokens per minute) | 413 | — |
 //! | the upstream could not be reached | 502 | — |
+//!
+//! # Retries: the proxy's, not the caller's too
+//!
+//! The official OpenAI SDKs retry 408, 409, 429 and 5xx twice on their own,
+//! unless the answer says `x-should-retry: false`. Behind a proxy that has
+//! retried already, that multiplies: an upstream answering 429 to
+//! everything got 9 attempts per SDK call (3 by the proxy times 3 by the
+//! SDK). So a failed answer carries `x-should-retry: false` when a retry by
+//! the caller is spent or pointless:
+//!
+//! - the proxy made more than one attempt (its own retries are spent; this
+//!   includes a breaker that opened between two attempts);
+//! - the proxy retries, and stopped at the first attempt of a retryable
+//!   answer (its retry budget is spent, the server's delay is over its cap,
+//!   or the deadline is too near);
+//! - the answer is one no retry fixes: a spent quota (read from the error
+//!   body), a caller error, the upstream's own `x-should-retry: false`, a
+//!   request larger than the key's tokens a minute;
+//! - the delay it knows is over `retry.max_server_delay` (60 s by default,
+//!   the shortest any official SDK honours), as from a breaker open for
+//!   long: an SDK would come back after its own shorter backoff.
+//!
+//! With it goes the delay the proxy knows, as `retry-after-ms` and
+//! `retry-after` when the upstream's answer had neither (OpenAI often puts
+//! it only in `x-ratelimit-reset-requests`, which the SDKs do not read).
+//! Otherwise the header is left as the upstream sent it: the proxy's own
+//! refusals (its rate window, a full queue, an open breaker's short wait, a
+//! half-open breaker whose probes are all out, a deadline that ran out) and
+//! anything when the proxy's retries are off are for the caller to retry
+//! after `retry-after`. Against an upstream that always answers 429, an
+//! SDK call now makes 3 upstream attempts (`tests/proxy`).
 //!
 //! Without `--upstream` the proxy starts a simulated OpenAI-compatible
 //! upstream (`llm_sluice::sim`) on `127.0.0.1:0`, so it runs with no setup.
@@ -240,11 +289,19 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
         let passed = self_test(addr, &args).await;
         if let (Some(rate), Some(breaker)) = (&proxy.rate, &proxy.breaker) {
             let rate = rate.stats();
+            let circuit = |model: &str| {
+                breaker
+                    .partition_state(&router::route_key(model))
+                    .map_or_else(|| "unused".to_owned(), |s| s.to_string())
+            };
             println!(
-                "stack: {} requests admitted for {} keys, circuit {}",
+                "stack: {} requests admitted for {} keys, circuits: {} {}, {} {}",
                 rate.admitted,
                 rate.partitions,
-                breaker.state()
+                args.cheap_model,
+                circuit(&args.cheap_model),
+                args.strong_model,
+                circuit(&args.strong_model),
             );
         }
         let _ = stop_tx.send(());
@@ -465,6 +522,7 @@ async fn self_test(addr: SocketAddr, args: &Args) -> bool {
     // windows): two more pass, the next is refused with a delay.
     let mut statuses = Vec::new();
     let mut retry_after = String::new();
+    let mut should_retry = String::new();
     for _ in 0..3 {
         match send(
             &client,
@@ -479,14 +537,19 @@ async fn self_test(addr: SocketAddr, args: &Args) -> bool {
             Ok(a) => {
                 statuses.push(a.status.as_u16());
                 retry_after = a.header("retry-after").to_owned();
+                should_retry = a.header(router::SHOULD_RETRY_HEADER).to_owned();
             }
             Err(e) => check("chat, over budget", false, e.to_string()),
         }
     }
+    // The proxy's own window refused it without retrying: the caller may
+    // retry after `retry-after`, so no `x-should-retry: false`.
     check(
         "chat, over budget",
-        statuses == [200, 200, 429] && retry_after.parse::<u64>().is_ok_and(|s| s > 0),
-        format!("statuses={statuses:?} retry-after={retry_after}"),
+        statuses == [200, 200, 429]
+            && retry_after.parse::<u64>().is_ok_and(|s| s > 0)
+            && should_retry != "false",
+        format!("statuses={statuses:?} retry-after={retry_after} x-should-retry={should_retry:?}"),
     );
     match send(
         &client,

@@ -2,6 +2,7 @@
 //! and the axum router. Kept apart from `main.rs` so the end-to-end test
 //! (`tests/proxy`) can include it with `#[path]` and drive the same code.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,11 +16,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_sluice::breaker::CircuitHandle;
-use llm_sluice::classify::ErrorBodyLayer;
+use llm_sluice::classify::{Classification, Classify, DefaultClassifier, ErrorBodyLayer};
 use llm_sluice::rate::RateLimitHandle;
 use llm_sluice::{
-    ConcurrencyLimitLayer, ConfigError, Deadline, Error, LlmStack, PartitionKey, Priority,
-    StackConfig, TokenEstimate,
+    CircuitState, ConcurrencyLimitLayer, ConfigError, Deadline, DeadlineLayer, Error, LlmStack,
+    PartitionKey, Priority, StackConfig, TimeoutKind, TokenEstimate,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -37,6 +38,12 @@ pub const DEADLINE_HEADER: &str = "x-deadline-ms";
 pub const ROUTED_HEADER: &str = "x-routed-model";
 /// The model name that asks the proxy to choose (as does no model at all).
 pub const AUTO_MODEL: &str = "auto";
+/// The response header the official SDKs obey over their own retry rule.
+pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
+/// Breakers kept, one per model, when the stack's `breaker.per_partition`
+/// is not set: past this many models seen at once, an idle one is evicted
+/// (or new ones share one breaker while none is idle).
+pub const ROUTE_BREAKERS: usize = 64;
 
 /// Everything the proxy needs to know.
 #[derive(Debug, Clone)]
@@ -165,7 +172,7 @@ pub struct Proxy {
     pub router: Router,
     /// The per-key rate windows (admitted, waiting, keys), if enabled.
     pub rate: Option<RateLimitHandle>,
-    /// The circuit breaker, if enabled.
+    /// The circuit breakers, one per model ([`route_key`]), if enabled.
     pub breaker: Option<CircuitHandle>,
 }
 
@@ -181,6 +188,8 @@ struct AppState {
     concurrency: Option<ConcurrencyLimitLayer>,
     /// `Bearer <upstream key>`, when the proxy has a key of its own.
     upstream_auth: Option<HeaderValue>,
+    /// What the proxy's own retries do, for `x-should-retry`.
+    retries: RetryPolicy,
 }
 
 impl AppState {
@@ -220,12 +229,42 @@ impl Proxy {
                 Err(_) => return Err(ConfigError::new("upstream_key", "must be printable ASCII")),
             },
         };
-        // deadline -> retry -> breaker -> concurrency -> rate -> timeout
-        let stack = LlmStack::from_config(&config.stack)?;
+        // The rate windows budget per caller key and the breakers guard one
+        // route (model) each, but the stack's layers read one partition key.
+        // So the stack goes in two parts around a key swap:
+        // deadline -> retry -> (count the attempt) -> breaker by model
+        //   -> (caller key) -> concurrency -> rate -> timeout.
+        let mut stack_config = config.stack.clone();
+        stack_config.breaker.per_partition =
+            Some(stack_config.breaker.per_partition.unwrap_or(ROUTE_BREAKERS));
+        // `parts` checks every section and gives the retry and breaker
+        // layers (its other parts stay unused); `inner` is the same settings
+        // without them.
+        let parts = LlmStack::from_config(&stack_config)?;
+        let mut inner_config = stack_config.clone();
+        inner_config.deadline = None;
+        inner_config.retry.enabled = false;
+        inner_config.breaker.enabled = false;
+        let inner = LlmStack::from_config(&inner_config)?;
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let service = ServiceBuilder::new()
             .map_response(|res: Response<_>| res.map(Body::new))
-            .layer(stack.clone())
+            .option_layer(stack_config.deadline.map(DeadlineLayer::new))
+            .option_layer(parts.retry().cloned())
+            .map_request(|req: Request<Full<Bytes>>| {
+                if let Some(attempts) = req.extensions().get::<Attempts>() {
+                    attempts.0.fetch_add(1, Ordering::Relaxed);
+                }
+                req
+            })
+            .option_layer(parts.breaker().cloned())
+            .map_request(|mut req: Request<Full<Bytes>>| {
+                if let Some(CallerKey(key)) = req.extensions_mut().remove::<CallerKey>() {
+                    req.extensions_mut().insert(key);
+                }
+                req
+            })
+            .layer(inner.clone())
             // reads error bodies, so a spent quota (a 429 that never
             // succeeds) is not retried
             .layer(ErrorBodyLayer::new())
@@ -237,9 +276,10 @@ impl Proxy {
             models_uri,
             upstream_auth,
             metrics,
-            rate: stack.rate_handle(),
-            breaker: stack.breaker_handle(),
-            concurrency: stack.concurrency().cloned(),
+            rate: inner.rate_handle(),
+            breaker: parts.breaker_handle(),
+            concurrency: inner.concurrency().cloned(),
+            retries: RetryPolicy::of(&stack_config),
             config,
         });
         let router = Router::new()
@@ -391,10 +431,119 @@ fn pass_through(mut upstream: Response<Body>) -> Response<Body> {
     upstream
 }
 
-/// Whole seconds for `retry-after`, rounded up, at least 1.
+/// Whole seconds for `retry-after`, rounded up, at least 1. Saturates: an
+/// upstream may send any delay.
 fn retry_after_secs(delay: Duration) -> u64 {
-    let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    let secs = delay
+        .as_secs()
+        .saturating_add(u64::from(delay.subsec_nanos() > 0));
     secs.max(1)
+}
+
+/// Whole milliseconds for `retry-after-ms`, rounded up, saturating.
+fn retry_after_ms(delay: Duration) -> u64 {
+    u64::try_from(delay.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX)
+}
+
+/// What the proxy's own retries do, read from its stack's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Whether the proxy retries at all (`retry.enabled`, `max_retries > 0`).
+    pub retries: bool,
+    /// The longest server delay the proxy honours (`retry.max_server_delay`,
+    /// 60 s by default, the shortest the official SDKs honour).
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy of `stack`.
+    pub fn of(stack: &StackConfig) -> Self {
+        RetryPolicy {
+            retries: stack.retry.enabled && stack.retry.max_retries > 0,
+            max_delay: stack.retry.max_server_delay,
+        }
+    }
+}
+
+/// How a request through the stack ended, for [`retry_advice`].
+#[derive(Debug, Clone, Copy)]
+pub enum Ending<'a> {
+    /// The upstream answered; its answer is passed on.
+    Upstream(&'a Classification),
+    /// The proxy's own layers refused the request or gave up on it.
+    Refused(&'a Error),
+    /// The route's breaker is half-open and its probe slots are taken: a
+    /// slot frees as soon as a probe answers, long before the `retry-after`
+    /// (the time left of the oldest probe's maximum wait).
+    ProbesInFlight,
+    /// The upstream could not be reached (connect, reset, ...).
+    Unreachable,
+}
+
+/// Whether the proxy's answer says `x-should-retry: false`, given how the
+/// request ended and how many attempts the proxy's retry layer made.
+///
+/// The official SDKs retry 408, 409, 429 and 5xx twice on their own; behind
+/// a proxy that retried already, that multiplies the attempts (an always-429
+/// upstream got 9 per SDK call). So the answer says `false` when:
+///
+/// - the proxy made more than one attempt: its retries are spent;
+/// - the upstream answered something no retry fixes (a spent quota, a
+///   caller error, its own `x-should-retry: false`);
+/// - the proxy's retry layer was on and stopped at the first attempt of a
+///   retryable answer: it judged a retry pointless (its retry budget is
+///   spent, the delay is over its cap, or the deadline is too near);
+/// - the known delay is over the cap (`max_delay`): the SDKs would retry
+///   after their own, shorter, backoff and be refused again;
+/// - the request can never fit (`RequestTooLarge`).
+///
+/// Otherwise (`None`) the header is left as the upstream sent it, or off:
+/// the proxy did not retry and one after the delay may pass (its own rate
+/// window, a full queue, an open breaker that lets a probe through after
+/// `retry-after`, a half-open one whose probe slots may free at any moment,
+/// a deadline that ran out, or the proxy's retries turned off).
+pub fn retry_advice(ending: Ending<'_>, attempts: u32, policy: RetryPolicy) -> Option<bool> {
+    let over_cap = |delay: Option<Duration>| delay.is_some_and(|d| d > policy.max_delay);
+    let pointless = match ending {
+        Ending::Upstream(class) if class.is_success() => return None,
+        _ if attempts > 1 => true,
+        Ending::Upstream(class) => {
+            !class.is_retryable() || over_cap(class.retry_after) || policy.retries
+        }
+        Ending::Unreachable => policy.retries,
+        Ending::ProbesInFlight => false,
+        Ending::Refused(err) => match err {
+            Error::RequestTooLarge { .. } => true,
+            Error::Timeout {
+                kind: TimeoutKind::Total,
+            } => false,
+            Error::Timeout { .. } => policy.retries,
+            other => over_cap(other.retry_after()),
+        },
+    };
+    pointless.then_some(false)
+}
+
+/// Marks `res` with `x-should-retry: false` and, where the upstream's
+/// headers do not already say it in a form the SDKs read, the known delay
+/// as `retry-after-ms` and `retry-after`.
+fn advise(res: &mut Response<Body>, advice: Option<bool>, delay: Option<Duration>) {
+    if advice != Some(false) {
+        return;
+    }
+    let h = res.headers_mut();
+    h.insert(SHOULD_RETRY_HEADER, HeaderValue::from_static("false"));
+    if let Some(delay) = delay.filter(|d| !d.is_zero()) {
+        if !h.contains_key("retry-after-ms") {
+            h.insert("retry-after-ms", HeaderValue::from(retry_after_ms(delay)));
+        }
+        if !h.contains_key(header::RETRY_AFTER) {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(delay)),
+            );
+        }
+    }
 }
 
 /// This library's errors as HTTP statuses; anything else is the upstream
@@ -536,28 +685,74 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     if let Some(accept) = headers.get(header::ACCEPT) {
         h.insert(header::ACCEPT, accept.clone());
     }
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let route = route_key(&model);
+    let attempts = Attempts::default();
     let ext = req.extensions_mut();
-    ext.insert(key);
+    // The breaker reads the route; the swap inside the stack gives the
+    // concurrency limit and the rate windows the caller's key.
+    ext.insert(route.clone());
+    ext.insert(CallerKey(key));
+    ext.insert(attempts.clone());
     ext.insert(TokenEstimate(tokens));
     ext.insert(priority);
     if let Some(after) = deadline {
         ext.insert(Deadline(tokio::time::Instant::now() + after));
     }
 
-    match state.stack.clone().oneshot(req).await {
+    let result = state.stack.clone().oneshot(req).await;
+    let made = attempts.0.load(Ordering::Relaxed);
+    match result {
         Ok(upstream) => {
+            let class = DefaultClassifier.classify(Ok(&upstream));
             let mut res = pass_through(upstream);
+            let advice = retry_advice(Ending::Upstream(&class), made, state.retries);
+            advise(&mut res, advice, class.retry_after);
             if let Some(model) = routed.and_then(|m| HeaderValue::try_from(m).ok()) {
                 res.headers_mut().insert(ROUTED_HEADER, model);
             }
             res
         }
         Err(err) => {
-            tracing::debug!(error = %err, "chat completion refused");
-            error_response(&err)
+            tracing::debug!(error = %err, attempts = made, "chat completion refused");
+            let mut res = error_response(&err);
+            let half_open = || {
+                let breaker = state.breaker.as_ref();
+                breaker.and_then(|b| b.partition_state(&route)) == Some(CircuitState::HalfOpen)
+            };
+            let (ending, delay) = match err.downcast_ref::<Error>() {
+                Some(own @ Error::CircuitOpen { .. }) if half_open() => {
+                    (Ending::ProbesInFlight, own.retry_after())
+                }
+                Some(own) => (Ending::Refused(own), own.retry_after()),
+                None => (Ending::Unreachable, None),
+            };
+            advise(&mut res, retry_advice(ending, made, state.retries), delay);
+            res
         }
     }
 }
+
+/// The breaker's key for a request: its model. The proxy has one upstream,
+/// so a model is a route; a model's failures open only its breaker.
+pub fn route_key(model: &str) -> PartitionKey {
+    PartitionKey::new(model)
+}
+
+/// The caller's key while the request passes the breaker (keyed by route);
+/// put back as the `PartitionKey` for the concurrency limit and the rate
+/// windows, which budget per caller.
+#[derive(Clone)]
+struct CallerKey(PartitionKey);
+
+/// Attempts the retry layer sent towards the breaker for one request,
+/// shared by the request's copies (a retry clones the extensions).
+#[derive(Clone, Default)]
+struct Attempts(Arc<AtomicU32>);
 
 /// `GET /v1/models`: the upstream's list, fetched with the caller's key (or
 /// the upstream key). Listing spends no token budget, so it bypasses the
@@ -586,9 +781,30 @@ async fn health(State(state): State<Arc<AppState>>) -> Response<Body> {
         .concurrency
         .as_ref()
         .and_then(ConcurrencyLimitLayer::stats);
+    // The breakers of the models `auto` routes to; a model never called has
+    // none yet, which reads as closed.
+    let routing = &state.config.routing;
+    let circuits: Option<Vec<(&str, CircuitState)>> = state.breaker.as_ref().map(|b| {
+        [routing.cheap.as_str(), routing.strong.as_str()]
+            .map(|model| {
+                let s = b.partition_state(&route_key(model));
+                (model, s.unwrap_or(CircuitState::Closed))
+            })
+            .to_vec()
+    });
+    let worst = circuits.as_ref().and_then(|c| {
+        c.iter()
+            .map(|(_, s)| *s)
+            .max_by(|a, b| a.gauge_value().total_cmp(&b.gauge_value()))
+    });
     let body = json!({
         "status": "ok",
-        "circuit": state.breaker.as_ref().map(|b| b.state().to_string()),
+        "circuit": worst.map(|s| s.to_string()),
+        "circuits": circuits.map(|c| {
+            c.into_iter()
+                .map(|(m, s)| (m.to_owned(), Value::String(s.to_string())))
+                .collect::<serde_json::Map<_, _>>()
+        }),
         "in_flight": conc.map(|s| s.in_flight),
         "queued": conc.map(|s| s.queued),
         "rate_waiting": rate.map(|r| r.waiting),

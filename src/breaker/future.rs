@@ -19,7 +19,7 @@ pin_project! {
     ///
     /// It holds the call's permit: when the inner future resolves, the
     /// result is classified and recorded. Dropped before that, it records
-    /// nothing, and a half-open probe slot it held is given back.
+    /// nothing, and a half-open probe slot it held goes to the next caller.
     pub struct ResponseFuture<F, C> {
         #[pin]
         kind: Kind<F, C>,

@@ -72,8 +72,8 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 ///
 /// When none is set, `failure_rate(0.5)` applies. Defaults: a count window of
 /// the last 100 calls, 20 minimum calls (never more than the count window),
-/// 30 s open, no backoff, 3 half-open probes, a half-open maximum wait of
-/// 120 s, no partitions.
+/// 30 s open, no backoff, 3 half-open probes, a probe unanswered after 120 s
+/// counted as failed, no partitions.
 pub struct CircuitBreakerBuilder<C = DefaultClassifier> {
     consecutive_failures: Option<u32>,
     failure_rate: Option<f64>,
@@ -207,16 +207,22 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// How many probe calls half-open lets through. The breaker closes when
-    /// all of them finished without reaching the failure (or slow-call)
-    /// rate, and re-opens as soon as they reach it. With only
-    /// `consecutive_failures` set, one failed probe re-opens it.
+    /// this many probes were counted without reaching the failure (or
+    /// slow-call) rate, and re-opens as soon as they reach it. With only
+    /// `consecutive_failures` set, one failed probe re-opens it. A probe
+    /// whose outcome is ignored (a 429, a caller error) or whose future is
+    /// dropped frees its slot for the next caller.
     pub fn half_open_probes(mut self, n: u32) -> Self {
         self.half_open_probes = n;
         self
     }
 
-    /// The longest half-open lasts: if the probes have not all finished by
-    /// then, the breaker opens again.
+    /// The longest a probe may stay unanswered: a probe still in flight this
+    /// long after it passed counts as a failed probe (an upstream that hangs
+    /// is not healthy), and its late outcome is not recorded. It bounds each
+    /// probe, not half-open: a breaker whose probes come back ignored (429s)
+    /// stays half-open for as long as that lasts. It is also the most a
+    /// caller refused in half-open is told to wait.
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.half_open_max_wait = wait;
         self

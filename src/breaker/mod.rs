@@ -37,7 +37,9 @@
 //!
 //! # States
 //!
-//! The transitions are those of resilience4j's breaker:
+//! The transitions are those of resilience4j's breaker, except that
+//! half-open ends only through its probes, never by a timer (see
+//! [Re-opening needs a failure](#re-opening-needs-a-failure)):
 //!
 //! - **Closed**: calls pass; each finished call is classified and recorded.
 //!   The breaker opens when any configured condition holds after a call:
@@ -52,17 +54,24 @@
 //!   multiplied by `m` on each consecutive opening, capped at `max`, and
 //!   back at its base once the breaker has stayed closed for
 //!   `backoff_reset_after`.
-//! - **Half-open**: exactly `half_open_probes` calls pass; the rest fail fast
-//!   with a `retry_after` of the time left of the half-open maximum wait.
-//!   The breaker re-opens as soon as the probes' failures (or slow calls)
-//!   reach the rate (with only `consecutive_failures`, at the first failed
-//!   probe) and closes, with an empty window, once all probes finished
-//!   without reaching it. If the probes have not finished within
-//!   `half_open_max_wait`, it opens again.
+//! - **Half-open**: at most `half_open_probes` calls pass as probes; the
+//!   rest fail fast with a `retry_after` of the time left until the oldest
+//!   probe in flight reaches `half_open_max_wait`. A probe whose outcome
+//!   counts keeps its slot; a probe whose outcome is ignored (a 429, a
+//!   caller error) or whose response future is dropped frees its slot, and
+//!   the next caller passes as a probe. The breaker re-opens as soon as the
+//!   probes' failures (or slow calls) reach the rate (with only
+//!   `consecutive_failures`, at the first failed probe) and closes, with an
+//!   empty window, once `half_open_probes` probes were counted without
+//!   reaching it. A probe still unanswered `half_open_max_wait` after it
+//!   passed counts as a failed probe, and its late outcome is not recorded.
+//!   Half-open has no time limit of its own: while outcomes are only
+//!   ignored ones, it stays half-open and keeps letting callers through.
 //!
 //! A [`CircuitHandle`] can also force a breaker open or closed and reset it.
-//! Leaving open (and the half-open maximum wait) happens when the next call
-//! or handle read arrives, not on a timer: an idle breaker costs nothing.
+//! Leaving open (and counting a probe past its maximum wait) happens when
+//! the next call, outcome or handle read arrives, not on a timer: an idle
+//! breaker costs nothing.
 //!
 //! # What counts
 //!
@@ -72,22 +81,35 @@
 //! errors) count against the upstream; successes for it; anything else
 //! (caller errors, and 429, which is back-pressure for the rate limiter) is
 //! ignored: it does not enter the window, does not break a run of
-//! consecutive failures, and gives a probe slot back.
+//! consecutive failures, and frees its probe slot for the next caller.
 //!
 //! A call's duration, for slow calls, runs from `call` to the response
 //! future's resolution: a streamed body is not timed. Put a first-chunk
 //! timeout inside the breaker to count stalled streams as failures.
 //!
-//! Outcomes carry the generation of the state they were admitted in: a call
-//! admitted while closed that finishes after the breaker opened is not
-//! recorded.
+//! Outcomes carry the generation of the state they were admitted in (a
+//! probe, its own ticket): a call admitted while closed that finishes after
+//! the breaker opened is not recorded, nor is a probe's from an earlier
+//! half-open period or one already counted as hung.
 //!
 //! # Half-open probes
 //!
 //! Probe slots are taken under the breaker's lock, so however many clones of
-//! the service race, exactly `half_open_probes` calls pass. A probe whose
-//! response future is dropped gives its slot back without counting as a
-//! success or a failure.
+//! the service race, at most `half_open_probes` probes are in flight or
+//! counted at once, and exactly that many pass while none frees its slot.
+//! A probe whose outcome is ignored or whose response future is dropped
+//! frees its slot without counting as a success or a failure: the next
+//! caller passes as a probe, so neither a run of 429s nor callers that give
+//! up can leave a half-open breaker with no probe in flight refusing calls.
+//!
+//! # Re-opening needs a failure
+//!
+//! The breaker opens only when a counted failure or slow call meets a trip
+//! condition (a probe unanswered for `half_open_max_wait` is a failure), or
+//! when a [`CircuitHandle`] forces it. Time alone moves it from open to
+//! half-open, never back: one 500 that opens a breaker followed by nothing
+//! but 429s leaves it half-open, passing callers one probe slot at a time,
+//! and the open duration does not grow.
 //!
 //! # Partitions
 //!
@@ -99,8 +121,9 @@
 //!
 //! # Cancel safety
 //!
-//! Dropping the response future at any point records nothing and releases
-//! what it held (a probe slot). Dropping a service holds nothing.
+//! Dropping the response future at any point records nothing, never changes
+//! the state, and frees what it held (a probe slot, which the next caller
+//! takes). Dropping a service holds nothing.
 //!
 //! # Cost
 //!
@@ -116,6 +139,9 @@
 //! `call`, drop when the future ends), the floor for a response future that
 //! outlives the service without `unsafe`.
 //! Everything off the closed path (open, half-open, handles) takes the mutex.
+//! A half-open breaker keeps each probe in flight as a ticket and its
+//! admission time (16 bytes): a list of at most `half_open_probes` entries,
+//! allocated the first time the breaker goes half-open and kept.
 //! Time is tokio's, so paused-time tests drive it.
 //!
 //! # Metrics

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use super::state::{Admit, CircuitState, Config, Machine, Record, Transition};
+use super::state::{Admit, CircuitState, Config, Machine, Pass, Record, Transition};
 use super::StateChange;
 use crate::partition::{Idle, Partitions};
 use crate::request::PartitionKey;
@@ -194,7 +194,7 @@ impl Breaker {
         let mode = self.mode.load(Ordering::Acquire);
         let code = mode & STATE_MASK;
         if code == CircuitState::Closed.code() || code == CircuitState::ForcedClosed.code() {
-            return Ok(Permit::new(self, mode >> STATE_BITS, false));
+            return Ok(Permit::new(self, Pass::Closed(mode >> STATE_BITS)));
         }
         self.admit_slow()
     }
@@ -210,8 +210,8 @@ impl Breaker {
         };
         self.notify(transition, now);
         match admit {
-            Admit::Closed(generation) => Ok(Permit::new(self, generation, false)),
-            Admit::Probe(generation) => Ok(Permit::new(self, generation, true)),
+            Admit::Closed(generation) => Ok(Permit::new(self, Pass::Closed(generation))),
+            Admit::Probe(ticket) => Ok(Permit::new(self, Pass::Probe(ticket))),
             Admit::Rejected(retry_after) => {
                 self.metrics.rejected.increment(1);
                 tracing::debug!(
@@ -227,21 +227,22 @@ impl Breaker {
     /// Records a finished call. `now` is read at most once, and only if the
     /// window or a transition needs it.
     #[inline]
-    pub(crate) fn record(&self, generation: u64, record: Record, now: Option<Instant>) {
+    pub(crate) fn record(&self, pass: Pass, record: Record, now: Option<Instant>) {
         self.metrics.calls[record.index()].increment(1);
         if record == Record::SUCCESS && self.quiet.load(Ordering::Acquire) {
-            // Nothing a plain success could change: skip the lock.
+            // Nothing a plain success could change (quiet means closed, so
+            // a probe's success is from an ended phase): skip the lock.
             return;
         }
-        self.record_locked(generation, record, now);
+        self.record_locked(pass, record, now);
     }
 
     #[inline(never)]
-    fn record_locked(&self, generation: u64, record: Record, now: Option<Instant>) {
+    fn record_locked(&self, pass: Pass, record: Record, now: Option<Instant>) {
         let mut at = now;
         let transition = {
             let mut m = self.machine.lock();
-            let t = m.record(&self.shared.cfg, generation, record, || {
+            let t = m.record(&self.shared.cfg, pass, record, || {
                 *at.get_or_insert_with(Instant::now)
             });
             if t.is_some() {
@@ -258,9 +259,9 @@ impl Breaker {
 
     #[cold]
     #[inline(never)]
-    fn release_probe(&self, generation: u64) {
+    fn release_probe(&self, ticket: u64) {
         let mut m = self.machine.lock();
-        m.release_probe(generation);
+        m.release_probe(ticket);
     }
 
     /// The state now (applying what time alone changes).
@@ -344,29 +345,33 @@ impl Idle for Breaker {
 /// The right to make one call: a closed-state pass or a half-open probe slot.
 ///
 /// Dropped without an outcome (the response future was dropped), a probe
-/// slot is given back without counting as a success or a failure.
+/// frees its slot for the next caller without counting as a success or a
+/// failure.
 pub(crate) struct Permit {
     breaker: Arc<Breaker>,
-    /// `generation << 1 | probe`: two words, so the response future stays
-    /// small (generations stay far below 2^61, see `pack`).
+    /// `generation << 1` for a closed pass, `ticket << 1 | 1` for a probe:
+    /// two words, so the response future stays small (generations and
+    /// tickets stay far below 2^61, see `pack`).
     tagged: u64,
 }
 
 impl Permit {
     #[inline]
-    fn new(breaker: Arc<Breaker>, generation: u64, probe: bool) -> Self {
-        Permit {
-            breaker,
-            tagged: generation << 1 | u64::from(probe),
+    fn new(breaker: Arc<Breaker>, pass: Pass) -> Self {
+        let tagged = match pass {
+            Pass::Closed(generation) => generation << 1,
+            Pass::Probe(ticket) => ticket << 1 | 1,
+        };
+        Permit { breaker, tagged }
+    }
+
+    #[inline]
+    fn pass(&self) -> Pass {
+        if self.tagged & 1 != 0 {
+            Pass::Probe(self.tagged >> 1)
+        } else {
+            Pass::Closed(self.tagged >> 1)
         }
-    }
-
-    fn generation(&self) -> u64 {
-        self.tagged >> 1
-    }
-
-    fn is_probe(&self) -> bool {
-        self.tagged & 1 != 0
     }
 
     pub(crate) fn breaker(&self) -> &Breaker {
@@ -377,17 +382,19 @@ impl Permit {
     /// response future, so a quiet success is a counter and a flag read.
     #[inline]
     pub(crate) fn record(mut self, record: Record, now: Option<Instant>) {
-        // The outcome settles the probe slot: `Drop` must not give it back.
-        self.tagged &= !1;
-        self.breaker.record(self.generation(), record, now);
+        let pass = self.pass();
+        // The outcome settles a probe's slot: `Drop` must not free it again
+        // (a closed pass is a no-op there).
+        self.tagged = 0;
+        self.breaker.record(pass, record, now);
     }
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if self.is_probe() {
-            self.breaker.release_probe(self.generation());
+        if let Pass::Probe(ticket) = self.pass() {
+            self.breaker.release_probe(ticket);
         }
     }
 }
@@ -395,8 +402,7 @@ impl Drop for Permit {
 impl std::fmt::Debug for Permit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("generation", &self.generation())
-            .field("probe", &self.is_probe())
+            .field("pass", &self.pass())
             .finish()
     }
 }

@@ -3,7 +3,7 @@
 //! Everything here is plain data driven by `now` arguments, so unit tests and
 //! the model-based test drive it without a runtime. [`Machine`] is kept behind
 //! a mutex by the service; the closed path only reads an atomic mirror of its
-//! state and generation (see `breaker.rs`).
+//! state and generation (see `shared.rs`).
 
 use std::fmt;
 use std::time::Duration;
@@ -217,10 +217,20 @@ pub(crate) struct Transition {
 pub(crate) enum Admit {
     /// Pass, in the closed state of this generation.
     Closed(u64),
-    /// Pass as a half-open probe of this generation.
+    /// Pass as the half-open probe with this ticket.
     Probe(u64),
     /// Fail fast; trying again may pass after this long.
     Rejected(Duration),
+}
+
+/// Which admission a finished call had: what its outcome is checked against
+/// to tell whether it still counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Let through closed (or forced closed) in this generation.
+    Closed(u64),
+    /// Let through as the half-open probe with this ticket.
+    Probe(u64),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -232,15 +242,22 @@ enum Phase {
         until: Instant,
     },
     HalfOpen {
-        since: Instant,
-        /// Probes let through and not yet given back (finished ones stay).
-        admitted: u32,
+        /// Probes whose outcome was counted (hung ones included): their
+        /// slots stay taken until the phase ends.
         completed: u32,
         failures: u32,
         slow: u32,
     },
     ForcedOpen,
     ForcedClosed,
+}
+
+/// A half-open probe in flight: its ticket (the permit holds the same) and
+/// when it was let through.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    ticket: u64,
+    since: Instant,
 }
 
 /// The state machine of one breaker.
@@ -254,6 +271,15 @@ pub(crate) struct Machine {
     consecutive: u32,
     /// Consecutive openings, for the growing open duration.
     openings: u32,
+    /// The probes in flight in this half-open phase, oldest first; emptied
+    /// on every transition. A probe that leaves it without a counted outcome
+    /// (ignored, or its future dropped) frees its slot for the next caller.
+    /// Kept across phases so a breaker that keeps probing allocates once.
+    probes: Vec<Probe>,
+    /// The next probe's ticket: unique over the breaker's life, so an
+    /// outcome of a probe from an earlier half-open phase (or one already
+    /// counted as hung) finds no ticket and is ignored.
+    next_ticket: u64,
 }
 
 impl Machine {
@@ -268,6 +294,8 @@ impl Machine {
             window,
             consecutive: 0,
             openings: 0,
+            probes: Vec::new(),
+            next_ticket: 0,
         }
     }
 
@@ -301,14 +329,29 @@ impl Machine {
         }
     }
 
-    /// Applies the transitions that time alone causes: open → half-open when
-    /// the open duration has passed, half-open → open when probes have not
-    /// finished within the maximum wait.
+    /// Applies what time alone causes: open → half-open when the open
+    /// duration has passed; in half-open, a probe still in flight
+    /// `half_open_max_wait` after it was let through counts as a failed
+    /// probe (which re-opens the breaker if the failures reach the rate).
+    /// Time never re-opens a breaker by itself: an idle half-open breaker,
+    /// or one whose probes all came back ignored, stays half-open.
     pub(crate) fn tick(&mut self, cfg: &Config, now: Instant) -> Option<Transition> {
         match self.phase {
-            Phase::Open { until } if now >= until => Some(self.enter_half_open(now)),
-            Phase::HalfOpen { since, .. } if now >= since + cfg.half_open_max_wait => {
-                Some(self.open(cfg, now))
+            Phase::Open { until } if now >= until => Some(self.enter_half_open()),
+            Phase::HalfOpen { .. } => {
+                while let Some(oldest) = self.probes.first() {
+                    if now < oldest.since + cfg.half_open_max_wait {
+                        break;
+                    }
+                    // Hung: an upstream that does not answer a probe is not
+                    // healthy. Its late outcome will find no ticket.
+                    self.probes.remove(0);
+                    let t = self.count_probe(cfg, true, false, now);
+                    if t.is_some() {
+                        return t;
+                    }
+                }
+                None
             }
             _ => None,
         }
@@ -331,27 +374,37 @@ impl Machine {
             Phase::Closed { .. } | Phase::ForcedClosed => Admit::Closed(self.generation),
             Phase::Open { until } => Admit::Rejected(until.saturating_duration_since(now)),
             Phase::ForcedOpen => Admit::Rejected(cfg.open_duration),
-            Phase::HalfOpen {
-                since, admitted, ..
-            } => {
-                if *admitted < cfg.half_open_probes {
-                    *admitted += 1;
-                    Admit::Probe(self.generation)
+            Phase::HalfOpen { completed, .. } => {
+                let taken = u64::from(*completed) + self.probes.len() as u64;
+                if taken < u64::from(cfg.half_open_probes) {
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    // Admission times stay in order even when racing callers
+                    // read the clock in one order and lock in the other, so
+                    // the oldest probe is always the first.
+                    let since = self.probes.last().map_or(now, |p| p.since.max(now));
+                    self.probes.push(Probe { ticket, since });
+                    Admit::Probe(ticket)
                 } else {
-                    Admit::Rejected(
-                        (*since + cfg.half_open_max_wait).saturating_duration_since(now),
-                    )
+                    // Every slot is taken, so a probe is in flight (counted
+                    // probes alone would have ended the phase). By the
+                    // oldest one's maximum wait, it has answered or counts
+                    // as failed.
+                    let wait = self.probes.first().map_or(cfg.half_open_max_wait, |p| {
+                        (p.since + cfg.half_open_max_wait).saturating_duration_since(now)
+                    });
+                    Admit::Rejected(wait)
                 }
             }
         };
         (admit, t)
     }
 
-    /// Records the outcome of a call admitted under `generation`.
+    /// Records the outcome of a call admitted as `pass`.
     pub(crate) fn record(
         &mut self,
         cfg: &Config,
-        generation: u64,
+        pass: Pass,
         record: Record,
         now: impl FnMut() -> Instant,
     ) -> Option<Transition> {
@@ -359,17 +412,22 @@ impl Machine {
         let mut clock = now;
         let mut now = move || *cached.get_or_insert_with(&mut clock);
         if matches!(self.phase, Phase::Open { .. } | Phase::HalfOpen { .. }) {
-            // A probe finishing after the half-open wait ran out is late: the
-            // breaker re-opens first, and the outcome is stale.
+            // Time first: a probe that hung past the maximum wait counts as
+            // failed before this outcome (which may be its own, then late
+            // and not counted twice).
             if let Some(t) = self.tick(cfg, now()) {
                 return Some(t);
             }
         }
-        if generation != self.generation {
-            return None;
-        }
-        match (&mut self.phase, record) {
-            (Phase::Closed { .. }, Record::Counted { failed, slow }) => {
+        match pass {
+            Pass::Closed(generation) => {
+                if generation != self.generation {
+                    return None;
+                }
+                let (Phase::Closed { .. }, Record::Counted { failed, slow }) = (self.phase, record)
+                else {
+                    return None;
+                };
                 if failed {
                     self.consecutive += 1;
                 } else {
@@ -389,40 +447,69 @@ impl Machine {
                 };
                 (trip_consecutive || trip_rate).then(|| self.open(cfg, now()))
             }
-            (
-                Phase::HalfOpen {
-                    admitted,
-                    completed,
-                    failures,
-                    slow: slow_count,
-                    ..
-                },
-                record,
-            ) => {
-                let Record::Counted { failed, slow } = record else {
-                    // Neither success nor failure: give the slot back.
-                    *admitted = admitted.saturating_sub(1);
+            Pass::Probe(ticket) => {
+                if !self.take_probe(ticket) {
                     return None;
-                };
-                *completed += 1;
-                *failures += u32::from(failed);
-                *slow_count += u32::from(slow);
-                let n = cfg.half_open_probes;
-                let failing = match cfg.failure_rate {
-                    Some(rate) => Config::reaches(*failures, n, rate),
-                    None => *failures > 0,
-                } || cfg
-                    .slow_call
-                    .is_some_and(|(_, rate)| Config::reaches(*slow_count, n, rate));
-                if failing {
-                    Some(self.open(cfg, now()))
-                } else if *completed >= n {
-                    Some(self.close(now()))
-                } else {
-                    None
+                }
+                match record {
+                    Record::Counted { failed, slow } => self.count_probe(cfg, failed, slow, now()),
+                    // Neither success nor failure (a 429, a caller error):
+                    // the slot is free for the next caller, and nothing
+                    // changes state. Re-opening takes a failure.
+                    Record::Ignored => None,
                 }
             }
-            _ => None,
+        }
+    }
+
+    /// Takes the probe `ticket` out of the in-flight list; `false` if it is
+    /// not there (an earlier phase's, or already counted as hung).
+    fn take_probe(&mut self, ticket: u64) -> bool {
+        if !matches!(self.phase, Phase::HalfOpen { .. }) {
+            return false;
+        }
+        match self.probes.iter().position(|p| p.ticket == ticket) {
+            Some(i) => {
+                self.probes.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts one probe's outcome: re-opens once the probes' failures (or
+    /// slow calls) reach the rate, closes once all probes are counted.
+    fn count_probe(
+        &mut self,
+        cfg: &Config,
+        failed: bool,
+        slow: bool,
+        now: Instant,
+    ) -> Option<Transition> {
+        let Phase::HalfOpen {
+            completed,
+            failures,
+            slow: slow_count,
+        } = &mut self.phase
+        else {
+            return None;
+        };
+        *completed += 1;
+        *failures += u32::from(failed);
+        *slow_count += u32::from(slow);
+        let n = cfg.half_open_probes;
+        let failing = match cfg.failure_rate {
+            Some(rate) => Config::reaches(*failures, n, rate),
+            None => *failures > 0,
+        } || cfg
+            .slow_call
+            .is_some_and(|(_, rate)| Config::reaches(*slow_count, n, rate));
+        if failing {
+            Some(self.open(cfg, now))
+        } else if *completed >= n {
+            Some(self.close(now))
+        } else {
+            None
         }
     }
 
@@ -437,15 +524,11 @@ impl Machine {
                 .is_some_and(|(_, rate)| Config::reaches(totals.slow, totals.calls, rate))
     }
 
-    /// Gives back a probe slot whose call ended without an outcome (its
-    /// future was dropped).
-    pub(crate) fn release_probe(&mut self, generation: u64) {
-        if generation != self.generation {
-            return;
-        }
-        if let Phase::HalfOpen { admitted, .. } = &mut self.phase {
-            *admitted = admitted.saturating_sub(1);
-        }
+    /// Frees the slot of a probe whose call ended without an outcome (its
+    /// future was dropped): the next caller is let through as a probe.
+    /// Nothing is counted, so this never changes the state.
+    pub(crate) fn release_probe(&mut self, ticket: u64) {
+        self.take_probe(ticket);
     }
 
     /// Forces a state from a handle: `Open`/`ForcedOpen` force open,
@@ -460,15 +543,13 @@ impl Machine {
             }
             CircuitState::ForcedClosed => {
                 self.reset_counts();
-                self.phase = Phase::ForcedClosed;
-                self.generation += 1;
+                self.set_phase(Phase::ForcedClosed);
             }
             CircuitState::Open | CircuitState::ForcedOpen => {
-                self.phase = Phase::ForcedOpen;
-                self.generation += 1;
+                self.set_phase(Phase::ForcedOpen);
             }
             CircuitState::HalfOpen => {
-                self.enter_half_open(now);
+                self.enter_half_open();
             }
         }
         let to = self.current();
@@ -493,6 +574,14 @@ impl Machine {
             && (self.openings == 0 || now >= since + cfg.backoff_reset_after)
     }
 
+    /// Every transition goes through here: a new generation, and no probe
+    /// of the old phase left in flight (their outcomes find no ticket).
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.generation += 1;
+        self.probes.clear();
+    }
+
     fn reset_counts(&mut self) {
         self.consecutive = 0;
         if let Some(w) = &mut self.window {
@@ -509,10 +598,9 @@ impl Machine {
         }
         let duration = cfg.open_duration_after(self.openings);
         self.openings = self.openings.saturating_add(1);
-        self.phase = Phase::Open {
+        self.set_phase(Phase::Open {
             until: now + duration,
-        };
-        self.generation += 1;
+        });
         self.reset_counts();
         Transition {
             from,
@@ -520,16 +608,13 @@ impl Machine {
         }
     }
 
-    fn enter_half_open(&mut self, now: Instant) -> Transition {
+    fn enter_half_open(&mut self) -> Transition {
         let from = self.current();
-        self.phase = Phase::HalfOpen {
-            since: now,
-            admitted: 0,
+        self.set_phase(Phase::HalfOpen {
             completed: 0,
             failures: 0,
             slow: 0,
-        };
-        self.generation += 1;
+        });
         Transition {
             from,
             to: CircuitState::HalfOpen,
@@ -538,8 +623,7 @@ impl Machine {
 
     fn close(&mut self, now: Instant) -> Transition {
         let from = self.current();
-        self.phase = Phase::Closed { since: now };
-        self.generation += 1;
+        self.set_phase(Phase::Closed { since: now });
         self.reset_counts();
         Transition {
             from,
@@ -577,9 +661,10 @@ mod tests {
         }
     }
 
-    fn admit_gen(m: &mut Machine, cfg: &Config, now: Instant) -> u64 {
+    fn admit_gen(m: &mut Machine, cfg: &Config, now: Instant) -> Pass {
         match m.admit(cfg, now).0 {
-            Admit::Closed(g) | Admit::Probe(g) => g,
+            Admit::Closed(g) => Pass::Closed(g),
+            Admit::Probe(t) => Pass::Probe(t),
             Admit::Rejected(d) => panic!("rejected for {d:?}"),
         }
     }
@@ -612,13 +697,82 @@ mod tests {
         );
         let t1 = t0 + Duration::from_secs(10);
         let (a, t) = m.admit(&cfg, t1);
-        assert!(matches!(a, Admit::Probe(_)));
+        let Admit::Probe(first) = a else {
+            panic!("not a probe: {a:?}")
+        };
         assert_eq!(t.unwrap().to, CircuitState::HalfOpen);
-        let g = admit_gen(&mut m, &cfg, t1);
+        let second = admit_gen(&mut m, &cfg, t1);
         assert!(matches!(m.admit(&cfg, t1).0, Admit::Rejected(_)));
-        assert_eq!(m.record(&cfg, g, OK, || t1), None);
-        let t = m.record(&cfg, g, OK, || t1).unwrap();
+        assert_eq!(m.record(&cfg, Pass::Probe(first), OK, || t1), None);
+        assert_eq!(
+            m.record(&cfg, Pass::Probe(first), OK, || t1),
+            None,
+            "one outcome per probe"
+        );
+        let t = m.record(&cfg, second, OK, || t1).unwrap();
         assert_eq!(t.to, CircuitState::Closed);
+    }
+
+    #[test]
+    fn ignored_and_dropped_probes_hand_their_slots_on_without_reopening() {
+        let cfg = Config {
+            half_open_probes: 1,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut m = Machine::new(&cfg, t0);
+        m.force(CircuitState::HalfOpen, t0);
+        // Far past any maximum wait counted from entering half-open.
+        for i in 0..20u64 {
+            let now = t0 + Duration::from_secs(25 * i);
+            let probe = admit_gen(&mut m, &cfg, now);
+            assert!(matches!(m.admit(&cfg, now).0, Admit::Rejected(_)));
+            if i % 2 == 0 {
+                assert_eq!(m.record(&cfg, probe, Record::Ignored, || now), None);
+            } else {
+                let Pass::Probe(ticket) = probe else {
+                    panic!("not a probe: {probe:?}")
+                };
+                m.release_probe(ticket);
+            }
+            assert_eq!(m.current(), CircuitState::HalfOpen);
+        }
+        let now = t0 + Duration::from_secs(1_000);
+        let probe = admit_gen(&mut m, &cfg, now);
+        let t = m.record(&cfg, probe, FAIL, || now).unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+    }
+
+    #[test]
+    fn a_probe_hung_past_the_max_wait_counts_as_failed() {
+        let cfg = Config {
+            failure_rate: Some(0.5),
+            half_open_probes: 4,
+            ..cfg()
+        };
+        let t0 = Instant::now();
+        let mut m = Machine::new(&cfg, t0);
+        m.force(CircuitState::HalfOpen, t0);
+        let wait = cfg.half_open_max_wait;
+        let hung = admit_gen(&mut m, &cfg, t0);
+        let later = t0 + Duration::from_secs(10);
+        let slow = admit_gen(&mut m, &cfg, later);
+        // One hung of four: below the rate, still half-open, slot kept.
+        assert_eq!(m.tick(&cfg, t0 + wait), None);
+        assert_eq!(m.current(), CircuitState::HalfOpen);
+        let ok = admit_gen(&mut m, &cfg, t0 + wait);
+        assert_eq!(m.record(&cfg, ok, OK, || t0 + wait), None);
+        // The hung probe's late outcome is not counted again.
+        assert_eq!(m.record(&cfg, hung, OK, || t0 + wait), None);
+        let _last = admit_gen(&mut m, &cfg, t0 + wait);
+        assert!(
+            matches!(m.admit(&cfg, t0 + wait).0, Admit::Rejected(d) if d == Duration::from_secs(10)),
+            "refused until the oldest probe in flight is due"
+        );
+        // The second hung probe reaches the rate: re-opened by failures.
+        let t = m.tick(&cfg, later + wait).unwrap();
+        assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+        assert_eq!(m.record(&cfg, slow, OK, || later + wait), None);
     }
 
     #[test]

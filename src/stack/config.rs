@@ -302,9 +302,10 @@ pub struct BreakerConfig {
     pub max_open_duration: Duration,
     /// Probe calls let through when half-open (default 3).
     pub half_open_probes: u32,
-    /// The longest half-open lasts (default 120 s). Keep it longer than a
-    /// probe's queue wait + window wait + attempt timeout: probes wait in
-    /// the queue like any request.
+    /// The longest a half-open probe may stay unanswered before it counts as
+    /// a failed probe (default 120 s). Keep it longer than a probe's queue
+    /// wait + window wait + attempt timeout: probes wait in the queue like
+    /// any request.
     #[cfg_attr(feature = "serde", serde(with = "dur_serde"))]
     pub half_open_max_wait: Duration,
     /// One breaker per partition key, at most this many.

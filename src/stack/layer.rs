@@ -125,6 +125,15 @@ impl<C, P, F> LlmStack<C, P, F> {
     pub fn retry(&self) -> Option<&RetryLayer<C, P>> {
         self.retry.as_ref()
     }
+
+    /// The circuit breaker layer. `None` when the breaker is off. Its clones
+    /// share its breakers; with [`retry`](Self::retry) it lets an
+    /// application that composes the parts itself (e.g. to key the breaker
+    /// by route while the rate window is keyed by caller) keep the
+    /// configured settings.
+    pub fn breaker(&self) -> Option<&CircuitBreakerLayer<C>> {
+        self.breaker.as_ref()
+    }
 }
 
 impl<S, C, P, F> Layer<S> for LlmStack<C, P, F>

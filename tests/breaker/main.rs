@@ -1,6 +1,7 @@
 //! Circuit breaker: transitions, windows, slow calls, probes, partitions,
 //! handle, metrics, and a model-based test, all on paused time.
 
+mod half_open;
 mod model;
 
 use std::future::Future;

@@ -952,3 +952,345 @@ async fn deadline_header_gives_504_when_the_upstream_hangs() {
     assert_eq!(a.error_code(), "timeout");
     assert_eq!(h.upstream_received(), 1, "a passed deadline is not retried");
 }
+
+/// An upstream that answers every chat request with what `answer` makes of
+/// the requested model, and counts the requests per model.
+async fn scripted_upstream(
+    answer: fn(&str) -> axum::http::Response<Body>,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>>,
+) {
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let seen = counts.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: Bytes| {
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let model = json["model"].as_str().unwrap_or("").to_owned();
+            *seen.lock().unwrap().entry(model.clone()).or_insert(0) += 1;
+            async move { answer(&model) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (addr, counts)
+}
+
+/// A 429 the way OpenAI sends one when a key's requests are spent: the
+/// delay only in `x-ratelimit-reset-requests`, which the SDKs do not read.
+fn always_429(_model: &str) -> axum::http::Response<Body> {
+    axum::http::Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-ratelimit-limit-requests", "60")
+        .header("x-ratelimit-remaining-requests", "0")
+        .header("x-ratelimit-reset-requests", "20ms")
+        .body(Body::from(
+            r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        ))
+        .unwrap()
+}
+
+/// A chat call as the official SDKs make it: retried up to twice on 408,
+/// 409, 429 and 5xx, unless the answer says `x-should-retry: false` (or
+/// forced by `x-should-retry: true`). Returns the last answer.
+async fn sdk_call(h: &Harness, key: &str, body: &Value) -> Answer {
+    let mut retries = 0;
+    loop {
+        let a = h
+            .send(h.request(Method::POST, "/v1/chat/completions", Some(key), Some(body)))
+            .await;
+        let status = a.status.as_u16();
+        let retryable = match a.header("x-should-retry") {
+            "true" => true,
+            "false" => false,
+            _ => matches!(status, 408 | 409 | 429) || status >= 500,
+        };
+        if !retryable || retries == 2 {
+            return a;
+        }
+        retries += 1;
+    }
+}
+
+async fn proxy_for(upstream: SocketAddr, stack: StackConfig) -> Harness {
+    let (addr, proxy, stop) = serve_proxy(ProxyConfig {
+        stack,
+        ..ProxyConfig::new(format!("http://{upstream}"))
+    })
+    .await;
+    Harness {
+        addr,
+        proxy,
+        upstream: None,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _sim: None,
+        _stop: stop,
+    }
+}
+
+#[tokio::test]
+async fn an_sdk_call_to_an_always_429_upstream_costs_one_proxy_retry_run() {
+    let (up, counts) = scripted_upstream(always_429).await;
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(100);
+    let h = proxy_for(up, stack).await;
+    let body = chat_body("Hi", false);
+    let mut per_call = Vec::new();
+    for _ in 0..3 {
+        let before: u32 = counts.lock().unwrap().values().sum();
+        let a = sdk_call(&h, "sk-nia-000014", &body).await;
+        per_call.push(counts.lock().unwrap().values().sum::<u32>() - before);
+
+        assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.body);
+        assert_eq!(a.error_code(), "rate_limit_exceeded", "the upstream's body");
+        // The proxy retried: the caller is told not to, and when to come
+        // back, in the headers the SDKs read.
+        assert_eq!(a.header("x-should-retry"), "false");
+        let ms: u64 = a.header("retry-after-ms").parse().expect("retry-after-ms");
+        let secs: u64 = a.header("retry-after").parse().expect("retry-after");
+        assert!(
+            ms > 0 && secs > 0,
+            "retry-after-ms {ms}, retry-after {secs}"
+        );
+        assert_eq!(a.header("x-ratelimit-reset-requests"), "20ms");
+    }
+    eprintln!("upstream attempts per SDK call, always 429: {per_call:?}");
+    // 1 + the proxy's 2 retries, not multiplied by the SDK's 2 retries (9)
+    assert_eq!(per_call, [3, 3, 3]);
+}
+
+/// A spent quota as OpenAI sends it: a 429 that only its body tells apart,
+/// with no `x-should-retry`.
+fn quota_spent(_model: &str) -> axum::http::Response<Body> {
+    axum::http::Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        ))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_spent_quota_reaches_the_upstream_once_per_sdk_call() {
+    let (up, counts) = scripted_upstream(quota_spent).await;
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(100);
+    let h = proxy_for(up, stack).await;
+    let a = sdk_call(&h, "sk-quinn-0017", &chat_body("Hi", false)).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(a.error_code(), "insufficient_quota");
+    // Not retried by the proxy (it read the body), nor by the SDK, which
+    // cannot tell this 429 from a passing one without the header.
+    assert_eq!(a.header("x-should-retry"), "false");
+    assert_eq!(counts.lock().unwrap().values().sum::<u32>(), 1);
+}
+
+/// 500 for the strong model, a small completion for any other.
+fn strong_model_fails(model: &str) -> axum::http::Response<Body> {
+    let (status, body) = if model == "sim-1" {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#,
+        )
+    } else {
+        (
+            StatusCode::OK,
+            r#"{"object":"chat.completion","choices":[]}"#,
+        )
+    };
+    axum::http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_of_500s_on_one_model_opens_only_that_models_breaker() {
+    let (up, counts) = scripted_upstream(strong_model_fails).await;
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(100);
+    stack.breaker.consecutive_failures = Some(3);
+    let h = proxy_for(up, stack).await;
+    let complex = chat_body("Prove that the sky is blue.", false);
+    let simple = chat_body("Hi", false);
+
+    // The strong model's three attempts fail: its breaker opens.
+    let failed = h
+        .send(h.request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("sk-olga-00015"),
+            Some(&complex),
+        ))
+        .await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failed.header(router::ROUTED_HEADER), "sim-1");
+    assert_eq!(
+        failed.header("x-should-retry"),
+        "false",
+        "the proxy retried"
+    );
+    let refused = h
+        .send(h.request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("sk-olga-00015"),
+            Some(&complex),
+        ))
+        .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.error_code(), "upstream_unavailable");
+    assert_ne!(
+        refused.header("x-should-retry"),
+        "false",
+        "not retried, and a probe may pass after retry-after"
+    );
+    assert_eq!(counts.lock().unwrap().get("sim-1"), Some(&3));
+
+    // Requests routed to the cheap model, from any key, are unaffected.
+    for key in ["sk-olga-00015", "sk-pete-00016"] {
+        let ok = h
+            .send(h.request(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(key),
+                Some(&simple),
+            ))
+            .await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+        assert_eq!(ok.header(router::ROUTED_HEADER), "sim-1-mini");
+    }
+    let breakers = h.proxy.breaker.as_ref().expect("breaker on");
+    let state = |model: &str| breakers.partition_state(&llm_sluice::PartitionKey::new(model));
+    assert_eq!(state("sim-1"), Some(llm_sluice::CircuitState::Open));
+    assert_eq!(state("sim-1-mini"), Some(llm_sluice::CircuitState::Closed));
+    let health = h
+        .send(h.request(Method::GET, "/health", None, None))
+        .await
+        .json();
+    assert_eq!(health["circuits"]["sim-1"], "open", "{health}");
+    assert_eq!(health["circuits"]["sim-1-mini"], "closed", "{health}");
+}
+
+#[test]
+fn retry_advice_says_false_only_when_a_caller_retry_is_spent_or_pointless() {
+    use llm_sluice::classify::{Classification, Outcome};
+    use router::{retry_advice, Ending, RetryPolicy};
+    let on = RetryPolicy {
+        retries: true,
+        max_delay: Duration::from_secs(60),
+    };
+    let off = RetryPolicy {
+        retries: false,
+        ..on
+    };
+    let limited = |delay: u64| {
+        Classification::new(Outcome::RateLimited {
+            quota_exhausted: false,
+        })
+        .with_status(429)
+        .with_retry_after(Some(Duration::from_secs(delay)))
+    };
+    let spent = Classification::new(Outcome::RateLimited {
+        quota_exhausted: true,
+    })
+    .with_status(429);
+    let failed = Classification::new(Outcome::ServerError).with_status(500);
+    let ok = Classification::success(None).with_status(200);
+    let open = |secs: u64| Error::CircuitOpen {
+        retry_after: Duration::from_secs(secs),
+    };
+    let window = Error::RateLimited {
+        retry_after: Some(Duration::from_secs(3)),
+    };
+    let attempt = Error::Timeout {
+        kind: TimeoutKind::Attempt,
+    };
+    let too_large = Error::RequestTooLarge {
+        tokens: 10,
+        limit: 5,
+    };
+    let no = Some(false);
+    let cases: [(&str, Ending<'_>, u32, RetryPolicy, Option<bool>); 18] = [
+        ("success", Ending::Upstream(&ok), 3, on, None),
+        ("429 retried", Ending::Upstream(&limited(1)), 3, on, no),
+        ("429 declined", Ending::Upstream(&limited(1)), 1, on, no),
+        (
+            "429, proxy retries off",
+            Ending::Upstream(&limited(1)),
+            1,
+            off,
+            None,
+        ),
+        (
+            "429 over the cap",
+            Ending::Upstream(&limited(600)),
+            1,
+            off,
+            no,
+        ),
+        ("spent quota", Ending::Upstream(&spent), 1, off, no),
+        ("500 retried", Ending::Upstream(&failed), 3, on, no),
+        (
+            "500, proxy retries off",
+            Ending::Upstream(&failed),
+            1,
+            off,
+            None,
+        ),
+        ("unreachable, retried", Ending::Unreachable, 3, on, no),
+        (
+            "unreachable, retries off",
+            Ending::Unreachable,
+            1,
+            off,
+            None,
+        ),
+        (
+            "breaker open, short wait",
+            Ending::Refused(&open(30)),
+            1,
+            on,
+            None,
+        ),
+        (
+            "breaker open, long wait",
+            Ending::Refused(&open(600)),
+            1,
+            on,
+            no,
+        ),
+        (
+            "breaker opened mid-retry",
+            Ending::Refused(&open(30)),
+            2,
+            on,
+            no,
+        ),
+        ("probe slots taken", Ending::ProbesInFlight, 1, on, None),
+        (
+            "probe slots taken, retried",
+            Ending::ProbesInFlight,
+            2,
+            on,
+            no,
+        ),
+        ("own rate window", Ending::Refused(&window), 1, on, None),
+        (
+            "attempt timeout declined",
+            Ending::Refused(&attempt),
+            1,
+            on,
+            no,
+        ),
+        ("never fits", Ending::Refused(&too_large), 1, off, no),
+    ];
+    for (name, ending, attempts, policy, expected) in cases {
+        assert_eq!(retry_advice(ending, attempts, policy), expected, "{name}");
+    }
+}
