@@ -31,7 +31,8 @@
 //!    shape otherwise). The key is the request's `PartitionKey`: each key has
 //!    its own requests- and tokens-per-minute windows, so one key's flood
 //!    does not spend another key's budget. The key is never logged: its
-//!    `Debug` shows four characters and a fingerprint.
+//!    `Debug` shows a fingerprint, and the first four characters only of a
+//!    key of at least sixteen.
 //! 2. Tokens are estimated from the body: prompt characters / 4, plus
 //!    `max_tokens` (or `max_completion_tokens`, or 256 when neither is set).
 //!    The rate windows reserve the estimate and correct it to the actual
@@ -47,15 +48,15 @@
 //!    (`--cheap-model`, default `sim-1-mini`). The answer's `x-routed-model`
 //!    header says which. A request naming any other model is sent as it is.
 //! 5. The stack is the llm-sluice stack in the order `LlmStack` uses
-//!    (outermost first: deadline → retry → circuit breaker → concurrency
-//!    limit with its priority queue → per-key rate windows → attempt
-//!    timeouts), then `ErrorBodyLayer` (so a spent-quota 429 is never
+//!    (outermost first: deadline → retry → circuit breaker → per-key rate
+//!    windows' admission → concurrency limit with its priority queue → the
+//!    windows' dispatch → attempt timeouts), then `ErrorBodyLayer` (so a spent-quota 429 is never
 //!    retried), then the hyper-util client. It is built from one
 //!    `StackConfig` in two parts, because the breaker is keyed by model and
 //!    the limits by caller key (see "Circuit breakers per model"). The
 //!    settings are `ProxyConfig::default_stack()`: `StackConfig::default()`
 //!    plus a 120 s deadline and, per caller key, 60 requests and 60,000
-//!    tokens a minute with at most 16 requests waiting 5 s for room. A TOML
+//!    tokens a minute with at most 1,024 requests waiting 5 s for room. A TOML
 //!    file (`--config`, feature `serde`) replaces them; `--rpm`, `--tpm` and
 //!    `--max-in-flight` override single values. Streamed answers hold their
 //!    concurrency slot until the stream ends.
@@ -75,12 +76,12 @@
 //! # Isolation between keys
 //!
 //! Each key spends its own window, so one key's flood cannot use up
-//! another's budget. It could still take the shared upstream slots: the
-//! window sits inside the concurrency limit (so a request counts when it is
-//! sent), and a request waiting for its key's window holds a slot. So the
-//! rate queue is kept small and short (16 waiters over all keys, 5 s):
-//! beyond that a flooding key gets 429 at once and the slots stay free for
-//! the others.
+//! another's budget, nor the shared upstream slots: a request waits for
+//! room in its key's window *before* it queues for a slot, holding none
+//! (the window is split around the concurrency limit; a request is still
+//! counted from when it is sent). A request whose room comes later than
+//! the 5 s it may wait, or after its deadline, is refused at once with
+//! 429 and the exact delay.
 //!
 //! # Errors
 //!
@@ -150,7 +151,8 @@ use serde_json::{json, Value};
 use llm_sluice::StackConfig;
 use router::{install_metrics, Proxy, ProxyConfig, Routing};
 
-#[derive(Debug, Parser)]
+// No `Debug`: it would print `--upstream-key` whole.
+#[derive(Parser)]
 #[command(about = "An OpenAI-compatible proxy built on llm-sluice")]
 struct Args {
     /// Address to serve on (port 0 picks a free one; the address is printed).
@@ -329,7 +331,10 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
 #[cfg(feature = "serde")]
 fn read_stack_config(path: &std::path::Path) -> Result<StackConfig, tower::BoxError> {
     let text = std::fs::read_to_string(path)?;
-    Ok(toml::from_str(&text)?)
+    // Read through the library, so an error names the setting it is about
+    // (`retry.backoff_base`), not only a line and column.
+    let document = toml::Deserializer::parse(&text)?;
+    Ok(StackConfig::from_deserializer(document)?)
 }
 
 #[cfg(not(feature = "serde"))]

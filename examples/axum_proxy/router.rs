@@ -2,6 +2,7 @@
 //! and the axum router. Kept apart from `main.rs` so the end-to-end test
 //! (`tests/proxy`) can include it with `#[path]` and drive the same code.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -45,8 +46,9 @@ pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
 /// (or new ones share one breaker while none is idle).
 pub const ROUTE_BREAKERS: usize = 64;
 
-/// Everything the proxy needs to know.
-#[derive(Debug, Clone)]
+/// Everything the proxy needs to know. Its `Debug` leaves the upstream key
+/// out.
+#[derive(Clone)]
 pub struct ProxyConfig {
     /// Base URL of the upstream, `http://host:port` (a path prefix is kept:
     /// `http://host/openai` forwards to `http://host/openai/v1/...`).
@@ -60,6 +62,18 @@ pub struct ProxyConfig {
     pub default_max_tokens: u64,
     /// The llm-sluice stack; the rate budgets are per caller key.
     pub stack: StackConfig,
+}
+
+impl fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("upstream", &self.upstream)
+            .field("upstream_key", &self.upstream_key.as_ref().map(|_| "<set>"))
+            .field("routing", &self.routing)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("stack", &self.stack)
+            .finish()
+    }
 }
 
 impl ProxyConfig {
@@ -77,21 +91,21 @@ impl ProxyConfig {
 
     /// `StackConfig::default()` with what a proxy in front of one provider
     /// account adds: a 120 s deadline, 60 requests and 60,000 tokens a
-    /// minute per caller key, and a short, small rate queue.
+    /// minute per caller key, and a short rate wait.
     ///
-    /// The rate window sits inside the concurrency limit, so a request
-    /// waiting for its key's window holds an upstream slot. Keeping
-    /// `rate.max_waiters` (16) well below `concurrency.max_in_flight` (64)
-    /// and `rate.max_wait` (5 s) short is what stops one key's flood from
-    /// occupying the slots other keys need: past 16 waiters, a flooding key
-    /// gets 429 at once.
+    /// A request waiting for its key's window holds no upstream slot (the
+    /// window's admission comes before the concurrency limit), so the
+    /// waiters need no small cap to keep one key's flood off the slots; the
+    /// 1,024 only bounds memory. `rate.max_wait` (5 s) is short because a
+    /// caller's HTTP connection is held while its request waits: a request
+    /// whose room comes later is told so at once, with the delay.
     pub fn default_stack() -> StackConfig {
         let mut stack = StackConfig::default();
         stack.deadline = Some(Duration::from_secs(120));
         stack.rate.requests_per_minute = Some(60);
         stack.rate.tokens_per_minute = Some(60_000);
         stack.rate.max_wait = Some(Duration::from_secs(5));
-        stack.rate.max_waiters = 16;
+        stack.rate.max_waiters = 1_024;
         stack
     }
 }

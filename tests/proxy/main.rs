@@ -415,6 +415,30 @@ async fn full_budget_and_queue_give_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_refusal_the_window_foresees_comes_at_once_with_the_exact_delay() {
+    // rpm 1, a 5 s wait: the second request's room is a minute away. It
+    // used to wait its 5 s holding an upstream slot, then hear 55 s; now it
+    // hears at once how long the whole minute is (rounded up: 60, allowing
+    // a few seconds for a slow machine between the two requests, never 55).
+    let mut stack = small_limits();
+    stack.rate.requests_per_minute = Some(1);
+    stack.rate.max_wait = Some(Duration::from_secs(5));
+    let h = harness_with(fast_upstream(Faults::NONE), stack).await;
+    assert_eq!(h.chat("sk-dave-0004", "Hi").await.status, StatusCode::OK);
+    let refused = h.chat("sk-dave-0004", "Hi").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.header("retry-after").parse().expect("seconds");
+    assert!(
+        (57..=60).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
+    let retry_after_ms: u64 = refused.header("retry-after-ms").parse().expect("ms");
+    assert!(retry_after_ms > 56_000, "retry-after-ms {retry_after_ms}");
+    assert_eq!(h.proxy.rate.as_ref().unwrap().stats().waiting, 0);
+    assert_eq!(h.upstream_received(), 1);
+}
+
+#[tokio::test]
 async fn one_keys_flood_does_not_delay_another_key() {
     // one upstream slot for everyone: alice's requests waiting for room in
     // her window hold none of it, so bob's pass
