@@ -48,6 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use criterion::{Criterion, Throughput};
+use llm_sluice::rate::DispatchLayer;
 use llm_sluice::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, LlmRequest, LlmStack,
     RateLimitLayer, RetryLayer, StackConfig, TimeoutLayer,
@@ -185,6 +186,14 @@ fn sluice_layers(
                 .unwrap(),
         )
         .layer(
+            RateLimitLayer::builder()
+                .requests_per_minute(HUGE)
+                .tokens_per_minute(HUGE)
+                .build()
+                .unwrap()
+                .admission(),
+        )
+        .layer(
             ConcurrencyLimitLayer::builder()
                 .max_in_flight(1024)
                 .max_queued(16_384)
@@ -192,13 +201,7 @@ fn sluice_layers(
                 .build()
                 .unwrap(),
         )
-        .layer(
-            RateLimitLayer::builder()
-                .requests_per_minute(HUGE)
-                .tokens_per_minute(HUGE)
-                .build()
-                .unwrap(),
-        )
+        .layer(DispatchLayer::new())
         .layer(
             TimeoutLayer::builder()
                 .attempt(Duration::from_secs(60))
