@@ -82,6 +82,32 @@ impl Budget {
     }
 }
 
+/// The most tokens one usage report is taken to count: 2^40 (about 1.1
+/// trillion). [`Demand::from_usage`] caps every count at it, and the rate
+/// layer counts each report it caps (`llm_sluice_rate_usage_capped_total`)
+/// and logs a warning.
+///
+/// A report above it is a broken count, not usage: the largest context
+/// windows hold around 10^7 tokens, 10^5 times less, while a client that
+/// casts `-1` to `u64` reports 2^64 - 1. Taken as it is, such a report
+/// fills the window for every realistic limit until it expires, as a capped
+/// one does too (so the partition still waits one window, and recovers
+/// then); but the token counters would jump by 2^64, and the window's sums
+/// would have no margin left. 2^40 leaves 2^24 (16.7 million) such
+/// reports before a `u64` sum could fill up, where the window also stops
+/// them (each entry holds only what its sums can take; see the
+/// [module docs](super#reconciliation)).
+pub const MAX_USAGE_TOKENS: u64 = 1 << 40;
+
+/// `tokens` capped at [`MAX_USAGE_TOKENS`].
+const fn cap_usage(tokens: u64) -> u64 {
+    if tokens > MAX_USAGE_TOKENS {
+        MAX_USAGE_TOKENS
+    } else {
+        tokens
+    }
+}
+
 /// What one request asks of the budgets: one request and its tokens.
 ///
 /// Before the call only an estimate exists, and it is charged to every token
@@ -112,14 +138,22 @@ impl Demand {
     }
 
     /// What a call really used: total tokens, uncached input tokens, output
-    /// tokens.
+    /// tokens, each capped at [`MAX_USAGE_TOKENS`] (a report above it is a
+    /// broken count, not usage).
     pub const fn from_usage(usage: &crate::classify::Usage) -> Self {
         Demand {
             requests: 1,
-            tokens: usage.total_tokens,
-            input_tokens: usage.uncached_input_tokens(),
-            output_tokens: usage.completion_tokens,
+            tokens: cap_usage(usage.total_tokens),
+            input_tokens: cap_usage(usage.uncached_input_tokens()),
+            output_tokens: cap_usage(usage.completion_tokens),
         }
+    }
+
+    /// Whether [`from_usage`](Self::from_usage) caps any count of `usage`.
+    pub(crate) const fn caps_usage(usage: &crate::classify::Usage) -> bool {
+        usage.total_tokens > MAX_USAGE_TOKENS
+            || usage.uncached_input_tokens() > MAX_USAGE_TOKENS
+            || usage.completion_tokens > MAX_USAGE_TOKENS
     }
 
     /// The amount this demand puts on each budget, by index, as the memory

@@ -139,6 +139,12 @@
 //! take a window above its limit; later admissions then wait until it is
 //! back under.
 //!
+//! A count above [`MAX_USAGE_TOKENS`] (2^40 tokens) is a broken report (a
+//! client that casts `-1` to `u64` sends 2^64 - 1), not usage: it is capped
+//! there, counted in `llm_sluice_rate_usage_capped_total` and logged as a
+//! warning. Capped, it still fills the window for every realistic limit
+//! until it expires.
+//!
 //! A result classified [`Outcome::Rejected`](crate::classify::Outcome) (a
 //! layer further in refused it: it never reached the upstream) releases its
 //! reservation entirely. Any other result, and dropping the response future
@@ -245,6 +251,7 @@
 //! | `llm_sluice_rate_tokens_refunded_total` | counter | | tokens given back: over-estimates, released reservations |
 //! | `llm_sluice_rate_wait_seconds` | histogram | | wait of each admitted request (0 when it fit at once) |
 //! | `llm_sluice_rate_cooldowns_total` | counter | | cooldowns after a 429 with a delay |
+//! | `llm_sluice_rate_usage_capped_total` | counter | | usage reports above [`MAX_USAGE_TOKENS`], capped |
 //! | `llm_sluice_partitions` | gauge | | partition keys with a window of their own |
 //!
 //! A partition key is never a label. With
@@ -267,7 +274,7 @@ mod window;
 
 pub use handle::{RateLimitHandle, RateStats};
 pub use layer::{Builder, RateLimitLayer};
-pub use limits::{Budget, Demand, Limits};
+pub use limits::{Budget, Demand, Limits, MAX_USAGE_TOKENS};
 pub use service::RateLimit;
 pub use store::{MemoryStore, RateStore};
 pub use window::Verdict;

@@ -247,6 +247,7 @@ pub(crate) struct Metrics {
     refunded: Counter,
     wait: Histogram,
     cooldowns: Counter,
+    usage_capped: Counter,
     /// Layer-wide (no partition label).
     partitions: Gauge,
 }
@@ -267,6 +268,7 @@ impl Metrics {
             refunded: Counter::new("llm_sluice_rate_tokens_refunded_total", scope, &[]),
             wait: Histogram::new("llm_sluice_rate_wait_seconds", scope, &[]),
             cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", scope, &[]),
+            usage_capped: Counter::new("llm_sluice_rate_usage_capped_total", scope, &[]),
             partitions: Gauge::new(telemetry::PARTITIONS, layer, &[]),
         }
     }
@@ -709,6 +711,10 @@ impl<C, St: RateStore> Shared<C, St> {
             wake = true;
         } else if let Some(usage) = &class.usage {
             let actual = Demand::from_usage(usage);
+            if Demand::caps_usage(usage) {
+                metrics.usage_capped.increment(1);
+                tracing::warn!(?usage, "rate: usage above MAX_USAGE_TOKENS, capped");
+            }
             self.store.reconcile(&mut state.window, &part, &actual, now);
             if let Some(ticket) = &global {
                 let mut g = self.global.state.lock();

@@ -63,6 +63,8 @@ fn err_of<T: std::fmt::Debug>(result: Result<T, BoxError>) -> Error {
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+mod edges;
+
 #[tokio::test(start_paused = true)]
 async fn admits_up_to_the_limit_then_waits_for_the_window() {
     let layer = RateLimitLayer::builder()
