@@ -45,6 +45,11 @@
 //! fixed window of `tower::limit::RateLimit` admits 2× its limit across a
 //! window edge) and no approximation that can overshoot.
 //!
+//! The running sums are exact: each is the sum of the amounts its entries
+//! hold, never past `u64::MAX` (a sum that would pass it does not fit, even
+//! under a limit of `u64::MAX`), so a log whose entries have all expired
+//! holds zero in every budget.
+//!
 //! Why not the alternatives:
 //!
 //! - **GCRA / token bucket** (`governor`): one number of state and very fast,
@@ -137,13 +142,16 @@
 //! high, an extra charge when it was low. A correction of an entry that has
 //! already left the window changes nothing, as it should. An extra charge can
 //! take a window above its limit; later admissions then wait until it is
-//! back under.
+//! back under, that is until the entry expires: a partition recovers from
+//! any report within one window of the reservation.
 //!
 //! A count above [`MAX_USAGE_TOKENS`] (2^40 tokens) is a broken report (a
 //! client that casts `-1` to `u64` sends 2^64 - 1), not usage: it is capped
 //! there, counted in `llm_sluice_rate_usage_capped_total` and logged as a
 //! warning. Capped, it still fills the window for every realistic limit
-//! until it expires.
+//! until it expires. The window also stores a correction only as far as
+//! its sums can take it without passing `u64::MAX`, so that the entry gives
+//! back exactly what it added when it expires.
 //!
 //! A result classified [`Outcome::Rejected`](crate::classify::Outcome) (a
 //! layer further in refused it: it never reached the upstream) releases its
