@@ -940,8 +940,7 @@ where
     ) -> Result<(), ConfigError> {
         if global {
             let mut current = self.limits.write();
-            let window = current.0.window();
-            let mut next = current.1.unwrap_or_else(|| Limits::new(window));
+            let mut next = current.1.unwrap_or_else(|| current.0.cleared());
             next.set(budget, value);
             next.validate(true)?;
             current.1 = (!next.is_empty()).then_some(next);

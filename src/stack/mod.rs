@@ -63,6 +63,10 @@
 //!    when it is actually sent, not when it joined the queue. Counting at
 //!    queue entry lets the client's window expire before the server's (the
 //!    server counts when the request arrives), and the client overshoots.
+//!    Arrival still comes a varying moment after admission: each
+//!    reservation counts for the window plus `rate.guard_band` (250 ms by
+//!    default), so a request admitted at the edge does not land inside the
+//!    server's window.
 //!    The cost: a request holding a permit may wait here for room; keep
 //!    `rate.max_wait` short relative to `concurrency.max_queue_wait` when
 //!    one hot partition must not crowd out others.
