@@ -395,6 +395,8 @@ pub static CATALOG: &[MetricDef] = &[
         "Time an admitted request waited for room in the rate windows (0 when it fit at once)."),
     def("llm_sluice_rate_cooldowns_total", C, Count, &["rate"], &[], true,
         "Times a partition cooled down because the server answered 429 with a delay."),
+    def("llm_sluice_rate_usage_capped_total", C, Count, &["rate"], &[], true,
+        "Usage reports above MAX_USAGE_TOKENS (2^40), capped before they reached the rate windows."),
     def(PARTITIONS, G, Count, &["rate"], &[], false,
         "Partition keys with state of their own."),
     def("llm_sluice_breaker_state", G, Count, &["breaker"], &[], true,

@@ -82,6 +82,32 @@ impl Budget {
     }
 }
 
+/// The most tokens one usage report is taken to count: 2^40 (about 1.1
+/// trillion). [`Demand::from_usage`] caps every count at it, and the rate
+/// layer counts each report it caps (`llm_sluice_rate_usage_capped_total`)
+/// and logs a warning.
+///
+/// A report above it is a broken count, not usage: the largest context
+/// windows hold around 10^7 tokens, 10^5 times less, while a client that
+/// casts `-1` to `u64` reports 2^64 - 1. Taken as it is, such a report
+/// fills the window for every realistic limit until it expires, as a capped
+/// one does too (so the partition still waits one window, and recovers
+/// then); but the token counters would jump by 2^64, and the window's sums
+/// would have no margin left. 2^40 leaves 2^24 (16.7 million) such
+/// reports before a `u64` sum could fill up, where the window also stops
+/// them (each entry holds only what its sums can take; see the
+/// [module docs](super#reconciliation)).
+pub const MAX_USAGE_TOKENS: u64 = 1 << 40;
+
+/// `tokens` capped at [`MAX_USAGE_TOKENS`].
+const fn cap_usage(tokens: u64) -> u64 {
+    if tokens > MAX_USAGE_TOKENS {
+        MAX_USAGE_TOKENS
+    } else {
+        tokens
+    }
+}
+
 /// What one request asks of the budgets: one request and its tokens.
 ///
 /// Before the call only an estimate exists, and it is charged to every token
@@ -112,14 +138,22 @@ impl Demand {
     }
 
     /// What a call really used: total tokens, uncached input tokens, output
-    /// tokens.
+    /// tokens, each capped at [`MAX_USAGE_TOKENS`] (a report above it is a
+    /// broken count, not usage).
     pub const fn from_usage(usage: &crate::classify::Usage) -> Self {
         Demand {
             requests: 1,
-            tokens: usage.total_tokens,
-            input_tokens: usage.uncached_input_tokens(),
-            output_tokens: usage.completion_tokens,
+            tokens: cap_usage(usage.total_tokens),
+            input_tokens: cap_usage(usage.uncached_input_tokens()),
+            output_tokens: cap_usage(usage.completion_tokens),
         }
+    }
+
+    /// Whether [`from_usage`](Self::from_usage) caps any count of `usage`.
+    pub(crate) const fn caps_usage(usage: &crate::classify::Usage) -> bool {
+        usage.total_tokens > MAX_USAGE_TOKENS
+            || usage.uncached_input_tokens() > MAX_USAGE_TOKENS
+            || usage.completion_tokens > MAX_USAGE_TOKENS
     }
 
     /// The amount this demand puts on each budget, by index, as the memory
@@ -148,51 +182,92 @@ impl Demand {
     }
 }
 
-/// The limits of one scope: a window length and up to six budgets.
+/// The limits of one scope: a window length, its guard band and up to six
+/// budgets.
 ///
 /// Ten words, all plain integers: every admission takes a copy of them from
 /// the limiter's one lock-free copy, so the copy is a copy of words, nothing
 /// to convert.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Bit `budget.index()` set when `budget` is.
-    mask: u8,
+    /// Bit `budget.index()` set when `budget` is, in the low byte; above it,
+    /// the guard band in nanoseconds. One word, so the copy an admission
+    /// takes stays ten words: the guard is only needed where the counted
+    /// span (below) is made, and the mask is a byte read.
+    head: u64,
     /// Per budget: its limit (0 where unset).
     limits: [u64; 6],
     /// The burst bounds' sliding intervals in nanoseconds: `window * burst /
-    /// limit`, rounded up (the window while unset). The other budgets count
-    /// over the window.
+    /// limit`, rounded up (`span` while unset, so that a copy of the usual
+    /// limits fills them from one word). The other budgets count over
+    /// `span`.
     spans: [u64; 2],
-    /// The window in nanoseconds. Exact: a window is at most 31 days (the
-    /// cap on every duration setting), far inside a `u64` of nanoseconds.
-    window: u64,
+    /// What the whole-window budgets count over, in nanoseconds: the window
+    /// plus the guard band. Exact: a window is at most 31 days (the cap on
+    /// every duration setting) and the guard shorter, far inside a `u64` of
+    /// nanoseconds.
+    span: u64,
 }
+
+/// The most guard band `head` can hold above the mask's byte.
+const MAX_GUARD_NANOS: u64 = u64::MAX >> 8;
 
 impl Limits {
     pub(crate) fn new(window: Duration) -> Self {
         let window = duration_nanos(window);
         Limits {
-            mask: 0,
+            head: 0,
             limits: [0; 6],
             spans: [window; 2],
-            window,
+            span: window,
         }
+    }
+
+    /// The same window and guard band, with no budget set.
+    pub(crate) fn cleared(&self) -> Self {
+        let mut cleared = Limits::new(self.window());
+        cleared.set_guard_band(self.guard_band());
+        cleared
     }
 
     /// The window length.
     pub fn window(&self) -> Duration {
-        Duration::from_nanos(self.window)
+        Duration::from_nanos(self.span - self.guard_nanos())
+    }
+
+    /// The guard band: how much longer than the window each reservation
+    /// counts in the request and token budgets (see the
+    /// [module docs](super#the-guard-band-at-the-window-edge)).
+    pub fn guard_band(&self) -> Duration {
+        Duration::from_nanos(self.guard_nanos())
+    }
+
+    #[inline]
+    fn guard_nanos(&self) -> u64 {
+        self.head >> 8
+    }
+
+    /// Sets the guard band (validated by the builder: shorter than the
+    /// window).
+    pub(crate) fn set_guard_band(&mut self, guard: Duration) {
+        let window = self.span - self.guard_nanos();
+        let guard = duration_nanos(guard).min(MAX_GUARD_NANOS);
+        self.head = u64::from(self.mask()) | guard << 8;
+        self.span = window.saturating_add(guard);
+        self.recompute_spans();
     }
 
     /// The limit of `budget`, if set.
     pub fn get(&self, budget: Budget) -> Option<u64> {
         let i = budget.index();
-        (self.mask & (1 << i) != 0).then_some(self.limits[i])
+        (self.mask() & (1 << i) != 0).then_some(self.limits[i])
     }
 
-    /// The sliding interval `budget` is counted over: the window, or for a
-    /// burst bound `window * burst / limit` (rounded up to the nanosecond, so
-    /// pacing is never faster than a bucket refilled at `limit / window`).
+    /// The sliding interval `budget` is counted over: for the request and
+    /// token budgets the window plus the [guard band](Self::guard_band); for
+    /// a burst bound `window * burst / limit` (rounded up to the nanosecond,
+    /// so pacing is never faster than a bucket refilled at `limit / window`),
+    /// without the guard band.
     pub fn span(&self, budget: Budget) -> Duration {
         Duration::from_nanos(self.budget(budget.index()).1)
     }
@@ -205,32 +280,34 @@ impl Limits {
     /// its turn.
     pub(crate) fn pace(&self, demand: &Demand) -> Duration {
         let amounts = demand.amounts();
+        // Over the span an entry counts for: the window and its guard band.
+        let mask = self.mask();
         let nanos = (0..4)
-            .filter(|&i| self.mask & (1 << i) != 0 && self.limits[i] > 0)
+            .filter(|&i| mask & (1 << i) != 0 && self.limits[i] > 0)
             .map(|i| {
-                let share = u128::from(self.window) * u128::from(amounts[i]);
+                let share = u128::from(self.span) * u128::from(amounts[i]);
                 share.div_ceil(u128::from(self.limits[i]))
             })
             .max()
             .unwrap_or(0);
         let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-        Duration::from_nanos(nanos.min(self.window))
+        Duration::from_nanos(nanos.min(self.span))
     }
 
     /// Whether any budget is set.
     pub fn is_empty(&self) -> bool {
-        self.mask == 0
+        self.mask() == 0
     }
 
     pub(crate) fn set(&mut self, budget: Budget, value: Option<u64>) {
         let i = budget.index();
         match value {
             Some(v) => {
-                self.mask |= 1 << i;
+                self.head |= 1 << i;
                 self.limits[i] = v;
             }
             None => {
-                self.mask &= !(1 << i);
+                self.head &= !(1 << i);
                 self.limits[i] = 0;
             }
         }
@@ -238,7 +315,9 @@ impl Limits {
     }
 
     fn recompute_spans(&mut self) {
-        let window = self.window;
+        // Over the window itself: the guard band is not a burst's (see the
+        // module docs).
+        let window = self.span - self.guard_nanos();
         for budget in [Budget::RequestBurst, Budget::TokenBurst] {
             let span = match (budget.paced(), self.get(budget)) {
                 (Some(paced), Some(burst)) => match self.get(paced) {
@@ -249,7 +328,8 @@ impl Limits {
                     }
                     _ => window,
                 },
-                _ => window,
+                // Unset: as `load` fills it.
+                _ => self.span,
             };
             self.spans[budget.index() - 4] = span;
         }
@@ -258,7 +338,7 @@ impl Limits {
     /// Bit `budget.index()` is set when `budget` is.
     #[inline]
     pub(crate) fn mask(&self) -> u8 {
-        self.mask
+        self.head as u8
     }
 
     /// The limit (0 when unset) and the span in nanoseconds of the budget
@@ -267,7 +347,7 @@ impl Limits {
     pub(crate) fn budget(&self, i: usize) -> (u64, u64) {
         let span = match i {
             4 | 5 => self.spans[i - 4],
-            _ => self.window,
+            _ => self.span,
         };
         (self.limits[i], span)
     }
@@ -304,8 +384,8 @@ impl Limits {
     }
 }
 
-/// How many words [`SeqLimits`] keeps per scope: the mask, the six limits,
-/// the two burst spans and the window.
+/// How many words [`SeqLimits`] keeps per scope: the mask (with the guard
+/// band), the six limits, the two burst spans and the counted span.
 const WORDS: usize = 10;
 
 impl Limits {
@@ -313,7 +393,7 @@ impl Limits {
     fn to_words(self) -> [u64; WORDS] {
         let l = &self.limits;
         [
-            u64::from(self.mask),
+            self.head,
             l[0],
             l[1],
             l[2],
@@ -322,7 +402,7 @@ impl Limits {
             l[5],
             self.spans[0],
             self.spans[1],
-            self.window,
+            self.span,
         ]
     }
 }
@@ -409,25 +489,25 @@ impl SeqLimits {
 /// The limits in `w` (as [`Limits::to_words`] made them), each word loaded
 /// straight into its field. With only requests and tokens set (the usual
 /// case) the other words are known without loading them: an unset limit is
-/// 0 and an unset burst's span is the window.
+/// 0 and an unset burst's span is the counted span.
 #[inline(always)]
 fn load(w: &[AtomicU64; WORDS]) -> Limits {
     let word = |i: usize| w[i].load(Ordering::Relaxed);
-    let mask = word(0);
-    let window = word(9);
-    if mask & !0b11 == 0 {
+    let head = word(0);
+    let span = word(9);
+    if head & 0b1111_1100 == 0 {
         return Limits {
-            mask: mask as u8,
+            head,
             limits: [word(1), word(2), 0, 0, 0, 0],
-            spans: [window; 2],
-            window,
+            spans: [span; 2],
+            span,
         };
     }
     Limits {
-        mask: mask as u8,
+        head,
         limits: [word(1), word(2), word(3), word(4), word(5), word(6)],
         spans: [word(7), word(8)],
-        window,
+        span,
     }
 }
 
@@ -441,6 +521,7 @@ impl fmt::Debug for Limits {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Limits");
         d.field("window", &self.window());
+        d.field("guard_band", &self.guard_band());
         for budget in Budget::ALL {
             if let Some(v) = self.get(budget) {
                 d.field(budget.field(), &v);
@@ -481,6 +562,21 @@ mod tests {
         global.set(Budget::TokenBurst, Some(3));
         let seq = SeqLimits::new(&part, None);
         assert_eq!(seq.load(), (part, None));
+        // The guard band shares the mask's word; the usual two budgets load
+        // by the short path.
+        let mut guarded = Limits::new(Duration::from_secs(60));
+        guarded.set_guard_band(Duration::from_millis(250));
+        guarded.set(Budget::Requests, Some(60));
+        guarded.set(Budget::Tokens, Some(1_000));
+        let loaded = SeqLimits::new(&guarded, None).partition_only().unwrap();
+        assert_eq!(loaded, guarded);
+        assert_eq!(loaded.mask(), 0b11);
+        assert_eq!(
+            (loaded.window(), loaded.guard_band()),
+            (Duration::from_secs(60), Duration::from_millis(250))
+        );
+        assert_eq!(loaded.span(Budget::Tokens), Duration::from_millis(60_250));
+        assert_eq!(loaded.cleared().guard_band(), Duration::from_millis(250));
         seq.store(&part, Some(&global));
         assert_eq!(seq.load(), (part, Some(global)));
         assert_eq!(

@@ -251,6 +251,7 @@ pub(crate) struct Metrics {
     refunded: Counter,
     wait: Histogram,
     cooldowns: Counter,
+    usage_capped: Counter,
     /// Layer-wide (no partition label).
     partitions: Gauge,
 }
@@ -272,6 +273,7 @@ impl Metrics {
             refunded: Counter::new("llm_sluice_rate_tokens_refunded_total", scope, &[]),
             wait: Histogram::new("llm_sluice_rate_wait_seconds", scope, &[]),
             cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", scope, &[]),
+            usage_capped: Counter::new("llm_sluice_rate_usage_capped_total", scope, &[]),
             partitions: Gauge::new(telemetry::PARTITIONS, layer, &[]),
         }
     }
@@ -745,6 +747,10 @@ impl<C, St: RateStore> Shared<C, St> {
             wake = true;
         } else if let Some(usage) = &class.usage {
             let actual = Demand::from_usage(usage);
+            if Demand::caps_usage(usage) {
+                metrics.usage_capped.increment(1);
+                tracing::warn!(?usage, "rate: usage above MAX_USAGE_TOKENS, capped");
+            }
             self.store.reconcile(&mut state.window, &part, &actual, now);
             if let Some(ticket) = &global {
                 let mut g = self.global.state.lock();
@@ -1077,8 +1083,7 @@ where
     ) -> Result<(), ConfigError> {
         if global {
             let mut current = self.limits.write();
-            let window = current.0.window();
-            let mut next = current.1.unwrap_or_else(|| Limits::new(window));
+            let mut next = current.1.unwrap_or_else(|| current.0.cleared());
             next.set(budget, value);
             next.validate(true)?;
             current.1 = (!next.is_empty()).then_some(next);

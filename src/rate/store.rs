@@ -444,7 +444,7 @@ impl RateStore for MemoryStore {
             if i >= 4 {
                 log.expire_burst(i - 4, t, span_of(limits, i));
             }
-            log.sum(i).saturating_add(amounts[i]) <= limit
+            window::fits(log.sum(i), amounts[i], limit)
         });
         if !room {
             return slow_reserve(self, window, demand, limits, now);

@@ -87,6 +87,18 @@ impl Entry {
 /// The latest window time a [`SlidingLog`] can record (63 bits).
 pub(crate) const MAX_TIME: u64 = u64::MAX >> 1;
 
+/// Whether `amount` more fits under `limit` on top of `sum`: `sum + amount
+/// <= limit`, where a sum past `u64::MAX` never fits. (Saturating it instead
+/// let anything fit under a limit of `u64::MAX`, and the running sum then
+/// wrapped.) As cheap as the saturating form: an add, its carry, a compare.
+#[inline(always)]
+pub(crate) fn fits(sum: u64, amount: u64, limit: u64) -> bool {
+    match sum.checked_add(amount) {
+        Some(total) => total <= limit,
+        None => false,
+    }
+}
+
 /// A burst bound's view of the log: it counts the entries from `start`,
 /// over its own shorter span.
 #[derive(Debug, Clone, Copy, Default)]
@@ -321,11 +333,13 @@ impl SlidingLog {
         if amount > limit {
             return LogVerdict::Never;
         }
-        let total = self.sum(i).saturating_add(amount);
-        if total <= limit {
+        let sum = self.sum(i);
+        if fits(sum, amount, limit) {
             return LogVerdict::Fits;
         }
-        let need = total - limit;
+        // `sum + amount > limit` (perhaps past `u64::MAX`) with `amount <=
+        // limit`: what must expire, computed without forming the sum.
+        let need = sum - (limit - amount);
         let mut freed = 0u64;
         let m = self.mask();
         for seq in self.start_of(i)..self.pushed {
@@ -361,8 +375,9 @@ impl SlidingLog {
     /// recorded at the latest of `now` and the newest entry, which can only
     /// make it expire later.
     ///
-    /// Sums add without overflow checks: a budget's sum stays at most its
-    /// limit when the reservation was checked to fit.
+    /// Sums add without overflow checks, and need none: a budget's sum stays
+    /// at most its limit when the reservation was checked to fit ([`fits`]
+    /// never lets a sum pass `u64::MAX`), which is the caller's part.
     ///
     /// Into an empty log the entry goes where the newest one was (the
     /// numbers in between are skipped: no reservation has them), so a
@@ -444,6 +459,17 @@ impl SlidingLog {
     /// index), at its original timestamp, in every budget that still counts
     /// it (a budget set after it, or an entry that has left the window, is
     /// not changed: the correction can change nothing there).
+    ///
+    /// Every sum stays the exact sum of the amounts its entries hold, so
+    /// expiring them all leaves it at zero. An amount is therefore stored
+    /// only as large as every sum counting it can take without passing
+    /// `u64::MAX`: the entry holds what was added, and it is what leaves
+    /// when the entry expires. (Saturating the sum instead would subtract
+    /// more at expiry than was added, and wrap an emptied window to near
+    /// 2^64.) Only a correction onto a window already holding nearly 2^64
+    /// is cut, and such a window is full for every limit anyway; the layer
+    /// caps reported usage far below that
+    /// ([`MAX_USAGE_TOKENS`](super::limits::MAX_USAGE_TOKENS)).
     pub(crate) fn set(&mut self, seq: u64, amounts: &[u64; 6]) {
         if seq < self.start || seq >= self.pushed {
             return;
@@ -453,17 +479,23 @@ impl SlidingLog {
             if self.active & (1 << k) == 0 || seq < self.since[k] {
                 continue;
             }
-            let entry = &mut self.buf[index];
-            let old = entry.amount(k);
-            entry.set_amount(k, amount);
-            let new = entry.amount(k);
-            // A budget's sum counts `old`; an absurd `new` saturates.
-            let sum = self.sum_mut(k);
-            *sum = sum.wrapping_sub(old).saturating_add(new);
+            let old = self.buf[index].amount(k);
             // The burst bound on the same amount, if it counts the entry.
-            if k < 2 && self.active & (16 << k) != 0 && seq >= self.bursts[k].start {
-                let c = &mut self.bursts[k];
-                c.sum = c.sum.wrapping_sub(old).saturating_add(new);
+            let burst = k < 2 && self.active & (16 << k) != 0 && seq >= self.bursts[k].start;
+            // Each sum without this entry (exact: it counts `old`; wrapping
+            // only so that a broken caller cannot make it panic).
+            let rest = self.sum(k).wrapping_sub(old);
+            let burst_rest = burst.then(|| self.bursts[k].sum.wrapping_sub(old));
+            let room = match burst_rest {
+                Some(b) => u64::MAX - rest.max(b),
+                None => u64::MAX - rest,
+            };
+            let entry = &mut self.buf[index];
+            entry.set_amount(k, amount.min(room));
+            let new = entry.amount(k);
+            *self.sum_mut(k) = rest.wrapping_add(new);
+            if let Some(b) = burst_rest {
+                self.bursts[k].sum = b.wrapping_add(new);
             }
         }
     }
@@ -688,6 +720,61 @@ mod tests {
         assert!(log.is_empty_at(secs(122), W));
     }
 
+    /// Issue 14, in the log: a correction to `u64::MAX` (a client's `-1`
+    /// cast to `u64`) of one of two reservations, then both expire. The
+    /// sum must be 0 again, not 2^64 - 100, so a 0-token request fits.
+    #[test]
+    fn an_absurd_correction_leaves_an_emptied_log_at_zero() {
+        let mut log = log(0b11);
+        let a = log.push(0, &call(100));
+        log.push(0, &call(100));
+        log.set(a, &call(u64::MAX));
+        assert_eq!(log.sum(TOK), u64::MAX, "held exactly, not past 2^64");
+        assert_eq!(
+            log.check(TOK, secs(30), W, 0, 1_000),
+            LogVerdict::NotUntil(W)
+        );
+        log.expire(W, W);
+        assert_eq!((log.len(), log.sum(REQ), log.sum(TOK)), (0, 0, 0));
+        assert_eq!(log.check(TOK, secs(300), W, 0, 1_000), LogVerdict::Fits);
+        assert_eq!(log.check(TOK, secs(300), W, 1_000, 1_000), LogVerdict::Fits);
+    }
+
+    /// Under a limit of `u64::MAX` a sum past it must not count as fitting
+    /// (a saturating sum let anything in, and the running sum wrapped).
+    #[test]
+    fn a_limit_of_u64_max_is_never_exceeded() {
+        let max = u64::MAX;
+        let mut log = log(0b10);
+        assert_eq!(log.check(TOK, 0, W, max - 10, max), LogVerdict::Fits);
+        log.push(0, &call(max - 10));
+        assert_eq!(log.check(TOK, 1, W, 20, max), LogVerdict::NotUntil(W));
+        assert_eq!(log.check(TOK, 1, W, 10, max), LogVerdict::Fits);
+        assert_eq!(log.check(TOK, 1, W, max, max), LogVerdict::NotUntil(W));
+        assert_eq!(log.check(TOK, 1, W, max, max - 1), LogVerdict::Never);
+        log.expire(W, W);
+        assert_eq!(log.check(TOK, W, W, max, max), LogVerdict::Fits);
+    }
+
+    /// A correction that no sum can hold is stored as what they can: the
+    /// entry gives back exactly what it added when it expires.
+    #[test]
+    fn a_correction_is_held_only_as_far_as_every_sum_can_take_it() {
+        let mut log = log(0b10_0011);
+        let a = log.push(0, &call(10));
+        let b = log.push(1, &call(10));
+        log.set(a, &call(u64::MAX - 15));
+        assert_eq!((log.sum(TOK), log.sum(5)), (u64::MAX - 5, u64::MAX - 5));
+        log.set(b, &call(u64::MAX));
+        assert_eq!((log.sum(TOK), log.sum(5)), (u64::MAX, u64::MAX));
+        assert_eq!(log.amount(b, TOK), Some(15));
+        log.set(a, &call(1));
+        assert_eq!((log.sum(TOK), log.sum(5)), (16, 16));
+        log.expire(W + 1, W);
+        log.expire_burst(1, W + 1, W);
+        assert_eq!((log.sum(TOK), log.sum(5)), (0, 0));
+    }
+
     #[test]
     fn growing_keeps_entries_in_order_across_the_wrap() {
         let mut log = log(0b11);
@@ -710,6 +797,136 @@ mod tests {
         );
         for seq in 5..40 {
             assert_eq!(log.amount(seq, TOK), Some(seq + 1));
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The window of these tests, in the log's units.
+        const SPAN: u64 = 1_000;
+
+        /// Amounts from the whole range, the edges most of all.
+        fn amount() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                0u64..2_000,
+                (u64::MAX - 2_000)..=u64::MAX,
+                Just(1u64 << 40),
+                any::<u64>(),
+            ]
+        }
+
+        fn limit() -> impl Strategy<Value = u64> {
+            prop_oneof![1u64..5_000, (u64::MAX - 5_000)..=u64::MAX, any::<u64>()]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Time moves on by this much, then a reservation of these
+            /// token, input and output amounts, made as the store makes it:
+            /// only if every budget set says it fits.
+            Push(u64, [u64; 3]),
+            /// A correction, as usage makes it, of the reservation this far
+            /// back from the newest (past the oldest too: expired tickets).
+            Set(u64, [u64; 4]),
+            /// Time moves on; every budget expires.
+            Advance(u64),
+            /// The budgets set change (a runtime limit change).
+            Activate(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let step = prop_oneof![0u64..3, 0..SPAN, (SPAN - 2)..(SPAN + 2)];
+            prop_oneof![
+                4 => (step.clone(), [amount(), amount(), amount()]).prop_map(|(dt, a)| Op::Push(dt, a)),
+                3 => (0u64..40, 0u64..2, [amount(), amount(), amount()])
+                    .prop_map(|(back, r, [t, i, o])| Op::Set(back, [r, t, i, o])),
+                1 => step.prop_map(Op::Advance),
+                1 => mask().prop_map(Op::Activate),
+            ]
+        }
+
+        /// A valid set of budgets: a burst only with the budget it paces.
+        fn mask() -> impl Strategy<Value = u8> {
+            (1u8..16, 0u8..4).prop_map(|(whole, bursts)| whole | ((bursts & whole & 0b11) << 4))
+        }
+
+        /// What budget `i` counts, entry by entry, without a running sum.
+        fn counted(log: &SlidingLog, i: usize) -> u128 {
+            (log.start_of(i)..log.pushed)
+                .map(|seq| u128::from(log.buf[seq as usize & log.mask()].amount(i)))
+                .sum()
+        }
+
+        fn check_sums(log: &SlidingLog) -> Result<(), TestCaseError> {
+            for i in (0..6).filter(|i| log.active() & (1 << i) != 0) {
+                prop_assert_eq!(u128::from(log.sum(i)), counted(log, i), "budget {}", i);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            /// The running sums are exact: each is the sum of the amounts
+            /// its entries hold (so never past `u64::MAX`), a reservation
+            /// checked to fit leaves every sum within its limit, and once
+            /// everything has expired every sum is 0 again. (The sum of a
+            /// budget that is not set means nothing and is not looked at.)
+            #[test]
+            fn sums_are_exact_and_an_emptied_log_holds_zero(
+                mask in mask(),
+                limits in [limit(), limit(), limit(), limit(), limit(), limit()],
+                burst_spans in [1u64..=SPAN, 1u64..=SPAN],
+                ops in proptest::collection::vec(op(), 1..80),
+            ) {
+                let span = |i: usize| if i >= 4 { burst_spans[i - 4] } else { SPAN };
+                let mut log = log(mask);
+                let mut now = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Push(dt, [tokens, input, output]) => {
+                            now += dt;
+                            let amounts = [1, tokens, input, output, 1, tokens];
+                            let active = log.active();
+                            let mut fits = true;
+                            for i in (0..6).filter(|i| active & (1 << i) != 0) {
+                                let v = log.check(i, now, span(i), amounts[i], limits[i]);
+                                fits &= v == LogVerdict::Fits;
+                            }
+                            if fits {
+                                log.push(now, &amounts);
+                                for i in (0..6).filter(|i| active & (1 << i) != 0) {
+                                    prop_assert!(log.sum(i) <= limits[i], "budget {} over", i);
+                                }
+                            }
+                        }
+                        Op::Set(back, [request, tokens, input, output]) => {
+                            let seq = log.pushed.wrapping_sub(1 + back);
+                            log.set(seq, &[request, tokens, input, output, request, tokens]);
+                        }
+                        Op::Advance(dt) => {
+                            now += dt;
+                            for i in 0..6 {
+                                if log.active() & (1 << i) != 0 {
+                                    log.expire_budget(i, now, span(i));
+                                }
+                            }
+                        }
+                        Op::Activate(mask) => log.activate(mask),
+                    }
+                    check_sums(&log)?;
+                }
+                // Everything expires.
+                now += SPAN;
+                for i in 0..6 {
+                    if log.active() & (1 << i) != 0 {
+                        log.expire_budget(i, now, span(i));
+                        prop_assert_eq!(log.sum(i), 0, "budget {} after expiry", i);
+                    }
+                }
+                prop_assert_eq!(log.len(), 0);
+                prop_assert!(log.is_empty_at(now, SPAN));
+            }
         }
     }
 }

@@ -321,6 +321,15 @@ pub struct UpstreamConfig {
     /// Latency spikes (default none). When set, every request makes two
     /// more random draws (so setting it changes later draws of a seed).
     pub latency_spikes: Option<LatencySpikes>,
+    /// The time from a client's call to the request's arrival, in seconds,
+    /// drawn per request (default none: it arrives at the call). The
+    /// upstream stamps, limits and answers a request when it arrives, as a
+    /// provider does, so a distribution that varies (network jitter, a
+    /// connection set-up now and then) moves requests admitted at a client's
+    /// window edge across the upstream's. The draw is made at the call,
+    /// from the same seeded generator (two more draws per request), and a
+    /// request's other draws when it arrives, in arrival order.
+    pub transit: Option<Dist>,
 }
 
 impl Default for UpstreamConfig {
@@ -336,6 +345,7 @@ impl Default for UpstreamConfig {
             outages: Vec::new(),
             count_refused: false,
             latency_spikes: None,
+            transit: None,
         }
     }
 }
@@ -412,6 +422,9 @@ impl UpstreamConfig {
                 ));
             }
             spikes.extra.validate("latency_spikes", false)?;
+        }
+        if let Some(transit) = &self.transit {
+            transit.validate("transit", false)?;
         }
         Ok(())
     }
@@ -566,6 +579,13 @@ impl UpstreamBuilder {
     /// grows by a draw of `extra` (seconds).
     pub fn latency_spikes(mut self, rate: f64, extra: Dist) -> Self {
         self.config.latency_spikes = Some(LatencySpikes { rate, extra });
+        self
+    }
+
+    /// Delays each request's arrival after its call by a draw of `dist`
+    /// (seconds; see [`UpstreamConfig::transit`]).
+    pub fn transit(mut self, dist: Dist) -> Self {
+        self.config.transit = Some(dist);
         self
     }
 

@@ -298,7 +298,14 @@ where
 
     fn call(&mut self, req: Request<B>) -> HttpFuture {
         let this = self.clone();
-        Box::pin(async move { this.handle(req).await })
+        // Drawn at the call, in call order, like the typed path's.
+        let transit = this.draw_transit();
+        Box::pin(async move {
+            if let Some(delay) = transit {
+                tokio::time::sleep(delay).await;
+            }
+            this.handle(req).await
+        })
     }
 }
 

@@ -8,7 +8,9 @@
 //! (time to first token, then tokens at a rate, from seeded distributions),
 //! and injects faults at configured rates: `500`, `503`, `529`, hangs,
 //! connection resets, and `429` quota errors that never succeed on retry;
-//! and, when configured, latency spikes and outage windows ([`Outage`]).
+//! and, when configured, latency spikes, outage windows ([`Outage`]) and a
+//! transit delay from each call to its arrival
+//! ([`transit`](UpstreamConfig::transit)).
 //! It counts what it received ([`Upstream::stats`]) and keeps a per-key log
 //! ([`Upstream::log`], [`Upstream::peak`]), so a test can assert how many
 //! requests really reached it, how many were in flight at once, and whether
@@ -69,16 +71,19 @@
 //!
 //! Every random draw comes from one generator seeded with
 //! [`seed`](UpstreamBuilder::seed), and each request makes the same draws in
-//! the same order whatever its fate, in the order of the calls. All time is
-//! tokio's, so under paused time (`start_paused = true`) the same program
-//! gives the same faults, latencies and refusals on every run.
+//! the same order whatever its fate, in the order of the calls (with a
+//! transit delay: that draw at the call, the others at arrival, in the order
+//! of arrivals). All time is tokio's, so under paused time
+//! (`start_paused = true`) the same program gives the same faults, latencies
+//! and refusals on every run.
 //!
 //! # In flight
 //!
-//! A request is in flight from its call until its answer is done: the
-//! response future resolves (typed, not streamed), the [`SimStream`] ends, or
-//! the [`SimBody`] ends; or until any of them is dropped. A hang stays in
-//! flight until its future is dropped. [`SimStats::max_in_flight`] is the
+//! A request is in flight from its arrival (its call, without a transit
+//! delay) until its answer is done: the response future resolves (typed,
+//! not streamed), the [`SimStream`] ends, or the [`SimBody`] ends; or until
+//! any of them is dropped. A hang stays in flight until its future is
+//! dropped. [`SimStats::max_in_flight`] is the
 //! most ever seen at once: what a concurrency limit in front must bound.
 //!
 //! # Limits

@@ -268,7 +268,9 @@ pin_project! {
     ///
     /// Dropping it ends the request at the upstream: it leaves the in-flight
     /// count at once. The request still counts as received, and against the
-    /// limits if it was admitted, as it would at a real server.
+    /// limits if it was admitted, as it would at a real server. Dropped
+    /// before it arrives (with a [`transit`](super::UpstreamConfig::transit)
+    /// delay), it never reaches the upstream.
     pub struct SimFuture {
         #[pin]
         state: FutState,
@@ -278,6 +280,7 @@ pin_project! {
 pin_project! {
     #[project = FutStateProj]
     enum FutState {
+        Transit { #[pin] sleep: Sleep, request: Option<(Upstream, SimRequest)> },
         Now { pending: Option<Pending> },
         Later { #[pin] sleep: Sleep, pending: Option<Pending> },
         Hang { in_flight: InFlight },
@@ -296,6 +299,7 @@ impl std::fmt::Debug for SimFuture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("SimFuture");
         match &self.state {
+            FutState::Transit { sleep, .. } => d.field("arrives_at", &sleep.deadline()),
             FutState::Now { pending } => d.field("answer", pending),
             FutState::Later { sleep, pending } => d
                 .field("answers_at", &sleep.deadline())
@@ -310,14 +314,23 @@ impl Future for SimFuture {
     type Output = Result<SimResponse, std::io::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let pending = match self.project().state.project() {
-            FutStateProj::Now { pending } => pending.take(),
-            FutStateProj::Later { sleep, pending } => {
-                std::task::ready!(sleep.poll(cx));
-                pending.take()
+        let mut state = self.project().state;
+        let pending = loop {
+            match state.as_mut().project() {
+                FutStateProj::Transit { sleep, request } => {
+                    std::task::ready!(sleep.poll(cx));
+                    let (upstream, req) = request.take().expect("SimFuture polled after arrival");
+                    // Arrived: the upstream stamps and decides it now.
+                    state.set(upstream.arrive(req).state);
+                }
+                FutStateProj::Now { pending } => break pending.take(),
+                FutStateProj::Later { sleep, pending } => {
+                    std::task::ready!(sleep.poll(cx));
+                    break pending.take();
+                }
+                // Never answers; the in-flight guard goes when the future does.
+                FutStateProj::Hang { .. } => return Poll::Pending,
             }
-            // Never answers; the in-flight guard goes when the future does.
-            FutStateProj::Hang { .. } => return Poll::Pending,
         };
         let pending = pending.expect("SimFuture polled after completion");
         let mut response = pending.response;
@@ -341,6 +354,19 @@ impl Upstream {
     /// the request type (the upstream is a service for two) and without
     /// `&mut`.
     pub fn send(&self, req: SimRequest) -> SimFuture {
+        match self.draw_transit() {
+            Some(delay) => SimFuture {
+                state: FutState::Transit {
+                    sleep: tokio::time::sleep(delay),
+                    request: Some((self.clone(), req)),
+                },
+            },
+            None => self.arrive(req),
+        }
+    }
+
+    /// The request arrives now: stamped, limited and answered.
+    fn arrive(&self, req: SimRequest) -> SimFuture {
         let now = Instant::now();
         let in_flight = self.enter();
         let plan = self.plan(now, req.key.as_str(), req.prompt_tokens, req.max_tokens);

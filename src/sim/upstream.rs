@@ -332,6 +332,15 @@ impl Upstream {
         peak
     }
 
+    /// The transit delay of a request called now: a draw of
+    /// [`transit`](UpstreamConfig::transit), made in call order; `None`
+    /// when it arrives at once.
+    pub(crate) fn draw_transit(&self) -> Option<Duration> {
+        let dist = self.shared.config.transit?;
+        let delay = secs(dist.sample(&mut self.shared.inner.lock().rng));
+        (!delay.is_zero()).then_some(delay)
+    }
+
     /// Counts a request that never reached the limits (bad HTTP request).
     pub(crate) fn count_bad_request(&self) {
         self.shared.inner.lock().stats.bad_requests += 1;

@@ -14,7 +14,7 @@ use crate::retry::{Jitter, RetryBudget, RetryLayer};
 use crate::timeout::{DeadlineLayer, TimeoutLayer};
 
 #[cfg(feature = "serde")]
-use super::duration::{opt_serde, plain as dur_serde};
+use super::duration::{guard_serde, opt_serde, plain as dur_serde};
 
 /// Everything [`LlmStack`](super::LlmStack) needs, one section per layer.
 ///
@@ -172,7 +172,19 @@ pub struct RateConfig {
     /// The window length (default 60 s).
     #[cfg_attr(feature = "serde", serde(with = "dur_serde"))]
     pub window: Duration,
-    /// The longest a request waits for room (default: the window).
+    /// How much longer than the window each reservation counts, so that
+    /// transit to the provider does not land requests just inside its
+    /// window (see [`guard_band`](crate::rate::Builder::guard_band)).
+    /// `None` (or leaving it out) is the layer's default:
+    /// [`DEFAULT_GUARD_BAND`](crate::rate::DEFAULT_GUARD_BAND), 250 ms, at
+    /// most a hundredth of the window; `"0s"` or `"off"` turns it off.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, with = "guard_serde", skip_serializing_if = "Option::is_none")
+    )]
+    pub guard_band: Option<Duration>,
+    /// The longest a request waits for room (default: the window and its
+    /// guard band).
     #[cfg_attr(feature = "serde", serde(with = "opt_serde"))]
     pub max_wait: Option<Duration>,
     /// Requests that may wait for room (default 10,000).
@@ -194,6 +206,7 @@ impl Default for RateConfig {
             global_requests_per_minute: None,
             global_tokens_per_minute: None,
             window: Duration::from_secs(60),
+            guard_band: None,
             max_wait: None,
             max_waiters: 10_000,
             max_partitions: 10_000,
@@ -256,6 +269,9 @@ impl RateConfig {
         }
         if let Some(wait) = self.max_wait {
             b = b.max_wait(wait);
+        }
+        if let Some(guard) = self.guard_band {
+            b = b.guard_band(guard);
         }
         b.build().map(Some).map_err(|e| e.in_section("rate"))
     }

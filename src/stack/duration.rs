@@ -117,3 +117,23 @@ pub(crate) mod opt_serde {
         d.deserialize_option(OptionVisitor)
     }
 }
+
+/// `Option<Duration>` for a setting whose absence means "the default"
+/// (`None`) and whose `"off"` means zero: the rate window's guard band.
+pub(crate) mod guard_serde {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        super::opt_serde::serialize(d, s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        // Written down at all: "off" (or null) turns it off rather than
+        // falling back to the default, which only a missing field gives.
+        Ok(Some(
+            super::opt_serde::deserialize(d)?.unwrap_or(Duration::ZERO),
+        ))
+    }
+}

@@ -72,7 +72,10 @@
 //!    the window counts a request from when it is **sent**, as the server
 //!    does from when it arrives. Counting from queue entry would let the
 //!    client's window expire before the server's, and the client would
-//!    overshoot.
+//!    overshoot. Arrival still comes a varying moment after the send: each
+//!    reservation counts for the window plus `rate.guard_band` (250 ms by
+//!    default), so a request sent at the edge does not land inside the
+//!    server's window.
 //!
 //! ## Why the window is split around the queue
 //!

@@ -60,7 +60,7 @@ const DROP_SHARE: f64 = 0.05;
 const STREAM_SHARE: f64 = 0.10;
 
 const WINDOW: Duration = Duration::from_secs(60);
-const MAX_IN_FLIGHT: usize = 48;
+const MAX_IN_FLIGHT: usize = 32;
 const MAX_QUEUED: usize = 300;
 const RPM: u64 = 500;
 const TPM: u64 = 300_000;

@@ -62,6 +62,13 @@ fn err_of<T: std::fmt::Debug>(result: Result<T, BoxError>) -> Error {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// The default guard band of a 60 s window.
+const GUARD: Duration = llm_sluice::rate::DEFAULT_GUARD_BAND;
+/// How long a reservation counts by default: the window and its guard band.
+const SPAN: Duration = Duration::from_millis(60_250);
+
+mod edges;
+mod guard;
 
 #[tokio::test(start_paused = true)]
 async fn admits_up_to_the_limit_then_waits_for_the_window() {
@@ -77,18 +84,17 @@ async fn admits_up_to_the_limit_then_waits_for_the_window() {
     svc.ready().await.unwrap().call(req(0)).await.unwrap();
     let mut third = task::spawn(svc.ready().await.unwrap().call(req(0)));
     assert_pending!(third.poll());
-    advance(Duration::from_secs(49)).await;
-    assert_pending!(third.poll());
-    advance(Duration::from_secs(1)).await;
+    advance(Duration::from_secs(50)).await;
+    assert_pending!(
+        third.poll(),
+        "the guard band keeps the entry a little longer"
+    );
+    advance(GUARD).await;
     assert!(third.is_woken());
     assert_ready!(third.poll()).unwrap();
     let log = log.lock();
     assert_eq!(log.len(), 3);
-    assert_eq!(
-        log[2].0 - t0,
-        MINUTE,
-        "admitted when the first entry expired"
-    );
+    assert_eq!(log[2].0 - t0, SPAN, "admitted when the first entry expired");
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,11 +171,12 @@ async fn reconciliation_refunds_at_the_original_timestamp() {
                                       // window holds 600 (t0, t0+10, t0+10); 500 more needs the t0 entry gone
     let mut d = task::spawn(svc.ready().await.unwrap().call(req(500)));
     assert_pending!(d.poll());
-    advance(Duration::from_secs(49)).await; // t0 + 59
+    advance(Duration::from_secs(49) + GUARD).await; // t0 + 59 s + guard
     assert_pending!(d.poll());
-    advance(Duration::from_secs(1)).await; // t0 + 60: the refunded entry expires at its original time
+    // t0 + 60 s + guard: the refunded entry expires at its original time
+    advance(Duration::from_secs(1)).await;
     assert_ready!(d.poll()).unwrap();
-    assert_eq!(log.lock().last().unwrap().0 - t0, MINUTE);
+    assert_eq!(log.lock().last().unwrap().0 - t0, SPAN);
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,14 +194,15 @@ async fn reconciliation_extra_charge_at_the_original_timestamp() {
     let t0 = Instant::now();
     svc.ready().await.unwrap().call(req(100)).await.unwrap();
     advance(Duration::from_secs(5)).await;
-    // 900 + 200 > 1000: waits until the extra-charged entry expires at t0 + 60
+    // 900 + 200 > 1000: waits until the extra-charged entry expires at t0 +
+    // 60 s + guard
     let mut b = task::spawn(svc.ready().await.unwrap().call(req(200)));
     assert_pending!(b.poll());
-    advance(Duration::from_secs(54)).await;
+    advance(Duration::from_secs(54) + GUARD).await;
     assert_pending!(b.poll());
     advance(Duration::from_secs(1)).await;
     assert_ready!(b.poll()).unwrap();
-    assert_eq!(log.lock()[1].0 - t0, MINUTE);
+    assert_eq!(log.lock()[1].0 - t0, SPAN);
 }
 
 #[tokio::test(start_paused = true)]
@@ -352,7 +360,7 @@ async fn a_refusal_known_in_advance_is_immediate() {
     assert_eq!(
         err_of(assert_ready!(b.poll())),
         Error::RateLimited {
-            retry_after: Some(Duration::from_secs(55))
+            retry_after: Some(SPAN - Duration::from_secs(5))
         }
     );
     assert_eq!(log.lock().len(), 1);
@@ -362,6 +370,7 @@ async fn a_refusal_known_in_advance_is_immediate() {
 #[tokio::test(start_paused = true)]
 async fn a_deadline_before_the_next_room_is_refused_at_once() {
     let layer = RateLimitLayer::builder()
+        .guard_band(Duration::ZERO) // exact figures
         .requests_per_minute(1)
         .build()
         .unwrap();
@@ -406,6 +415,7 @@ async fn a_refusal_always_carries_a_positive_delay() {
     // would read as "no hint"; it is told the time the window takes to
     // free 10 tokens at its own pace (6 s).
     let layer = RateLimitLayer::builder()
+        .guard_band(Duration::ZERO) // exact figures
         .tokens_per_minute(100)
         .max_waiters(1)
         .build()
@@ -426,6 +436,7 @@ async fn a_refusal_always_carries_a_positive_delay() {
     // no waiting at all (max_wait 0), a window with room but a queue: the
     // same rule
     let layer = RateLimitLayer::builder()
+        .guard_band(Duration::ZERO) // exact figures
         .requests_per_minute(60)
         .max_wait(Duration::ZERO)
         .build()
@@ -452,6 +463,7 @@ async fn a_waiter_whose_room_moves_past_its_wait_leaves_at_once() {
     // admitted at t=60 the 25's room moves to t=90, past its wait (t=70):
     // it leaves at t=60, told to come back in 30 s, not at t=70.
     let layer = RateLimitLayer::builder()
+        .guard_band(Duration::ZERO) // exact figures
         .tokens_per_minute(100)
         .max_wait(Duration::from_secs(40))
         .build()
@@ -494,7 +506,7 @@ async fn waiters_beyond_max_waiters_are_shed() {
     assert_eq!(
         err_of(c),
         Error::RateLimited {
-            retry_after: Some(MINUTE)
+            retry_after: Some(SPAN)
         }
     );
     assert_eq!(layer.handle().stats().waiting, 1);
@@ -525,8 +537,11 @@ async fn waiters_are_served_by_priority_then_arrival() {
         assert_pending!(fut.poll());
         waiters.push(fut);
     }
+    // A 1 s window's guard band is a hundredth of it.
+    let span = layer.handle().limits().span(Budget::Requests);
+    assert_eq!(span, Duration::from_millis(1_010));
     for _ in 0..5 {
-        advance(Duration::from_secs(1)).await;
+        advance(span).await;
         for w in waiters.iter_mut() {
             if w.is_woken() {
                 let _ = w.poll();
@@ -563,11 +578,11 @@ async fn dropping_a_waiter_releases_nothing_and_wakes_the_next() {
         "the window is still full: nothing was released"
     );
     assert_eq!(handle.stats().waiting, 1);
-    advance(MINUTE).await;
+    advance(SPAN).await;
     assert_ready!(next.poll()).unwrap();
     let log = log.lock();
     assert_eq!(log.len(), 2);
-    assert_eq!((log[1].0 - t0, log[1].1.tokens), (MINUTE, 2));
+    assert_eq!((log[1].0 - t0, log[1].1.tokens), (SPAN, 2));
     assert_eq!(handle.stats().waiting, 0);
 }
 
@@ -627,9 +642,11 @@ async fn no_waiter_starves_under_strict_head_of_line() {
         .find(|(_, r)| r.tokens == 1_000)
         .expect("the large request was admitted")
         .0;
+    // Polled once a second: the first look after the window (and guard
+    // band) drained.
     assert_eq!(
         large_at - t0,
-        MINUTE,
+        Duration::from_secs(SPAN.as_secs() + 1),
         "admitted as soon as the window drained"
     );
     // nothing overtook it
@@ -757,7 +774,7 @@ async fn partitions_are_bounded_and_invented_keys_share_the_overflow_budget() {
     // each own partition admitted one, the shared overflow window one more
     assert!(log.lock().len() <= 5, "admitted {}", log.lock().len());
     // once the windows are empty, the partitions are idle and can go
-    advance(MINUTE).await;
+    advance(SPAN).await;
     assert_eq!(handle.evict_idle(), stats.partitions);
     assert_eq!(handle.stats().partitions, 0);
     // and a new key gets its own window again
@@ -784,7 +801,7 @@ async fn busy_partitions_are_not_evicted() {
         .call(RequestMeta::new().partition("a"))
         .await
         .unwrap();
-    advance(Duration::from_secs(59)).await;
+    advance(Duration::from_secs(59) + GUARD).await;
     assert_eq!(handle.evict_idle(), 0, "its window still counts a request");
     advance(Duration::from_secs(1)).await;
     assert_eq!(handle.evict_idle(), 1);

@@ -15,6 +15,7 @@ use llm_sluice::sim::{
 use llm_sluice::{LlmRequest, Usage};
 use proptest::prelude::*;
 
+mod edge;
 mod outage;
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, task};

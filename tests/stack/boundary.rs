@@ -35,6 +35,7 @@ async fn the_window_dates_a_request_when_it_is_sent_not_when_it_queues() {
     // first and is sent at t=5: its entry must last until t=65, as the
     // server's does. Dated at t=0, a fourth request would go at t=62.
     let mut config = small();
+    config.rate.guard_band = Some(Duration::ZERO); // exact figures
     config.rate.requests_per_minute = Some(2);
     let stack = LlmStack::from_config(&config).unwrap();
     let (inner, mut upstream) = mock::pair::<RequestMeta, &'static str>();
@@ -76,6 +77,7 @@ async fn a_flooding_key_waits_on_its_window_while_another_keys_requests_pass() {
     // one permit for everyone; the flooding key's budget is spent, and its
     // requests wait for room without holding it
     let mut config = small();
+    config.rate.guard_band = Some(Duration::ZERO); // exact figures
     config.rate.requests_per_minute = Some(2);
     config.rate.max_wait = Some(Duration::from_secs(120));
     let stack = LlmStack::from_config(&config).unwrap();
@@ -181,6 +183,7 @@ async fn a_request_larger_than_a_budget_fails_before_it_queues() {
 async fn a_refusal_the_window_foresees_is_immediate_and_holds_no_permit() {
     // rpm 1, max_wait 5 s: the next room is a minute away
     let mut config = small();
+    config.rate.guard_band = Some(Duration::ZERO); // exact figures
     config.rate.requests_per_minute = Some(1);
     config.rate.max_wait = Some(Duration::from_secs(5));
     let stack = LlmStack::from_config(&config).unwrap();

@@ -186,7 +186,11 @@ fn json_doc(path: &str, value: &str, context: &[(&str, &str)]) -> String {
 /// Every setting of every section, as `section.field` (or `field`), from
 /// the configuration itself: a field added later is iterated too.
 fn every_field() -> Vec<String> {
-    let value = serde_json::to_value(StackConfig::default()).unwrap();
+    // The guard band is left out of a default's serialization (its default
+    // depends on the window): set it to see it.
+    let mut config = StackConfig::default();
+    config.rate.guard_band = Some(std::time::Duration::from_millis(250));
+    let value = serde_json::to_value(config).unwrap();
     let mut paths = Vec::new();
     for (name, value) in value.as_object().unwrap() {
         match value.as_object() {
@@ -379,6 +383,13 @@ const HOSTILE: &[Hostile] = &[
     (
         "rate.window",
         "\"32days\"",
+        Build,
+        &[("requests_per_minute", "10")],
+    ),
+    ("rate.guard_band", "-1", Read, &[]),
+    (
+        "rate.guard_band",
+        "\"2m\"",
         Build,
         &[("requests_per_minute", "10")],
     ),
