@@ -252,9 +252,14 @@ async fn run(args: Args) -> Result<ExitCode, tower::BoxError> {
         stack.concurrency.max_in_flight = n;
     }
     if args.self_test {
-        // Over-budget requests fail at once instead of waiting.
+        // Over-budget requests fail at once instead of waiting. No guard
+        // band: the refusal's delay is then the window's 60 s, within what
+        // the SDKs honour, so the caller is left to retry (with the 250 ms
+        // band it would be 60.25 s, and the answer would say
+        // `x-should-retry: false`, see "Retries" above).
         stack.rate.requests_per_minute = Some(SELF_TEST_RPM);
         stack.rate.max_wait = Some(Duration::ZERO);
+        stack.rate.guard_band = Some(Duration::ZERO);
     }
     let config = ProxyConfig {
         upstream_key: args.upstream_key.clone(),
