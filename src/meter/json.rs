@@ -139,9 +139,18 @@ impl JsonScan {
     /// Forgets the document (the end of an event); keeps the capture
     /// buffer's allocation.
     pub(super) fn reset(&mut self) {
-        let captured = std::mem::take(&mut self.captured);
-        *self = JsonScan::new(self.mode);
-        self.captured = captured;
+        self.lex = Lex::Between;
+        self.depth = 0;
+        self.objects = 0;
+        self.expect_key = false;
+        self.key_read = Key::Other;
+        self.pending = Key::Other;
+        self.top_key = Key::Other;
+        self.delta_depth = 0;
+        self.key_len = Some(0);
+        self.saw_text = false;
+        self.capture_depth = 0;
+        self.capture_overflow = false;
         self.captured.clear();
     }
 
@@ -209,19 +218,54 @@ impl JsonScan {
         }
     }
 
-    /// Accounts for `bytes`, a run inside the current string.
-    fn string_bytes(&mut self, what: Str, bytes: &[u8], totals: &mut Totals) {
+    /// Reads the string the tokenizer is in from `s[i..]`; returns where
+    /// the tokenizer is after it (past its closing quote, or `s.len()`).
+    #[inline(always)]
+    fn string(&mut self, s: &[u8], mut i: usize, totals: &mut Totals) -> usize {
+        let Lex::InString { what, mut escaped } = self.lex else {
+            return i;
+        };
+        let start = i;
+        let end = loop {
+            if escaped {
+                if i == s.len() {
+                    break None;
+                }
+                // The escaped byte belongs to the string whatever it is.
+                i += 1;
+                escaped = false;
+            }
+            match find2(&s[i..], b'"', b'\\') {
+                None => break None,
+                Some(off) if s[i + off] == b'\\' => {
+                    // A key with an escape is none we look for.
+                    if what == Str::Key {
+                        self.key_len = None;
+                    }
+                    escaped = true;
+                    i += off + 1;
+                }
+                Some(off) => break Some(i + off),
+            }
+        };
+        let run = &s[start..end.unwrap_or(s.len())];
+        // A key read whole from one piece is compared where it lies.
+        let whole_key = what == Str::Key && end.is_some() && self.key_len == Some(0);
         match what {
-            Str::Key => self.append_key(bytes),
-            Str::Text => totals.text_bytes = totals.text_bytes.saturating_add(bytes.len() as u64),
+            Str::Key if whole_key => {}
+            Str::Key => self.append_key(run),
+            Str::Text => totals.text_bytes = totals.text_bytes.saturating_add(run.len() as u64),
             Str::Skip => {}
         }
-    }
-
-    fn string_end(&mut self, what: Str, totals: &Totals) {
+        let Some(end) = end else {
+            self.lex = Lex::InString { what, escaped };
+            return s.len();
+        };
+        self.lex = Lex::Between;
         match what {
             Str::Key => {
                 self.key_read = match self.key_len {
+                    _ if whole_key => classify_key(run),
                     Some(len) => classify_key(&self.key[..len]),
                     None => Key::Other,
                 };
@@ -234,142 +278,109 @@ impl JsonScan {
             }
             Str::Skip => {}
         }
+        end + 1
     }
 
     /// Tokenizes `s`, the next bytes of the document.
     pub(super) fn feed(&mut self, s: &[u8], totals: &mut Totals) {
         // Where the capture of a usage object resumes in `s`.
         let mut capture_from = (self.capture_depth != 0).then_some(0);
-        let mut i = 0;
+        // Finish a string begun in an earlier piece.
+        let mut i = self.string(s, 0, totals);
         while i < s.len() {
-            match self.lex {
-                Lex::InString { what, escaped } => {
-                    let start = i;
-                    if escaped {
-                        // The escaped byte belongs to the string whatever it
-                        // is; a key with an escape is none we look for.
-                        i += 1;
-                        if what == Str::Key {
-                            self.key_len = None;
+            let b = s[i];
+            i += 1;
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b':' => {
+                    self.expect_key = false;
+                    self.pending = std::mem::replace(&mut self.key_read, Key::Other);
+                }
+                b'"' => {
+                    // A key counts only when its colon comes next.
+                    self.key_read = Key::Other;
+                    let what = if self.expect_key {
+                        self.key_len = Some(0);
+                        Str::Key
+                    } else {
+                        let key = std::mem::replace(&mut self.pending, Key::Other);
+                        if self.is_text(key) {
+                            self.text_at_start = totals.text_bytes;
+                            Str::Text
+                        } else {
+                            Str::Skip
+                        }
+                    };
+                    self.lex = Lex::InString {
+                        what,
+                        escaped: false,
+                    };
+                    i = self.string(s, i, totals);
+                }
+                b'{' | b'[' => {
+                    self.key_read = Key::Other;
+                    let key = std::mem::replace(&mut self.pending, Key::Other);
+                    let parent = self.depth;
+                    let depth = parent.saturating_add(1);
+                    self.depth = depth;
+                    let object = b == b'{';
+                    if depth <= MAX_TRACKED_DEPTH {
+                        let bit = 1u64 << (depth - 1);
+                        if object {
+                            self.objects |= bit;
+                        } else {
+                            self.objects &= !bit;
                         }
                     }
-                    match find2(&s[i..], b'"', b'\\') {
-                        None => {
-                            self.string_bytes(what, &s[start..], totals);
-                            self.lex = Lex::InString {
-                                what,
-                                escaped: false,
-                            };
-                            i = s.len();
-                        }
-                        Some(off) => {
-                            let at = i + off;
-                            if s[at] == b'\\' {
-                                self.string_bytes(what, &s[start..=at], totals);
-                                if what == Str::Key {
-                                    self.key_len = None;
-                                }
-                                self.lex = Lex::InString {
-                                    what,
-                                    escaped: true,
-                                };
-                            } else {
-                                self.string_bytes(what, &s[start..at], totals);
-                                self.string_end(what, totals);
-                                self.lex = Lex::Between;
-                            }
-                            i = at + 1;
-                        }
+                    // Beyond the tracked depth, keys are not read.
+                    self.expect_key = object && depth <= MAX_TRACKED_DEPTH;
+                    if parent == 1 {
+                        self.top_key = key;
+                    }
+                    if object && key == Key::Delta && self.delta_depth == 0 {
+                        self.delta_depth = depth;
+                    }
+                    if object && self.capture_depth == 0 && self.is_usage(parent, key) {
+                        self.capture_depth = depth;
+                        self.capture_overflow = false;
+                        self.captured.clear();
+                        capture_from = Some(i - 1);
                     }
                 }
-                Lex::Between => {
-                    let b = s[i];
-                    if !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b':') {
-                        // A key counts only when its colon comes next.
-                        self.key_read = Key::Other;
+                b'}' | b']' => {
+                    self.key_read = Key::Other;
+                    self.pending = Key::Other;
+                    self.expect_key = false;
+                    if self.depth != 0 {
+                        if self.capture_depth == self.depth {
+                            if let Some(from) = capture_from.take() {
+                                self.append_captured(&s[from..i]);
+                            }
+                            if !self.capture_overflow {
+                                totals.usage.merge_json(&self.captured);
+                            }
+                            self.captured.clear();
+                            self.capture_depth = 0;
+                        }
+                        if self.delta_depth == self.depth {
+                            self.delta_depth = 0;
+                        }
+                        self.depth -= 1;
                     }
-                    match b {
-                        b' ' | b'\t' | b'\n' | b'\r' => {}
-                        b'"' => {
-                            let what = if self.expect_key {
-                                self.key_len = Some(0);
-                                Str::Key
-                            } else {
-                                let key = std::mem::replace(&mut self.pending, Key::Other);
-                                if self.is_text(key) {
-                                    self.text_at_start = totals.text_bytes;
-                                    Str::Text
-                                } else {
-                                    Str::Skip
-                                }
-                            };
-                            self.lex = Lex::InString {
-                                what,
-                                escaped: false,
-                            };
-                        }
-                        b'{' | b'[' => {
-                            let key = std::mem::replace(&mut self.pending, Key::Other);
-                            let parent = self.depth;
-                            let depth = parent.saturating_add(1);
-                            self.depth = depth;
-                            let object = b == b'{';
-                            if depth <= MAX_TRACKED_DEPTH {
-                                let bit = 1u64 << (depth - 1);
-                                if object {
-                                    self.objects |= bit;
-                                } else {
-                                    self.objects &= !bit;
-                                }
-                            }
-                            // Beyond the tracked depth, keys are not read.
-                            self.expect_key = object && depth <= MAX_TRACKED_DEPTH;
-                            if parent == 1 {
-                                self.top_key = key;
-                            }
-                            if object && key == Key::Delta && self.delta_depth == 0 {
-                                self.delta_depth = depth;
-                            }
-                            if object && self.capture_depth == 0 && self.is_usage(parent, key) {
-                                self.capture_depth = depth;
-                                self.capture_overflow = false;
-                                self.captured.clear();
-                                capture_from = Some(i);
-                            }
-                        }
-                        b'}' | b']' => {
-                            self.pending = Key::Other;
-                            self.expect_key = false;
-                            if self.depth != 0 {
-                                if self.capture_depth == self.depth {
-                                    if let Some(from) = capture_from.take() {
-                                        self.append_captured(&s[from..=i]);
-                                    }
-                                    if !self.capture_overflow {
-                                        totals.usage.merge_json(&self.captured);
-                                    }
-                                    self.captured.clear();
-                                    self.capture_depth = 0;
-                                }
-                                if self.delta_depth == self.depth {
-                                    self.delta_depth = 0;
-                                }
-                                self.depth -= 1;
-                            }
-                        }
-                        b':' => {
-                            self.expect_key = false;
-                            self.pending = std::mem::replace(&mut self.key_read, Key::Other);
-                        }
-                        b',' => {
-                            self.pending = Key::Other;
-                            self.expect_key = self.is_object(self.depth);
-                        }
-                        // A scalar (number, true, false, null) or garbage: it
-                        // uses up the pending key.
-                        _ => self.pending = Key::Other,
+                }
+                b',' => {
+                    self.key_read = Key::Other;
+                    self.pending = Key::Other;
+                    self.expect_key = self.is_object(self.depth);
+                }
+                // A scalar (number, true, false, null) or garbage: it uses up
+                // the pending key. Its other bytes are skipped in one go.
+                _ => {
+                    self.key_read = Key::Other;
+                    self.pending = Key::Other;
+                    while i < s.len() && !is_delimiter(s[i]) {
+                        i += 1;
                     }
-                    i += 1;
                 }
             }
         }
@@ -377,6 +388,15 @@ impl JsonScan {
             self.append_captured(&s[from..]);
         }
     }
+}
+
+/// Whether `b` ends a scalar: punctuation, a quote or whitespace.
+#[inline]
+fn is_delimiter(b: u8) -> bool {
+    matches!(
+        b,
+        b',' | b'}' | b']' | b'{' | b'[' | b':' | b'"' | b' ' | b'\t' | b'\n' | b'\r'
+    )
 }
 
 /// The index of the first byte in `s` equal to `a` or `b`.
