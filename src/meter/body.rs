@@ -165,8 +165,9 @@ impl<B, F: FnOnce(BodyEnd)> UsageBody<B, F> {
         }
     }
 
-    /// Wraps the body of `response`, its kind read from its `content-type`
-    /// (see [`BodyKind::from_headers`]).
+    /// Wraps the body of `response`, its kind read from its headers (see
+    /// [`BodyKind::from_headers`]: `content-type`, and `content-encoding`
+    /// for a compressed body, which is not read).
     pub fn wrap_response(response: http::Response<B>, on_end: F) -> http::Response<Self> {
         let kind = BodyKind::from_headers(response.headers());
         response.map(|body| UsageBody::new(body, kind, on_end))

@@ -39,9 +39,11 @@
 //!
 //! # What is read from where
 //!
-//! The body's kind comes from its `content-type`
-//! ([`BodyKind::from_content_type`]): `text/event-stream` is a stream of
-//! server-sent events, anything else one JSON document.
+//! The body's kind comes from its headers ([`BodyKind::from_headers`]):
+//! `content-type: text/event-stream` is a stream of server-sent events,
+//! anything else one JSON document. A body with a `content-encoding` (gzip,
+//! br, ...) is not read, its bytes being compressed: it reports no usage.
+//! Wrap the body after it is decoded to read it.
 //!
 //! | format | where the usage is |
 //! |---|---|

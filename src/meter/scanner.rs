@@ -14,6 +14,10 @@ pub enum BodyKind {
     /// Server-sent events (`text/event-stream`), each event's data a JSON
     /// document.
     EventStream,
+    /// A body the scanner does not read: one whose `content-encoding`
+    /// (gzip, br, zstd, ...) makes its bytes unreadable as they pass. Its
+    /// usage is always `None`.
+    Encoded,
 }
 
 impl BodyKind {
@@ -46,9 +50,21 @@ impl BodyKind {
         }
     }
 
-    /// The kind the `content-type` header of `headers` names (see
-    /// [`from_content_type`](Self::from_content_type)).
+    /// The kind of a body with these headers: [`Encoded`](BodyKind::Encoded)
+    /// if it has a `content-encoding` other than `identity`, else the kind its
+    /// `content-type` names (see [`from_content_type`](Self::from_content_type)).
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let encoded = headers
+            .get_all(http::header::CONTENT_ENCODING)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .any(|coding| {
+                let coding = coding.trim_ascii();
+                !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
+            });
+        if encoded {
+            return BodyKind::Encoded;
+        }
         Self::from_content_type(headers.get(http::header::CONTENT_TYPE))
     }
 }
@@ -129,6 +145,7 @@ pub struct UsageScanner {
 enum Framing {
     Json(JsonScan),
     EventStream(Sse),
+    Encoded,
 }
 
 impl UsageScanner {
@@ -137,6 +154,7 @@ impl UsageScanner {
         let framing = match kind {
             BodyKind::Json => Framing::Json(JsonScan::new(Mode::Document)),
             BodyKind::EventStream => Framing::EventStream(Sse::new()),
+            BodyKind::Encoded => Framing::Encoded,
         };
         UsageScanner {
             kind,
@@ -161,6 +179,7 @@ impl UsageScanner {
         match &mut self.framing {
             Framing::Json(json) => json.feed(chunk, &mut self.totals),
             Framing::EventStream(sse) => sse.feed(chunk, &mut self.totals),
+            Framing::Encoded => {}
         }
     }
 
@@ -173,6 +192,7 @@ impl UsageScanner {
             match &mut self.framing {
                 Framing::Json(json) => json.reset(),
                 Framing::EventStream(sse) => sse.json.reset(),
+                Framing::Encoded => {}
             }
         }
     }
@@ -192,7 +212,7 @@ impl UsageScanner {
     /// The generated text seen so far (see [`OutputSeen`]).
     pub fn output_seen(&self) -> OutputSeen {
         let (events, current) = match &self.framing {
-            Framing::Json(_) => (0, false),
+            Framing::Json(_) | Framing::Encoded => (0, false),
             Framing::EventStream(sse) => (sse.text_events, sse.json.saw_text()),
         };
         OutputSeen {
@@ -212,6 +232,7 @@ impl UsageScanner {
         match &self.framing {
             Framing::Json(json) => json.retained_capacity(),
             Framing::EventStream(sse) => sse.json.retained_capacity(),
+            Framing::Encoded => 0,
         }
     }
 }

@@ -471,3 +471,26 @@ fn long_keys_and_escaped_keys_are_not_usage() {
         None
     );
 }
+
+#[test]
+fn an_encoded_body_is_not_read() {
+    use http::HeaderValue;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert("content-encoding", HeaderValue::from_static("identity"));
+    assert_eq!(BodyKind::from_headers(&headers), BodyKind::EventStream);
+    headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+    assert_eq!(BodyKind::from_headers(&headers), BodyKind::Encoded);
+    headers.insert("content-encoding", HeaderValue::from_static("identity, br"));
+    assert_eq!(BodyKind::from_headers(&headers), BodyKind::Encoded);
+
+    let case = case("openai_chat.json");
+    let scanner = scan(BodyKind::Encoded, case.body);
+    assert_eq!(scanner.usage(), None);
+    assert_eq!(scanner.output_seen(), OutputSeen::default());
+    assert_eq!(scanner.bytes_seen(), case.body.len() as u64);
+    assert_eq!(scanner.retained_capacity(), 0);
+}
