@@ -36,6 +36,10 @@
 //! error. The default classifier follows the status codes and headers of
 //! OpenAI-compatible APIs.
 //!
+//! What the provider really counted arrives in the response body, often at
+//! the end of a stream: [`meter`] (feature `http`) reads it from JSON and
+//! server-sent-event bodies as they stream past, in bounded memory.
+//!
 //! # Streams hold their permits
 //!
 //! An LLM response can stream for minutes after its headers. Layers that hold
@@ -67,6 +71,8 @@ pub mod concurrency;
 mod error;
 pub mod fallback;
 pub mod hold;
+#[cfg(feature = "http")]
+pub mod meter;
 #[allow(dead_code)]
 mod partition;
 pub mod rate;
