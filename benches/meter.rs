@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
                 let frames = drain(UsageBody::new(
                     Chunks(parts.clone().into_iter()),
                     kind,
-                    |end| usage = end.usage(),
+                    |end: BodyEnd| usage = end.usage(),
                 ));
                 black_box((frames, usage))
             })

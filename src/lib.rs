@@ -71,7 +71,6 @@ pub mod concurrency;
 mod error;
 pub mod fallback;
 pub mod hold;
-#[cfg(feature = "http")]
 pub mod meter;
 #[allow(dead_code)]
 mod partition;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llm_sluice::breaker::CircuitHandle;
-use llm_sluice::rate::RateLimitHandle;
+use llm_sluice::rate::{DispatchLayer, RateLimitHandle};
 use llm_sluice::sim::SimResponse;
 use llm_sluice::{
     CircuitBreakerLayer, CircuitState, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey,
@@ -77,8 +77,10 @@ impl SluiceClient {
                     .build()?,
             )
             .layer(breaker)
+            // the window split around the queue, as `LlmStack` does
+            .layer(rate.admission())
             .layer(concurrency.clone())
-            .layer(rate)
+            .layer(DispatchLayer::new())
             .layer(
                 TimeoutLayer::builder()
                     .attempt(Duration::from_secs(60))

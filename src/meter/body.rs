@@ -9,82 +9,22 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::scanner::{BodyKind, OutputSeen, UsageScanner};
-use crate::classify::Usage;
-
-/// How a metered body ended, with what was read from it: the one value a
-/// [`UsageBody`] hands its callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BodyEnd {
-    /// The body was read to its end.
-    Complete {
-        /// The provider's usage; `None` if the body carried none (a stream
-        /// requested without `stream_options.include_usage`, an error body,
-        /// a format this module does not know).
-        usage: Option<Usage>,
-        /// The generated text the body carried.
-        output: OutputSeen,
-    },
-    /// The body failed or was dropped before its end: the provider may have
-    /// generated (and billed) more than was read.
-    CutOff {
-        /// The usage reported before the cut, usually `None`: providers
-        /// report it last. In an Anthropic stream it can be the input from
-        /// `message_start` with the output counted so far.
-        usage: Option<Usage>,
-        /// The generated text read before the cut.
-        output: OutputSeen,
-        /// Why the body ended early.
-        reason: CutOffReason,
-    },
-}
-
-impl BodyEnd {
-    /// The usage the provider reported, if any.
-    pub fn usage(&self) -> Option<Usage> {
-        match self {
-            BodyEnd::Complete { usage, .. } | BodyEnd::CutOff { usage, .. } => *usage,
-        }
-    }
-
-    /// The generated text read.
-    pub fn output(&self) -> OutputSeen {
-        match self {
-            BodyEnd::Complete { output, .. } | BodyEnd::CutOff { output, .. } => *output,
-        }
-    }
-
-    /// Whether the body was read to its end.
-    pub fn is_complete(&self) -> bool {
-        matches!(self, BodyEnd::Complete { .. })
-    }
-}
-
-/// Why a body ended before its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CutOffReason {
-    /// The inner body returned an error (a reset, a timeout, a broken
-    /// connection).
-    Error,
-    /// The body was dropped before its end (the caller went away).
-    Dropped,
-}
+use super::end::{BodyEnd, CutOffReason, OnBodyEnd};
+use super::scanner::{BodyKind, UsageScanner};
 
 /// The scanner and the callback, with the drop that makes the callback fire
 /// exactly once.
-struct Meter<F: FnOnce(BodyEnd)> {
+struct Meter<F: OnBodyEnd> {
     scanner: UsageScanner,
     on_end: Option<F>,
 }
 
-impl<F: FnOnce(BodyEnd)> Meter<F> {
+impl<F: OnBodyEnd> Meter<F> {
     fn end(&mut self, cut_off: Option<CutOffReason>) {
         if let Some(on_end) = self.on_end.take() {
             let usage = self.scanner.usage();
             let output = self.scanner.output_seen();
-            on_end(match cut_off {
+            on_end.on_end(match cut_off {
                 None => BodyEnd::Complete { usage, output },
                 Some(reason) => BodyEnd::CutOff {
                     usage,
@@ -114,7 +54,7 @@ impl<F: FnOnce(BodyEnd)> Meter<F> {
     }
 }
 
-impl<F: FnOnce(BodyEnd)> Drop for Meter<F> {
+impl<F: OnBodyEnd> Drop for Meter<F> {
     fn drop(&mut self) {
         self.end(Some(CutOffReason::Dropped));
     }
@@ -144,7 +84,7 @@ pin_project! {
     /// (`std::mem::forget`) it never runs.
     pub struct UsageBody<B, F>
     where
-        F: FnOnce(BodyEnd),
+        F: OnBodyEnd,
     {
         #[pin]
         inner: B,
@@ -152,7 +92,7 @@ pin_project! {
     }
 }
 
-impl<B, F: FnOnce(BodyEnd)> UsageBody<B, F> {
+impl<B, F: OnBodyEnd> UsageBody<B, F> {
     /// Wraps `inner`, a body of the given kind; `on_end` runs once when it
     /// ends.
     pub fn new(inner: B, kind: BodyKind, on_end: F) -> Self {
@@ -161,6 +101,19 @@ impl<B, F: FnOnce(BodyEnd)> UsageBody<B, F> {
             meter: Meter {
                 scanner: UsageScanner::new(kind),
                 on_end: Some(on_end),
+            },
+        }
+    }
+
+    /// Wraps `inner` without reading it: frames pass through and nothing is
+    /// called (what a layer with nothing to meter hands on, where the type
+    /// must be the same as a metered body's).
+    pub fn unmetered(inner: B) -> Self {
+        UsageBody {
+            inner,
+            meter: Meter {
+                scanner: UsageScanner::new(BodyKind::Encoded),
+                on_end: None,
             },
         }
     }
@@ -189,7 +142,7 @@ impl<B, F: FnOnce(BodyEnd)> UsageBody<B, F> {
     }
 }
 
-impl<B: Body, F: FnOnce(BodyEnd)> Body for UsageBody<B, F> {
+impl<B: Body, F: OnBodyEnd> Body for UsageBody<B, F> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -228,7 +181,7 @@ impl<B: Body, F: FnOnce(BodyEnd)> Body for UsageBody<B, F> {
     }
 }
 
-impl<B: fmt::Debug, F: FnOnce(BodyEnd)> fmt::Debug for UsageBody<B, F> {
+impl<B: fmt::Debug, F: OnBodyEnd> fmt::Debug for UsageBody<B, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageBody")
             .field("inner", &self.inner)

@@ -139,13 +139,23 @@
 //! [`CutOffReason::Dropped`] unless the end was already reported.
 //! [`UsageScanner`] is plain data with no waiting.
 
+#[cfg(feature = "http")]
 mod body;
+mod end;
+#[cfg(feature = "http")]
 mod fields;
+#[cfg(feature = "http")]
 mod json;
+mod response;
+#[cfg(feature = "http")]
 mod scanner;
 
-pub use body::{BodyEnd, CutOffReason, UsageBody};
-pub use scanner::{BodyKind, OutputSeen, UsageScanner};
+#[cfg(feature = "http")]
+pub use body::UsageBody;
+pub use end::{BodyEnd, CutOffReason, OnBodyEnd, OutputSeen};
+pub use response::MeterResponse;
+#[cfg(feature = "http")]
+pub use scanner::{BodyKind, UsageScanner};
 
 /// The largest `usage` object read, in bytes of JSON: real ones are a few
 /// hundred bytes. A larger one is given up.

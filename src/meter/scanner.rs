@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::end::OutputSeen;
 use super::json::{find2, JsonScan, Mode, Totals};
 use crate::classify::Usage;
 
@@ -66,45 +67,6 @@ impl BodyKind {
             return BodyKind::Encoded;
         }
         Self::from_content_type(headers.get(http::header::CONTENT_TYPE))
-    }
-}
-
-/// Generated text seen in a body, whether or not its usage arrived: what a
-/// caller can go on when a stream is cut off before its usage.
-///
-/// Generated text is, in an event stream, what sits under a `delta`: a
-/// string `delta` (Responses API `*.delta` events) and the `content`, `text`,
-/// `arguments`, `partial_json`, `thinking`, `reasoning`, `reasoning_content`
-/// and `refusal` strings inside a `delta` object (OpenAI chat chunks,
-/// Anthropic `content_block_delta`). In a JSON body it is every string under
-/// one of those keys. Keys, ids, roles, finish reasons and the `.done`
-/// events that repeat the text are not counted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct OutputSeen {
-    /// Bytes of generated text, as escaped in the JSON (`\n` counts 2,
-    /// `\u00e9` counts 6): at least its UTF-8 length for text without
-    /// escapes, a little more with them.
-    pub text_bytes: u64,
-    /// Events that carried some generated text (0 for a JSON body). OpenAI
-    /// sends about one token per chunk, so this is close to the tokens
-    /// streamed; Anthropic sends several per event.
-    pub text_events: u64,
-}
-
-impl OutputSeen {
-    /// A rough count of the output tokens this text is: the larger of
-    /// [`text_events`](Self::text_events) and
-    /// [`text_bytes`](Self::text_bytes) / 4 rounded up (the usual four
-    /// characters per token). An estimate, not a bound: text in scripts
-    /// with fewer bytes per token counts low.
-    pub const fn estimated_tokens(&self) -> u64 {
-        let by_bytes = self.text_bytes.div_ceil(4);
-        if by_bytes > self.text_events {
-            by_bytes
-        } else {
-            self.text_events
-        }
     }
 }
 

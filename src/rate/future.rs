@@ -12,10 +12,11 @@ use tower::BoxError;
 use tower_service::Service;
 
 use super::limits::Demand;
-use super::shared::{Reservation, Shared, WaitGuard, WaitPoll};
+use super::shared::{Reservation, Shared, Spent, WaitGuard, WaitPoll};
 use super::stage::{self, Admitted};
 use super::store::{MemoryStore, RateStore};
-use crate::classify::{Classify, DefaultClassifier};
+use crate::classify::{Classify, DefaultClassifier, Usage};
+use crate::meter::{BodyEnd, MeterResponse, OnBodyEnd};
 
 pin_project! {
     /// Waits for room in the windows, calls the inner service at the instant
@@ -191,10 +192,11 @@ impl<S, Req, C, St> Future for ResponseFuture<S, Req, C, St>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    S::Response: MeterResponse<Settle<C, St>>,
     C: Classify<S::Response>,
     St: RateStore,
 {
-    type Output = Result<S::Response, BoxError>;
+    type Output = Result<<S::Response as MeterResponse<Settle<C, St>>>::Output, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -231,13 +233,36 @@ where
                     let class = shared
                         .classifier
                         .classify(result.as_ref().map_err(|e| &**e));
-                    if let Some(reservation) = reservation.take() {
-                        shared.finish(reservation, &class);
-                    }
+                    // The server's feedback now; the usage when the
+                    // response is done (a body reports it at its end).
+                    let open = reservation
+                        .take()
+                        .and_then(|reservation| shared.answered(reservation, &class));
+                    let result = match (result, open) {
+                        (Ok(response), Some(reservation)) => Ok(response.meter(Settle {
+                            shared: shared.clone(),
+                            reservation,
+                            usage: class.usage,
+                        })),
+                        (Ok(response), None) => Ok(response.unmetered()),
+                        // No response to read: what the classification
+                        // knows (nothing for a transport error, which keeps
+                        // the estimate).
+                        (Err(error), Some(reservation)) => {
+                            if let Some(usage) = class.usage {
+                                shared.settle(reservation, Spent::Reported(usage));
+                            }
+                            Err(error)
+                        }
+                        (Err(error), None) => Err(error),
+                    };
                     this.state.set(State::Done);
                     return Poll::Ready(result);
                 }
-                StateProj::Passed { future } => return future.poll(cx).map_err(Into::into),
+                StateProj::Passed { future } => {
+                    let result = ready!(future.poll(cx)).map_err(Into::into);
+                    return Poll::Ready(result.map(MeterResponse::unmetered));
+                }
                 StateProj::Failed { error } => {
                     let error = error.take().expect("polled after completion");
                     this.state.set(State::Done);
@@ -246,6 +271,52 @@ where
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }
         }
+    }
+}
+
+/// What the window hands a response to settle its request's reservation
+/// when the response is done ([`MeterResponse`]): an `http::Response`'s
+/// body carries it ([`UsageBody`](crate::meter::UsageBody)) and reports the
+/// usage it read at its end.
+///
+/// Settling corrects the reservation at its original timestamp: to the
+/// provider's usage when it was reported (in the body, or in the
+/// classification at the headers); otherwise, since a stream cut off (the
+/// caller went away, a timeout, a reset) or sent without its usage may
+/// still have been billed, **never below the estimate**: the estimate stands,
+/// or is raised to what was seen to be spent (the input a partial report
+/// gave plus the output read so far) when that is larger. Dropped without
+/// being told (a typed stream that never reports), it keeps the estimate.
+pub struct Settle<C = DefaultClassifier, St: RateStore = MemoryStore> {
+    shared: Arc<Shared<C, St>>,
+    reservation: Reservation<St>,
+    /// The usage the classification gave at the headers, if any.
+    usage: Option<Usage>,
+}
+
+impl<C, St: RateStore> OnBodyEnd for Settle<C, St> {
+    fn on_end(self, end: BodyEnd) {
+        let spent = match (end.usage(), self.usage) {
+            (Some(usage), _) if end.is_complete() => Spent::Reported(usage),
+            (_, Some(usage)) => Spent::Reported(usage),
+            (partial, None) => {
+                let seen = end.output().estimated_tokens();
+                let partial = partial.map_or(0, |u| {
+                    u.total_tokens.max(u.prompt_tokens.saturating_add(seen))
+                });
+                Spent::AtLeast(partial.max(seen))
+            }
+        };
+        self.shared.settle(self.reservation, spent);
+    }
+}
+
+impl<C, St: RateStore> fmt::Debug for Settle<C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settle")
+            .field("reservation", &self.reservation)
+            .field("usage", &self.usage)
+            .finish()
     }
 }
 

@@ -5,12 +5,13 @@ use std::task::{Context, Poll};
 use tower::BoxError;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::future::{ResponseFuture, Settle};
 use super::limits::Demand;
 use super::shared::{Enter, Shared};
 use super::store::{MemoryStore, RateStore};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock;
+use crate::meter::MeterResponse;
 use crate::request::LlmRequest;
 
 /// Keeps calls inside sliding-window request and token budgets. Made by
@@ -73,10 +74,11 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: LlmRequest,
+    S::Response: MeterResponse<Settle<C, St>>,
     C: Classify<S::Response>,
     St: RateStore,
 {
-    type Response = S::Response;
+    type Response = <S::Response as MeterResponse<Settle<C, St>>>::Output;
     type Error = BoxError;
     type Future = ResponseFuture<S, Req, C, St>;
 

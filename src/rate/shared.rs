@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::handle::{Control, RateStats};
-use super::limits::{Budget, Demand, Limits, SeqLimits};
+use super::limits::{Budget, Demand, Limits, SeqLimits, MAX_USAGE_TOKENS};
 use super::store::{RateStore, WindowState};
 use super::window::Verdict;
 use crate::classify::{Classification, Outcome};
@@ -352,6 +352,16 @@ pub(crate) struct Reservation<St: RateStore> {
     part: St::Ticket,
     global: Option<St::Ticket>,
     estimate: u64,
+}
+
+/// What a call spent, as known when its response is done.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Spent {
+    /// The provider's report.
+    Reported(crate::classify::Usage),
+    /// No report (a stream cut off, or sent without its usage): at least
+    /// this many tokens, from what was seen.
+    AtLeast(u64),
 }
 
 pub(crate) enum Attempt<T> {
@@ -717,70 +727,93 @@ impl<C, St: RateStore> Shared<C, St> {
         })
     }
 
-    /// Corrects or releases a reservation once the call's result is known,
-    /// and takes the server's feedback.
-    pub(crate) fn finish(&self, reservation: Reservation<St>, class: &Classification) {
+    /// At the response's headers: takes the server's feedback (a cooldown
+    /// after a 429 with a delay, the clamps of its rate-limit headers), and
+    /// releases the reservation if a layer further in refused the request
+    /// (it never reached the upstream). Returns the reservation still to be
+    /// [settled](Self::settle) when the response is done.
+    pub(crate) fn answered(
+        &self,
+        reservation: Reservation<St>,
+        class: &Classification,
+    ) -> Option<Reservation<St>> {
         let release = class.outcome == Outcome::Rejected;
         let cooldown = match (class.outcome, class.retry_after) {
             (Outcome::RateLimited { .. }, Some(delay)) if delay > Duration::ZERO => Some(delay),
             _ => None,
         };
-        if !release && class.usage.is_none() && cooldown.is_none() && class.rate_limits.is_none() {
-            // The estimate stands: nothing to correct.
-            return;
+        if !release && cooldown.is_none() && class.rate_limits.is_none() {
+            // Nothing to take now: settled when the response is done.
+            return Some(reservation);
         }
         let now = Instant::now();
-        let Reservation {
-            slot,
-            part,
-            global,
-            estimate,
-        } = reservation;
-        let resolved = self.resolve(&slot);
+        {
+            let resolved = self.resolve(&reservation.slot);
+            let metrics = self.metrics(resolved);
+            let mut state = resolved.state.lock();
+            if let Some(delay) = cooldown {
+                // A server's delay is capped (a header can say anything); past
+                // the cap every waiter times out long before anyway.
+                let until = now + delay.min(crate::error::LONGEST_SETTING);
+                self.store.cool_down(&mut state.window, until);
+                metrics.cooldowns.increment(1);
+                tracing::debug!(?delay, "rate: partition cooling down after a 429");
+            }
+            if let Some(server) = &class.rate_limits {
+                let limits = self.current.load().0;
+                self.store
+                    .clamp(&mut state.window, &reservation.part, server, &limits, now);
+            }
+            if release {
+                self.give_back(
+                    &mut state.window,
+                    &reservation.part,
+                    reservation.global.as_ref(),
+                    now,
+                );
+                metrics.refunded.increment(reservation.estimate);
+                state.wake_head();
+            }
+        }
+        (!release).then_some(reservation)
+    }
+
+    /// When the response is done: corrects the reservation, at its original
+    /// timestamp, to what the provider reported it spent, or to at least
+    /// what it may have spent when it reported nothing.
+    pub(crate) fn settle(&self, reservation: Reservation<St>, spent: Spent) {
+        let resolved = self.resolve(&reservation.slot);
         let metrics = self.metrics(resolved);
+        let actual = match spent {
+            Spent::Reported(usage) => {
+                if Demand::caps_usage(&usage) {
+                    metrics.usage_capped.increment(1);
+                    tracing::warn!(?usage, "rate: usage above MAX_USAGE_TOKENS, capped");
+                }
+                Demand::from_usage(&usage)
+            }
+            // Never refund what may have been spent: the estimate stands
+            // unless more was seen.
+            Spent::AtLeast(tokens) if tokens <= reservation.estimate => return,
+            Spent::AtLeast(tokens) => Demand::estimate(tokens.min(MAX_USAGE_TOKENS)),
+        };
+        let now = Instant::now();
         let mut state = resolved.state.lock();
-        let mut wake = false;
-        if release {
-            // A local layer refused it: it never reached the upstream.
-            self.give_back(&mut state.window, &part, global.as_ref(), now);
-            metrics.refunded.increment(estimate);
-            wake = true;
-        } else if let Some(usage) = &class.usage {
-            let actual = Demand::from_usage(usage);
-            if Demand::caps_usage(usage) {
-                metrics.usage_capped.increment(1);
-                tracing::warn!(?usage, "rate: usage above MAX_USAGE_TOKENS, capped");
-            }
-            self.store.reconcile(&mut state.window, &part, &actual, now);
-            if let Some(ticket) = &global {
-                let mut g = self.global.state.lock();
-                self.store.reconcile(&mut g.window, ticket, &actual, now);
-            }
-            if actual.tokens < estimate {
-                metrics.refunded.increment(estimate - actual.tokens);
-            } else {
-                metrics.reserved.increment(actual.tokens - estimate);
-            }
-            // Input/output budgets were charged the whole estimate: usage
-            // always gives some back, so let the head look again.
-            wake = true;
+        self.store
+            .reconcile(&mut state.window, &reservation.part, &actual, now);
+        if let Some(ticket) = &reservation.global {
+            let mut g = self.global.state.lock();
+            self.store.reconcile(&mut g.window, ticket, &actual, now);
         }
-        if let Some(delay) = cooldown {
-            // A server's delay is capped (a header can say anything); past
-            // the cap every waiter times out long before anyway.
-            let until = now + delay.min(crate::error::LONGEST_SETTING);
-            self.store.cool_down(&mut state.window, until);
-            metrics.cooldowns.increment(1);
-            tracing::debug!(?delay, "rate: partition cooling down after a 429");
+        let estimate = reservation.estimate;
+        if actual.tokens < estimate {
+            metrics.refunded.increment(estimate - actual.tokens);
+        } else {
+            metrics.reserved.increment(actual.tokens - estimate);
         }
-        if let Some(server) = &class.rate_limits {
-            let limits = self.current.load().0;
-            self.store
-                .clamp(&mut state.window, &part, server, &limits, now);
-        }
-        if wake {
-            state.wake_head();
-        }
+        // Input/output budgets were charged the whole estimate: usage
+        // always gives some back, so let the head look again.
+        state.wake_head();
     }
 
     /// Releases a reservation's tickets (the partition's lock held).

@@ -11,13 +11,14 @@ use tower::BoxError;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::future::{AdmissionFuture, ResponseFuture};
+use super::future::{AdmissionFuture, ResponseFuture, Settle};
 use super::limits::Demand;
 use super::shared::{Enter, Reservation, Shared};
 use super::store::{MemoryStore, RateStore};
 use super::RateLimitLayer;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::clock;
+use crate::meter::MeterResponse;
 use crate::request::{LlmRequest, PartitionKey, Priority};
 
 /// A request the window has admitted, on its way to [`Dispatch`].
@@ -345,10 +346,11 @@ impl<S, Req, C, St> Service<Admitted<Req, C, St>> for Dispatch<S>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    S::Response: MeterResponse<Settle<C, St>>,
     C: Classify<S::Response>,
     St: RateStore,
 {
-    type Response = S::Response;
+    type Response = <S::Response as MeterResponse<Settle<C, St>>>::Output;
     type Error = BoxError;
     type Future = ResponseFuture<S, Req, C, St>;
 

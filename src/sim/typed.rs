@@ -13,6 +13,7 @@ use super::upstream::{InFlight, PlanKind, Upstream};
 use crate::classify::{Classification, LlmResponse, Outcome, RateLimitState, Usage};
 use crate::fallback::{RecordServedBy, ServedBy};
 use crate::hold::HoldGuard;
+use crate::meter::{BodyEnd, MeterResponse, OnBodyEnd, OutputSeen};
 use crate::timeout::{BodyTimeouts, TimeoutResponse};
 use crate::{LlmRequest, PartitionKey, Priority};
 
@@ -186,6 +187,24 @@ impl<G: Send + Sync + 'static> HoldGuard<G> for SimResponse {
                 stream.held.push(Box::new(guard));
             }
         }
+        self
+    }
+}
+
+impl<F: OnBodyEnd> MeterResponse<F> for SimResponse {
+    type Output = SimResponse;
+
+    /// Told at once: a simulated response's classification carries its
+    /// usage (a streamed one's too: the simulation knows it in advance).
+    fn meter(self, on_end: F) -> SimResponse {
+        on_end.on_end(BodyEnd::Complete {
+            usage: None,
+            output: OutputSeen::default(),
+        });
+        self
+    }
+
+    fn unmetered(self) -> SimResponse {
         self
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llm_sluice::classify::{Classification, LimitState, LlmResponse, Outcome, RateLimitState};
+use llm_sluice::hold::Complete;
 use llm_sluice::rate::{Budget, RateLimitLayer};
 use llm_sluice::request::RequestMeta;
 use llm_sluice::{Error, Priority, Usage};
@@ -16,6 +17,9 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 /// A response that says what it means.
 #[derive(Debug, Clone)]
 struct Resp(Classification);
+
+/// Complete when it arrives: its usage, if any, is in its classification.
+impl Complete for Resp {}
 
 impl LlmResponse for Resp {
     fn classification(&self) -> Classification {
