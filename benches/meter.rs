@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http_body::{Body, Frame};
-use llm_sluice::meter::{BodyKind, UsageBody, UsageScanner};
+use llm_sluice::meter::{BodyEnd, BodyKind, UsageBody, UsageScanner};
 
 const SIZE: usize = 1 << 20;
 const CHUNK: usize = 16 * 1024;
