@@ -138,7 +138,41 @@
 //!
 //! # Reconciliation
 //!
-//! When the classifier reports actual [`Usage`](crate::Usage), each
+//! ## Where the usage comes from
+//!
+//! The provider reports what it counted in the response: for most
+//! responses in the **body**, which arrives after the headers, for a stream
+//! at its very end. So the window settles a reservation when the response
+//! is *done*, not when its headers arrive ([`MeterResponse`](crate::meter::MeterResponse)):
+//!
+//! - an `http::Response`'s body is wrapped in a
+//!   [`UsageBody`](crate::meter::UsageBody), which hands every frame on
+//!   unchanged and reads the usage as it streams (a JSON body's `usage`; the
+//!   last chunk of an OpenAI-compatible stream sent with
+//!   `stream_options.include_usage`; Anthropic's `message_start` and
+//!   `message_delta`; the Responses API's `response.completed`), in bounded
+//!   memory, and reports when the body ends, fails or is dropped;
+//! - a typed response reports through its classification
+//!   ([`LlmResponse`](crate::LlmResponse)), settled at once; so is usage a
+//!   client put into an `http::Response`'s extensions.
+//!
+//! The server's feedback in the headers (a cooldown, the clamps) is taken
+//! at once, when they arrive.
+//!
+//! ## A body that reports nothing
+//!
+//! A stream cut off before its usage (the caller went away, a timeout, a
+//! reset) was still billed for what the provider generated before it
+//! noticed, and one sent without `include_usage` reports nothing at all.
+//! The window **never refunds** such a request: its estimate stands, or is
+//! raised to what the body showed was spent when that is more (the input of
+//! a partial report, Anthropic's `message_start`, plus the output read so
+//! far, at four characters a token). Likewise a response whose body is never
+//! read keeps its estimate.
+//!
+//! ## The correction
+//!
+//! When the usage is known, each
 //! reservation is rewritten to the actual count (total, uncached input,
 //! output) **at its original timestamp**: a refund when the estimate was
 //! high, an extra charge when it was low. A correction of an entry that has

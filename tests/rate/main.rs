@@ -71,6 +71,8 @@ const GUARD: Duration = llm_sluice::rate::DEFAULT_GUARD_BAND;
 /// How long a reservation counts by default: the window and its guard band.
 const SPAN: Duration = Duration::from_millis(60_250);
 
+#[cfg(feature = "http")]
+mod body;
 mod edges;
 mod guard;
 
