@@ -153,7 +153,7 @@
 //!   `message_delta`; the Responses API's `response.completed`), in bounded
 //!   memory, and reports when the body ends, fails or is dropped;
 //! - a typed response reports through its classification
-//!   ([`LlmResponse`](crate::LlmResponse)), settled at once; so is usage a
+//!   ([`LlmResponse`](crate::classify::LlmResponse)), settled at once; so is usage a
 //!   client put into an `http::Response`'s extensions.
 //!
 //! The server's feedback in the headers (a cooldown, the clamps) is taken
