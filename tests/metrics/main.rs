@@ -112,7 +112,7 @@ fn fp(key: &str) -> String {
 
 // ===== the naming rules =====
 
-const LABEL_KEYS: [&str; 5] = ["reason", "outcome", "priority", "from", "to"];
+const LABEL_KEYS: [&str; 6] = ["reason", "outcome", "priority", "from", "to", "budget"];
 
 fn is_snake(s: &str) -> bool {
     !s.is_empty()
@@ -190,6 +190,11 @@ fn every_cataloged_metric_follows_the_naming_rules() {
             def.unit == MetricUnit::Seconds,
             name.ends_with("_seconds"),
             "{name}: durations, and only they, end in _seconds"
+        );
+        assert_eq!(
+            def.unit == MetricUnit::Ratio,
+            name.ends_with("_ratio"),
+            "{name}: ratios, and only they, end in _ratio"
         );
         assert!(!def.layers.is_empty(), "{name}: no layer");
         for layer in def.layers {
