@@ -65,6 +65,7 @@ pub mod classify;
 mod clock;
 pub mod concurrency;
 mod error;
+pub mod estimate;
 pub mod fallback;
 pub mod hold;
 #[allow(dead_code)]
