@@ -1,8 +1,11 @@
-//! Token estimates, and output estimates learned per model.
+//! Token estimates, output estimates learned per model, and how far the
+//! estimates were from actual usage.
 
+mod accuracy;
 mod history;
 mod tokens;
 
+pub use accuracy::{AccuracySummary, BudgetAccuracy, EstimateAccuracy};
 pub use history::{
     CompletionHistory, CompletionHistoryBuilder, DEFAULT_MAX_MODELS, DEFAULT_MIN_SAMPLES,
     DEFAULT_OUTPUT_TOKENS, DEFAULT_QUANTILE, DEFAULT_WINDOW, MAX_MODEL_NAME,

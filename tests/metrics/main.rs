@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use llm_sluice::__metrics::{MetricKind, MetricUnit, CATALOG};
+use llm_sluice::estimate::{Estimate, EstimateAccuracy};
 use llm_sluice::request::RequestMeta;
 use llm_sluice::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, FallbackLayer, PartitionKey,
-    Priority, RateLimitLayer, RetryLayer, TimeoutLayer,
+    Priority, RateLimitLayer, RetryLayer, TimeoutLayer, Usage,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
@@ -669,6 +670,46 @@ async fn fallback_counts_by_reason() {
             ],
             V::C(1),
         )]),
+    );
+}
+
+#[test]
+fn estimate_ratio_by_budget() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let accuracy = EstimateAccuracy::named("openai").unwrap();
+    accuracy.record_actual(&Estimate::new(100, 400), &Usage::new(50, 100));
+    // An output estimated at 0 records no ratio.
+    accuracy.record_actual(&Estimate::new(10, 0), &Usage::new(20, 0));
+
+    let labels = |budget| {
+        [
+            ("layer", "estimate"),
+            ("name", "openai"),
+            ("budget", budget),
+        ]
+    };
+    assert_series(
+        &take(&snapshotter),
+        &expect(&[
+            (
+                "llm_sluice_estimate_ratio",
+                &labels("total"),
+                V::H(vec![0.3, 2.0]),
+            ),
+            (
+                "llm_sluice_estimate_ratio",
+                &labels("input"),
+                V::H(vec![0.5, 2.0]),
+            ),
+            (
+                "llm_sluice_estimate_ratio",
+                &labels("output"),
+                V::H(vec![0.25]),
+            ),
+        ]),
     );
 }
 
