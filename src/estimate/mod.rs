@@ -2,10 +2,16 @@
 //! estimates were from actual usage.
 
 mod accuracy;
+#[cfg(feature = "http")]
+mod chat;
 mod history;
 mod tokens;
 
 pub use accuracy::{AccuracySummary, BudgetAccuracy, EstimateAccuracy};
+#[cfg(feature = "http")]
+pub use chat::{
+    ChatEstimator, CHARS_PER_TOKEN, MAX_CHOICES, MEDIA_PART_TOKENS, MESSAGE_TOKENS, REPLY_TOKENS,
+};
 pub use history::{
     CompletionHistory, CompletionHistoryBuilder, DEFAULT_MAX_MODELS, DEFAULT_MIN_SAMPLES,
     DEFAULT_OUTPUT_TOKENS, DEFAULT_QUANTILE, DEFAULT_WINDOW, MAX_MODEL_NAME,
