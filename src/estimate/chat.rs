@@ -97,6 +97,8 @@ const MAX_FIELDS: [&str; 3] = ["max_completion_tokens", "max_tokens", "max_outpu
 ///
 /// Estimating never panics and never fails:
 ///
+/// - an empty body (or one of whitespace only) asks for no tokens: 0, 0
+///   (a `GET` through the same stack, say);
 /// - a body that is not JSON, or JSON but not an object, is estimated from
 ///   its length: `ceil(bytes / 4)` input tokens, and the default output
 ///   (no model is known to learn from);
@@ -210,12 +212,22 @@ impl ChatEstimator {
     fn inspect_bytes(&self, body: &[u8]) -> Inspection {
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(map)) => self.inspect(&map),
-            _ => self.fallback(body.len() as u64).into(),
+            _ => self.unparsed(body).into(),
+        }
+    }
+
+    /// The estimate of a body that is not a JSON object: none for an empty
+    /// one, else from its length.
+    pub(crate) fn unparsed(&self, body: &[u8]) -> Estimate {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            Estimate::default()
+        } else {
+            self.fallback(body.len() as u64)
         }
     }
 
     /// The estimate of a body that is not a JSON object, `len` bytes long.
-    pub(crate) fn fallback(&self, len: u64) -> Estimate {
+    fn fallback(&self, len: u64) -> Estimate {
         let output = match &self.history {
             Some(history) => history.default_output(),
             None => self.default_output,

@@ -10,6 +10,13 @@ use crate::telemetry;
 /// them for the layers inside; optionally asks streamed chat requests for
 /// their usage. See the [module docs](super).
 ///
+/// Every request gets a [`TokenEstimate`](crate::TokenEstimate) (replacing
+/// one it carried), an [`Estimate`](super::Estimate) and an
+/// [`EstimateFeedback`](super::EstimateFeedback) in its extensions; the
+/// response gets the feedback too, and [`UsageAdded`](super::UsageAdded)
+/// when the layer added `include_usage`. A response that carries a
+/// [`Usage`](crate::Usage) extension is recorded at once.
+///
 /// The layer is a small configuration value. Its [`EstimateAccuracy`] and
 /// the estimator's [`CompletionHistory`](super::CompletionHistory) are
 /// shared: clones of the layer, and every service it makes, record into

@@ -79,10 +79,7 @@ where
                     .flatten();
                 (self.estimator.inspect(&map), rewritten)
             }
-            _ => (
-                Inspection::from(self.estimator.fallback(body.len() as u64)),
-                None,
-            ),
+            _ => (Inspection::from(self.estimator.unparsed(body)), None),
         };
         let usage_added = rewritten.is_some();
         if let Some(new) = rewritten {

@@ -134,14 +134,21 @@ async fn include_usage_rewrites_streamed_chat_requests_and_marks_them() {
 }
 
 #[tokio::test]
-async fn a_vec_body_works_too() {
+async fn a_vec_body_works_too_and_no_body_costs_nothing() {
     let client = tower::service_fn(|req: http::Request<Vec<u8>>| async move {
-        assert_eq!(req.token_estimate(), 2 + 256);
-        Ok::<_, tower::BoxError>(http::Response::new(()))
+        Ok::<_, tower::BoxError>(http::Response::new(req.token_estimate()))
     });
     let mut svc = EstimateLayer::new().layer(client);
-    let req = http::Request::new(b"not json".to_vec());
-    svc.ready().await.unwrap().call(req).await.unwrap();
+    for (body, tokens) in [(&b"not json"[..], 2 + 256), (b"", 0)] {
+        let req = http::Request::new(body.to_vec());
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(*res.body(), tokens);
+    }
+    // A request that carried an estimate of its own gets the layer's.
+    let mut req = http::Request::new(b"{}".to_vec());
+    req.extensions_mut().insert(TokenEstimate(1_000_000));
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(*res.body(), 3 + 256);
 }
 
 #[tokio::test]
@@ -282,5 +289,4 @@ fn builder_settings_are_checked() {
             .field(),
         "metrics_name"
     );
-    let _ = TokenEstimate(0);
 }
