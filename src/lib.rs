@@ -13,6 +13,7 @@
 //! | [`retry`] | retries that obey the server's delay, with full jitter and a budget |
 //! | [`fallback`] | a second service when the first is open, overloaded or failing |
 //! | [`stats`] | outcome counts, live state and latency percentiles, read in code |
+//! | [`estimate`] | token estimates from JSON request bodies, output learned per model, the estimates' error; `include_usage` on streamed requests |
 //!
 //! Outermost first, the recommended order is deadline → fallback → retry →
 //! breaker → rate admission → concurrency → rate dispatch → attempt timeout
@@ -69,6 +70,7 @@ pub mod classify;
 mod clock;
 pub mod concurrency;
 mod error;
+pub mod estimate;
 pub mod fallback;
 pub mod hold;
 pub mod meter;
@@ -98,6 +100,8 @@ pub use classify::ErrorBodyLayer;
 pub use classify::{ErrorCode, Usage};
 pub use concurrency::ConcurrencyLimitLayer;
 pub use error::{ConfigError, Error, TimeoutKind};
+#[cfg(feature = "http")]
+pub use estimate::EstimateLayer;
 pub use fallback::FallbackLayer;
 pub use rate::RateLimitLayer;
 pub use request::{Deadline, LlmRequest, PartitionKey, Priority, TokenEstimate};

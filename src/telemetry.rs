@@ -322,6 +322,10 @@ pub enum MetricUnit {
     Count,
     /// Seconds.
     Seconds,
+    /// A ratio of two quantities, 1 when they are equal: the name ends in
+    /// `_ratio`. Described to the recorder without a unit (the facade has
+    /// none for it).
+    Ratio,
 }
 
 /// One metric the crate can emit.
@@ -366,7 +370,7 @@ const fn def(
 }
 
 use MetricKind::{Counter as C, Gauge as G, Histogram as H};
-use MetricUnit::{Count, Seconds};
+use MetricUnit::{Count, Ratio, Seconds};
 
 pub(crate) const ADMITTED: &str = "llm_sluice_admitted_total";
 pub(crate) const REJECTED: &str = "llm_sluice_rejected_total";
@@ -421,6 +425,8 @@ pub static CATALOG: &[MetricDef] = &[
         "Requests sent to the fallback service, by the primary's failure reason."),
     def("llm_sluice_error_bodies_total", C, Count, &["error_body"], &["outcome"], false,
         "Non-2xx response bodies read by ErrorBodyLayer, by outcome: parsed, unparsed, too_large, failed."),
+    def("llm_sluice_estimate_ratio", H, Ratio, &["estimate"], &["budget"], false,
+        "Actual tokens over estimated tokens of each request, by budget: total, input, output (1 is exact, below 1 an over-estimate)."),
 ];
 
 /// Describes every [`CATALOG`] entry of `layer` to the recorder. Call it
@@ -428,11 +434,19 @@ pub static CATALOG: &[MetricDef] = &[
 pub(crate) fn describe(layer: &'static str) {
     #[cfg(feature = "metrics")]
     for def in CATALOG.iter().filter(|d| d.layers.contains(&layer)) {
+        let (name, help) = (def.name, def.help);
         let unit = match def.unit {
             MetricUnit::Count => metrics::Unit::Count,
             MetricUnit::Seconds => metrics::Unit::Seconds,
+            MetricUnit::Ratio => {
+                match def.kind {
+                    MetricKind::Counter => metrics::describe_counter!(name, help),
+                    MetricKind::Gauge => metrics::describe_gauge!(name, help),
+                    MetricKind::Histogram => metrics::describe_histogram!(name, help),
+                }
+                continue;
+            }
         };
-        let (name, help) = (def.name, def.help);
         match def.kind {
             MetricKind::Counter => metrics::describe_counter!(name, unit, help),
             MetricKind::Gauge => metrics::describe_gauge!(name, unit, help),

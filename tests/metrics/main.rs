@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use llm_sluice::__metrics::{MetricKind, MetricUnit, CATALOG};
+use llm_sluice::estimate::{Estimate, EstimateAccuracy};
 use llm_sluice::request::RequestMeta;
 use llm_sluice::{
     CircuitBreakerLayer, ConcurrencyLimitLayer, DeadlineLayer, Error, FallbackLayer, PartitionKey,
-    Priority, RateLimitLayer, RetryLayer, TimeoutLayer,
+    Priority, RateLimitLayer, RetryLayer, TimeoutLayer, Usage,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
@@ -112,7 +113,7 @@ fn fp(key: &str) -> String {
 
 // ===== the naming rules =====
 
-const LABEL_KEYS: [&str; 5] = ["reason", "outcome", "priority", "from", "to"];
+const LABEL_KEYS: [&str; 6] = ["reason", "outcome", "priority", "from", "to", "budget"];
 
 fn is_snake(s: &str) -> bool {
     !s.is_empty()
@@ -190,6 +191,11 @@ fn every_cataloged_metric_follows_the_naming_rules() {
             def.unit == MetricUnit::Seconds,
             name.ends_with("_seconds"),
             "{name}: durations, and only they, end in _seconds"
+        );
+        assert_eq!(
+            def.unit == MetricUnit::Ratio,
+            name.ends_with("_ratio"),
+            "{name}: ratios, and only they, end in _ratio"
         );
         assert!(!def.layers.is_empty(), "{name}: no layer");
         for layer in def.layers {
@@ -664,6 +670,46 @@ async fn fallback_counts_by_reason() {
             ],
             V::C(1),
         )]),
+    );
+}
+
+#[test]
+fn estimate_ratio_by_budget() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let accuracy = EstimateAccuracy::named("openai").unwrap();
+    accuracy.record_actual(&Estimate::new(100, 400), &Usage::new(50, 100));
+    // An output estimated at 0 records no ratio.
+    accuracy.record_actual(&Estimate::new(10, 0), &Usage::new(20, 0));
+
+    let labels = |budget| {
+        [
+            ("layer", "estimate"),
+            ("name", "openai"),
+            ("budget", budget),
+        ]
+    };
+    assert_series(
+        &take(&snapshotter),
+        &expect(&[
+            (
+                "llm_sluice_estimate_ratio",
+                &labels("total"),
+                V::H(vec![0.3, 2.0]),
+            ),
+            (
+                "llm_sluice_estimate_ratio",
+                &labels("input"),
+                V::H(vec![0.5, 2.0]),
+            ),
+            (
+                "llm_sluice_estimate_ratio",
+                &labels("output"),
+                V::H(vec![0.25]),
+            ),
+        ]),
     );
 }
 
