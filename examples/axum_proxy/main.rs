@@ -33,10 +33,17 @@
 //!    does not spend another key's budget. The key is never logged: its
 //!    `Debug` shows a fingerprint, and the first four characters only of a
 //!    key of at least sixteen.
-//! 2. Tokens are estimated from the body: prompt characters / 4, plus
-//!    `max_tokens` (or `max_completion_tokens`, or 256 when neither is set).
-//!    The rate windows reserve the estimate and correct it to the actual
-//!    usage when the upstream reports it.
+//! 2. Tokens are estimated from the body by the library's
+//!    `estimate::EstimateLayer`: prompt characters / 4 plus a few tokens per
+//!    message, plus `max_completion_tokens` (or `max_tokens`) times `n`;
+//!    without either, a high quantile of the model's recent completions (256
+//!    until it has seen enough). A streamed request sent without
+//!    `stream_options.include_usage` gets it, so the stream ends with the
+//!    provider's usage. The rate windows reserve the estimate and, when the
+//!    response body ends, correct it to the usage the body reported (a JSON
+//!    body's `usage`, a stream's usage chunk); a stream cut off before its
+//!    usage keeps its estimate. `/health` shows the estimated and actual
+//!    tokens so far.
 //! 3. `x-priority: low|normal|high|critical` orders the queues;
 //!    `x-deadline-ms: N` gives up after N ms (at most, and by default, the
 //!    stack's deadline of 120 s), with a 504.

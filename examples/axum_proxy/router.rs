@@ -18,10 +18,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_sluice::breaker::CircuitHandle;
 use llm_sluice::classify::{Classification, Classify, DefaultClassifier, ErrorBodyLayer};
+use llm_sluice::estimate::{ChatEstimator, CompletionHistory, EstimateFeedback, EstimateLayer};
+use llm_sluice::meter::{BodyEnd, UsageBody};
 use llm_sluice::rate::RateLimitHandle;
 use llm_sluice::{
     CircuitState, ConcurrencyLimitLayer, ConfigError, Deadline, DeadlineLayer, Error, LlmStack,
-    PartitionKey, Priority, StackConfig, TimeoutKind, TokenEstimate,
+    PartitionKey, Priority, StackConfig, TimeoutKind,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -177,7 +179,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
         .clone()
 }
 
-type Stack = BoxCloneSyncService<Request<Full<Bytes>>, Response<Body>, BoxError>;
+type Stack = BoxCloneSyncService<Request<Bytes>, Response<Body>, BoxError>;
 
 /// The proxy: its router and handles on the stack's live state.
 #[derive(Debug, Clone)]
@@ -204,6 +206,8 @@ struct AppState {
     upstream_auth: Option<HeaderValue>,
     /// What the proxy's own retries do, for `x-should-retry`.
     retries: RetryPolicy,
+    /// The request estimator, and how far its estimates were off.
+    estimate: EstimateLayer,
 }
 
 impl AppState {
@@ -261,8 +265,21 @@ impl Proxy {
         inner_config.breaker.enabled = false;
         let inner = LlmStack::from_config(&inner_config)?;
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        // Estimates once per request (not per attempt), from the body: the
+        // library's chat estimator, with the output of requests that set no
+        // maximum learned per model; asks a stream for its usage
+        // (`include_usage`) so the windows can be corrected at its end.
+        let estimator = ChatEstimator::new()
+            .default_output(config.default_max_tokens)
+            .history(CompletionHistory::new());
+        let estimate = EstimateLayer::builder()
+            .estimator(estimator)
+            .include_usage(true)
+            .build()?;
         let service = ServiceBuilder::new()
             .map_response(|res: Response<_>| res.map(Body::new))
+            .layer(estimate.clone())
+            .map_request(|req: Request<Bytes>| req.map(Full::new))
             .option_layer(stack_config.deadline.map(DeadlineLayer::new))
             .option_layer(parts.retry().cloned())
             .map_request(|req: Request<Full<Bytes>>| {
@@ -294,6 +311,7 @@ impl Proxy {
             breaker: parts.breaker_handle(),
             concurrency: inner.concurrency().cloned(),
             retries: RetryPolicy::of(&stack_config),
+            estimate,
             config,
         });
         let router = Router::new()
@@ -407,21 +425,6 @@ pub fn prompt_text(body: &Value) -> String {
     out
 }
 
-/// The token estimate: prompt characters / 4 (rounded up), plus the output
-/// budget (`max_completion_tokens`, else `max_tokens`, else
-/// `default_max_tokens`) times the number of choices `n`.
-pub fn estimate_tokens(body: &Value, prompt: &str, default_max_tokens: u64) -> u64 {
-    let prompt = prompt.chars().count() as u64;
-    let output = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_u64))
-        .unwrap_or(default_max_tokens);
-    let choices = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
-    prompt
-        .div_ceil(4)
-        .saturating_add(output.saturating_mul(choices))
-}
-
 /// Headers that belong to one connection, not to the message. The length
 /// goes too: the server frames the body again.
 const HOP_BY_HOP: [&str; 8] = [
@@ -443,6 +446,22 @@ fn pass_through(mut upstream: Response<Body>) -> Response<Body> {
         headers.remove(name);
     }
     upstream
+}
+
+/// The response with its body read for the usage the estimate is checked
+/// against (and the per-model output learned from): the estimator's
+/// feedback hears it when the body is complete. (The rate windows read the
+/// same body for their own correction, inside the stack.)
+fn learn_from(upstream: Response<Body>) -> Response<Body> {
+    let Some(feedback) = upstream.extensions().get::<EstimateFeedback>().cloned() else {
+        return upstream;
+    };
+    let metered = UsageBody::wrap_response(upstream, move |end: BodyEnd| {
+        if let (true, Some(usage)) = (end.is_complete(), end.usage()) {
+            feedback.record(&usage);
+        }
+    });
+    metered.map(Body::new)
 }
 
 /// Whole seconds for `retry-after`, rounded up, at least 1. Saturates: an
@@ -671,7 +690,6 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
         _ => return bad_request("the body must be a JSON object"),
     };
     let prompt = prompt_text(&json);
-    let tokens = estimate_tokens(&json, &prompt, state.config.default_max_tokens);
     let routed = match json.get("model").and_then(Value::as_str) {
         None | Some(AUTO_MODEL) => {
             let model = state.config.routing.choose(&prompt).to_owned();
@@ -685,9 +703,9 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     } else {
         body
     };
-    tracing::info!(key = ?key, tokens, priority = priority.level_name(), model = ?routed, "chat completion");
+    tracing::info!(key = ?key, priority = priority.level_name(), model = ?routed, "chat completion");
 
-    let mut req = Request::new(Full::new(body));
+    let mut req = Request::new(body);
     *req.method_mut() = Method::POST;
     *req.uri_mut() = state.chat_uri.clone();
     let h = req.headers_mut();
@@ -712,7 +730,6 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     ext.insert(route.clone());
     ext.insert(CallerKey(key));
     ext.insert(attempts.clone());
-    ext.insert(TokenEstimate(tokens));
     ext.insert(priority);
     if let Some(after) = deadline {
         ext.insert(Deadline(tokio::time::Instant::now() + after));
@@ -723,7 +740,7 @@ async fn chat(state: &AppState, headers: &HeaderMap, body: Bytes) -> Response<Bo
     match result {
         Ok(upstream) => {
             let class = DefaultClassifier.classify(Ok(&upstream));
-            let mut res = pass_through(upstream);
+            let mut res = pass_through(learn_from(upstream));
             let advice = retry_advice(Ending::Upstream(&class), made, state.retries);
             advise(&mut res, advice, class.retry_after);
             if let Some(model) = routed.and_then(|m| HeaderValue::try_from(m).ok()) {
@@ -791,6 +808,7 @@ async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
 /// `GET /health`: the proxy is up; what its stack holds now.
 async fn health(State(state): State<Arc<AppState>>) -> Response<Body> {
     let rate = state.rate.as_ref().map(RateLimitHandle::stats);
+    let accuracy = state.estimate.accuracy().summary();
     let conc = state
         .concurrency
         .as_ref()
@@ -823,6 +841,12 @@ async fn health(State(state): State<Arc<AppState>>) -> Response<Body> {
         "queued": conc.map(|s| s.queued),
         "rate_waiting": rate.map(|r| r.waiting),
         "keys": rate.map(|r| r.partitions),
+        // how far the estimates were off: actual tokens over estimated
+        "estimates": {
+            "requests": accuracy.requests,
+            "estimated_tokens": accuracy.total.estimated,
+            "actual_tokens": accuracy.total.actual,
+        },
     });
     let mut res = Response::new(Body::from(body.to_string()));
     res.headers_mut().insert(

@@ -777,25 +777,6 @@ fn library_errors_map_to_statuses_and_retry_after() {
     );
 }
 
-#[test]
-fn token_estimate_is_prompt_chars_over_four_plus_max_tokens() {
-    let body = json!({
-        "messages": [
-            { "role": "system", "content": "abcd" },
-            { "role": "user", "content": [{ "type": "text", "text": "efghijk" }] },
-        ],
-        "max_tokens": 100,
-    });
-    // "abcd\n" + "efghijk\n" = 13 characters -> 4 tokens, plus 100
-    let estimate = |body: &Value| router::estimate_tokens(body, &router::prompt_text(body), 256);
-    assert_eq!(estimate(&body), 104);
-    assert_eq!(estimate(&json!({ "messages": [] })), 256);
-    let newer = json!({ "max_completion_tokens": 7, "max_tokens": 100 });
-    assert_eq!(estimate(&newer), 7);
-    let three = json!({ "max_tokens": 10, "n": 3 });
-    assert_eq!(estimate(&three), 30);
-}
-
 #[tokio::test]
 async fn upstream_key_replaces_the_callers_key() {
     // an upstream that answers with the Authorization header it received
