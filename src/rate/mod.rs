@@ -407,6 +407,7 @@ pub mod future;
 mod handle;
 pub(crate) use handle::Control;
 mod layer;
+mod learn;
 mod limits;
 mod service;
 mod shared;
@@ -416,7 +417,8 @@ mod window;
 
 pub use handle::{RateLimitHandle, RateStats};
 pub use layer::{Builder, RateLimitLayer, DEFAULT_GUARD_BAND};
-pub use limits::{Budget, Demand, Limits, MAX_USAGE_TOKENS};
+pub use learn::{LearnLimits, LearnedLimits};
+pub use limits::{Budget, Charging, Demand, Limits, MAX_USAGE_TOKENS};
 pub use service::RateLimit;
 pub use stage::{Admission, AdmissionLayer, Admitted, Dispatch, DispatchLayer};
 pub use store::{MemoryStore, RateStore};

@@ -112,7 +112,7 @@ fn fp(key: &str) -> String {
 
 // ===== the naming rules =====
 
-const LABEL_KEYS: [&str; 5] = ["reason", "outcome", "priority", "from", "to"];
+const LABEL_KEYS: [&str; 6] = ["reason", "outcome", "priority", "from", "to", "budget"];
 
 fn is_snake(s: &str) -> bool {
     !s.is_empty()
