@@ -363,6 +363,12 @@ pub struct UpstreamConfig {
     /// from the same seeded generator (two more draws per request), and a
     /// request's other draws when it arrives, in arrival order.
     pub transit: Option<Dist>,
+    /// Whether responses report the limits: `x-ratelimit-limit-*`,
+    /// `-remaining-*` and `-reset-*` headers, and
+    /// [`SimResponse::rate_limits`](super::SimResponse::rate_limits)
+    /// (default true). Off, the upstream is a provider that says nothing
+    /// about its limits but its `429`s.
+    pub rate_limit_headers: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -379,6 +385,7 @@ impl Default for UpstreamConfig {
             count_refused: false,
             latency_spikes: None,
             transit: None,
+            rate_limit_headers: true,
         }
     }
 }
@@ -620,6 +627,13 @@ impl UpstreamBuilder {
     /// (seconds; see [`UpstreamConfig::transit`]).
     pub fn transit(mut self, dist: Dist) -> Self {
         self.config.transit = Some(dist);
+        self
+    }
+
+    /// Whether responses report the limits (default true; see
+    /// [`UpstreamConfig::rate_limit_headers`]).
+    pub fn rate_limit_headers(mut self, on: bool) -> Self {
+        self.config.rate_limit_headers = on;
         self
     }
 

@@ -549,7 +549,11 @@ impl Upstream {
         Plan {
             id,
             kind,
-            views,
+            views: if cfg.rate_limit_headers {
+                views
+            } else {
+                Views::default()
+            },
             prompt_tokens,
         }
     }
