@@ -104,6 +104,15 @@ impl Learning {
         self.reported.iter().chain(&self.refused).any(|&v| v != 0)
     }
 
+    /// Whether a learned limit is in force at `now` (a cap whose hold has
+    /// passed is not, though it is cleared only by [`lapse`](Self::lapse)).
+    pub(crate) fn in_force_at(&self, now: Instant) -> bool {
+        self.reported
+            .iter()
+            .chain(&self.refused_at(now))
+            .any(|&v| v != 0)
+    }
+
     /// Whether nothing is kept.
     pub(crate) fn is_empty(&self) -> bool {
         !self.in_force() && self.refunds.is_none()

@@ -1310,10 +1310,11 @@ impl<C, St: RateStore> Shared<C, St> {
     fn totals(&self) -> (u64, usize) {
         let mut admitted = self.retired.load(Ordering::Relaxed);
         let mut learned = 0;
+        let now = Instant::now();
         self.partitions.for_each(|_, slot| {
             let state = slot.state.lock();
             admitted += state.admitted;
-            learned += usize::from(state.learned().is_some());
+            learned += usize::from(state.learned().is_some_and(|l| l.in_force_at(now)));
         });
         (admitted, learned)
     }
@@ -1558,7 +1559,7 @@ where
         };
         let now = Instant::now();
         let state = slot.state.lock();
-        let learning = state.learned()?;
+        let learning = state.learned().filter(|l| l.in_force_at(now))?;
         let limits = self.limits_of(&state, None, now).0;
         Some(learning.view(limits, now))
     }
