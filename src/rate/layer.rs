@@ -147,21 +147,23 @@ impl<C, St> Builder<C, St> {
         self.limit(Budget::Requests, limit)
     }
 
-    /// Tokens (estimates, corrected by actual usage) per window, per
-    /// partition.
+    /// Tokens (estimates, corrected by actual usage unless the budget is
+    /// [charged at admission](Self::charging)) per window, per partition.
     pub fn tokens_per_minute(self, limit: u64) -> Self {
         self.limit(Budget::Tokens, limit)
     }
 
     /// Input tokens per window, per partition, for providers that meter input
     /// and output separately. The whole estimate is charged until usage
-    /// reports the uncached input tokens.
+    /// reports the uncached input tokens (unless the budget is
+    /// [charged at admission](Self::charging)).
     pub fn input_tokens_per_minute(self, limit: u64) -> Self {
         self.limit(Budget::InputTokens, limit)
     }
 
     /// Output tokens per window, per partition. The whole estimate is charged
-    /// until usage reports the completion tokens.
+    /// until usage reports the completion tokens (unless the budget is
+    /// [charged at admission](Self::charging)).
     pub fn output_tokens_per_minute(self, limit: u64) -> Self {
         self.limit(Budget::OutputTokens, limit)
     }
