@@ -93,8 +93,9 @@ pub(crate) struct Learning {
     refused: [u64; 4],
     refused_until: Option<Instant>,
     /// The token budgets' refunds, for the charging check; kept once the
-    /// provider has counted more than the window held.
-    refunds: Option<Tally>,
+    /// provider has counted more than the window held (boxed: a partition
+    /// that only learns a limit, or only queues, does not carry it).
+    refunds: Option<Box<Tally>>,
 }
 
 impl Learning {
@@ -234,12 +235,13 @@ impl Learning {
 
     /// The refunds tally, made on first use.
     pub(crate) fn refunds(&mut self, now: Instant, span: Duration) -> &mut Tally {
-        self.refunds.get_or_insert_with(|| Tally::new(now, span))
+        self.refunds
+            .get_or_insert_with(|| Box::new(Tally::new(now, span)))
     }
 
     /// The refunds tally, if kept.
     pub(crate) fn tally(&mut self) -> Option<&mut Tally> {
-        self.refunds.as_mut()
+        self.refunds.as_deref_mut()
     }
 
     /// The public view at `now`, with `limits` in force.

@@ -288,13 +288,20 @@ pub(crate) struct Metrics {
     wait: Histogram,
     cooldowns: Counter,
     usage_capped: Counter,
+    /// What only answers with rate-limit state touch, out of line.
+    learn: Box<LearnMetrics>,
+    /// Layer-wide (no partition label).
+    partitions: Gauge,
+}
+
+/// The metric handles of learned limits and the charging check.
+#[derive(Clone)]
+struct LearnMetrics {
     /// The limit in force after learning, per whole-window budget.
     learned: [Gauge; 4],
     /// Reports that say a token budget's charging rule is wrong (tokens,
     /// input, output).
     charging_mismatch: [Counter; 3],
-    /// Layer-wide (no partition label).
-    partitions: Gauge,
 }
 
 impl Metrics {
@@ -315,14 +322,18 @@ impl Metrics {
             wait: Histogram::new("llm_sluice_rate_wait_seconds", scope, &[]),
             cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", scope, &[]),
             usage_capped: Counter::new("llm_sluice_rate_usage_capped_total", scope, &[]),
-            learned: BUDGET_LABELS
-                .map(|b| Gauge::new("llm_sluice_rate_learned_limit", scope, &[("budget", b)])),
-            charging_mismatch: [BUDGET_LABELS[1], BUDGET_LABELS[2], BUDGET_LABELS[3]].map(|b| {
-                Counter::new(
-                    "llm_sluice_rate_charging_mismatch_total",
-                    scope,
-                    &[("budget", b)],
-                )
+            learn: Box::new(LearnMetrics {
+                learned: BUDGET_LABELS
+                    .map(|b| Gauge::new("llm_sluice_rate_learned_limit", scope, &[("budget", b)])),
+                charging_mismatch: [BUDGET_LABELS[1], BUDGET_LABELS[2], BUDGET_LABELS[3]].map(
+                    |b| {
+                        Counter::new(
+                            "llm_sluice_rate_charging_mismatch_total",
+                            scope,
+                            &[("budget", b)],
+                        )
+                    },
+                ),
             }),
             partitions: Gauge::new(telemetry::PARTITIONS, layer, &[]),
         }
@@ -393,9 +404,12 @@ pub(crate) struct Shared<C, St: RateStore> {
     reported_partitions: AtomicUsize,
     /// The charging rule of the tokens, input and output budgets.
     charging: [Charging; 3],
+    /// Whether usage corrects any of them.
+    corrects: bool,
     learn: LearnLimits,
-    /// When each token budget's charging mismatch was last logged.
-    warned: Mutex<[Option<Instant>; 3]>,
+    /// When each token budget's charging mismatch was last logged (out of
+    /// line: only a mismatch looks at it).
+    warned: Box<Mutex<[Option<Instant>; 3]>>,
     metrics: Metrics,
     metric_settings: MetricSettings,
 }
@@ -481,8 +495,9 @@ impl<C, St: RateStore> Shared<C, St> {
             next_id: AtomicU64::new(0),
             reported_partitions: AtomicUsize::new(0),
             charging: settings.charging,
+            corrects: settings.charging.iter().any(|c| c.corrects()),
             learn: settings.learn,
-            warned: Mutex::new([None; 3]),
+            warned: Box::new(Mutex::new([None; 3])),
             metrics,
             metric_settings,
         }
@@ -894,7 +909,9 @@ impl<C, St: RateStore> Shared<C, St> {
     /// ([`take_report`](Self::take_report)); a `429` cools the partition
     /// down and teaches a limit ([`learn_from_429`](Self::learn_from_429)).
     pub(crate) fn finish(&self, reservation: Reservation<St>, class: &Classification) {
-        if class.usage.is_none()
+        // Usage matters only where a budget's rule corrects it.
+        let usage = class.usage.as_ref().filter(|_| self.corrects);
+        if usage.is_none()
             && class.rate_limits.is_none()
             && !matches!(
                 class.outcome,
@@ -930,7 +947,7 @@ impl<C, St: RateStore> Shared<C, St> {
             self.give_back(&mut state.window, &part, global.as_ref(), now);
             metrics.refunded.increment(estimate);
             wake = true;
-        } else if let Some(usage) = &class.usage {
+        } else if let Some(usage) = usage {
             let actual = self.charged(usage, estimate, metrics);
             if actual != Demand::estimate(estimate) {
                 self.store.reconcile(&mut state.window, &part, &actual, now);
@@ -1032,7 +1049,7 @@ impl<C, St: RateStore> Shared<C, St> {
             }
         };
         if learned {
-            tracing::info!(?server, "rate: partition limits learned from the server");
+            tracing::debug!(?server, "rate: partition limits learned from the server");
         }
         let limits = self.limits_of(state, None, now).0;
         self.check_charging(state, part, server, &limits, metrics, now);
@@ -1085,7 +1102,7 @@ impl<C, St: RateStore> Shared<C, St> {
                 None
             };
             if learn::mismatch(charging, local, provider, limit, refunds) {
-                metrics.charging_mismatch[k].increment(1);
+                metrics.learn.charging_mismatch[k].increment(1);
                 self.warn_charging(k, charging, local, provider, limits, now);
             }
         }
@@ -1187,7 +1204,7 @@ impl<C, St: RateStore> Shared<C, St> {
             }
         };
         if changed {
-            tracing::info!(
+            tracing::debug!(
                 budget = ?LEARNED[i],
                 held_before,
                 limit,
@@ -1202,7 +1219,7 @@ impl<C, St: RateStore> Shared<C, St> {
         let limits = self.limits_of(state, None, now).0;
         for (i, budget) in LEARNED.into_iter().enumerate() {
             if let Some(limit) = limits.get(budget) {
-                metrics.learned[i].set(limit as f64);
+                metrics.learn.learned[i].set(limit as f64);
             }
         }
     }
@@ -1600,5 +1617,15 @@ mod tests {
         );
         assert!(16 + hot_end <= 128, "hot state ends at {hot_end}");
         assert!(std::mem::size_of::<Slot<MemoryWindow>>() <= 256);
+    }
+
+    /// The box a partition gets for its first waiter or its first learned
+    /// limit: the queue and the learned limits, the charging check's refunds
+    /// boxed apart (few partitions keep them).
+    #[test]
+    fn the_out_of_line_box_stays_small() {
+        let size = std::mem::size_of::<Cold>();
+        println!("cold box {size} bytes");
+        assert!(size <= 144, "{size}");
     }
 }
