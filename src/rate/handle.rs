@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::limits::{Budget, Limits};
+use super::learn::{LearnLimits, LearnedLimits};
+use super::limits::{Budget, Charging, Limits};
 use crate::error::ConfigError;
+use crate::request::PartitionKey;
 
 /// What a limiter has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,6 +21,9 @@ pub struct RateStats {
     pub waiting: usize,
     /// Partition keys with their own window now.
     pub partitions: usize,
+    /// Partitions (the unkeyed one included) with a limit learned from the
+    /// wire in force now (see [`RateLimitHandle::learned`]).
+    pub learned: usize,
 }
 
 pub(crate) trait Control: Send + Sync {
@@ -31,6 +36,9 @@ pub(crate) trait Control: Send + Sync {
         value: Option<u64>,
     ) -> Result<(), ConfigError>;
     fn stats(&self) -> RateStats;
+    fn charging(&self) -> [Charging; 3];
+    fn learn_limits(&self) -> LearnLimits;
+    fn learned(&self, key: Option<&PartitionKey>) -> Option<LearnedLimits>;
     /// Requests waiting for room now: one atomic read (`stats` walks every
     /// partition).
     fn waiting(&self) -> usize;
@@ -92,9 +100,68 @@ impl RateLimitHandle {
         self.control.set_limit(true, budget, value)
     }
 
-    /// Counters: admitted, waiting, live partitions.
+    /// Counters: admitted, waiting, live partitions, partitions with
+    /// learned limits.
     pub fn stats(&self) -> RateStats {
         self.control.stats()
+    }
+
+    /// The charging rule of a token budget (tokens, input or output tokens,
+    /// per partition and globally); `None` for the other budgets, which
+    /// count one per request.
+    pub fn charging(&self, budget: Budget) -> Option<Charging> {
+        let k = match budget {
+            Budget::Tokens => 0,
+            Budget::InputTokens => 1,
+            Budget::OutputTokens => 2,
+            _ => return None,
+        };
+        Some(self.control.charging()[k])
+    }
+
+    /// Whether the limiter learns limits from the wire.
+    pub fn learn_limits(&self) -> LearnLimits {
+        self.control.learn_limits()
+    }
+
+    /// What the partition of `key` (`None`: requests without a key) learned
+    /// from the wire, while a learned limit is in force there; `None` when
+    /// nothing learned changes its limits, or it has no window of its own.
+    /// See the [module docs](super#limits-learned-from-the-wire).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use llm_sluice::classify::{Classification, LimitState, LlmResponse, Outcome, RateLimitState};
+    /// use llm_sluice::rate::{Budget, RateLimitLayer};
+    /// use llm_sluice::request::RequestMeta;
+    /// use llm_sluice::PartitionKey;
+    /// use tower::{Layer, ServiceExt};
+    ///
+    /// struct Resp;
+    /// impl llm_sluice::hold::Complete for Resp {}
+    /// impl LlmResponse for Resp {
+    ///     fn classification(&self) -> Classification {
+    ///         let mut c = Classification::success(None);
+    ///         c.rate_limits = Some(RateLimitState {
+    ///             requests: LimitState { limit: Some(60), remaining: Some(59), reset: None },
+    ///             ..RateLimitState::default()
+    ///         });
+    ///         c
+    ///     }
+    /// }
+    /// let layer = RateLimitLayer::builder().requests_per_minute(120).build().unwrap();
+    /// let handle = layer.handle();
+    /// let svc = layer.layer(tower::service_fn(|_r: RequestMeta| async { Ok::<_, tower::BoxError>(Resp) }));
+    /// svc.oneshot(RequestMeta::new().partition("sk-a")).await.unwrap();
+    /// // The provider reports 60 a minute for this key: the window holds it to that.
+    /// let learned = handle.learned(Some(&PartitionKey::new("sk-a"))).unwrap();
+    /// assert_eq!(learned.reported(Budget::Requests), Some(60));
+    /// assert_eq!(learned.limit(Budget::Requests), Some(60));
+    /// assert_eq!(handle.limit(Budget::Requests), Some(120), "configured, unchanged");
+    /// # }
+    /// ```
+    pub fn learned(&self, key: Option<&PartitionKey>) -> Option<LearnedLimits> {
+        self.control.learned(key)
     }
 
     /// Evicts every idle partition now (empty window, no waiter, no cooldown)

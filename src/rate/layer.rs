@@ -5,7 +5,8 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::handle::RateLimitHandle;
-use super::limits::{Budget, Limits};
+use super::learn::LearnLimits;
+use super::limits::{Budget, Charging, Limits};
 use super::service::RateLimit;
 use super::shared::{MetricSettings, Settings, Shared};
 use super::store::{MemoryStore, RateStore};
@@ -53,6 +54,9 @@ impl RateLimitLayer {
             guard_band: None,
             limits: [None; 6],
             global: [None; 6],
+            charging: [Charging::Reconcile; 3],
+            charging_of: None,
+            learn: None,
             max_wait: None,
             max_waiters: 10_000,
             max_partitions: 10_000,
@@ -111,6 +115,13 @@ pub struct Builder<C = DefaultClassifier, St = MemoryStore> {
     guard_band: Option<Duration>,
     limits: [Option<u64>; 6],
     global: [Option<u64>; 6],
+    /// The charging rule of the tokens, input and output budgets.
+    charging: [Charging; 3],
+    /// A budget `charging` was asked for that has no rule (refused at
+    /// build).
+    charging_of: Option<Budget>,
+    /// `None`: the default, and no opt-in to learning with no budget set.
+    learn: Option<LearnLimits>,
     max_wait: Option<Duration>,
     max_waiters: usize,
     max_partitions: usize,
@@ -136,21 +147,23 @@ impl<C, St> Builder<C, St> {
         self.limit(Budget::Requests, limit)
     }
 
-    /// Tokens (estimates, corrected by actual usage) per window, per
-    /// partition.
+    /// Tokens (estimates, corrected by actual usage unless the budget is
+    /// [charged at admission](Self::charging)) per window, per partition.
     pub fn tokens_per_minute(self, limit: u64) -> Self {
         self.limit(Budget::Tokens, limit)
     }
 
     /// Input tokens per window, per partition, for providers that meter input
     /// and output separately. The whole estimate is charged until usage
-    /// reports the uncached input tokens.
+    /// reports the uncached input tokens (unless the budget is
+    /// [charged at admission](Self::charging)).
     pub fn input_tokens_per_minute(self, limit: u64) -> Self {
         self.limit(Budget::InputTokens, limit)
     }
 
     /// Output tokens per window, per partition. The whole estimate is charged
-    /// until usage reports the completion tokens.
+    /// until usage reports the completion tokens (unless the budget is
+    /// [charged at admission](Self::charging)).
     pub fn output_tokens_per_minute(self, limit: u64) -> Self {
         self.limit(Budget::OutputTokens, limit)
     }
@@ -189,6 +202,39 @@ impl<C, St> Builder<C, St> {
     /// Output tokens per window across all partitions.
     pub fn global_output_tokens_per_minute(self, limit: u64) -> Self {
         self.global(Budget::OutputTokens, limit)
+    }
+
+    /// How the provider counts token budget `budget` (tokens, input tokens
+    /// or output tokens; per partition and globally alike), and so how the
+    /// window counts it: see the [module docs](super#charging-rules).
+    /// [`Charging::Reconcile`] by default. Any other budget is refused at
+    /// build (field `charging`): requests count one each whatever the rule,
+    /// and the token burst follows the token budget.
+    pub fn charging(mut self, budget: Budget, charging: Charging) -> Self {
+        match budget {
+            Budget::Tokens => self.charging[0] = charging,
+            Budget::InputTokens => self.charging[1] = charging,
+            Budget::OutputTokens => self.charging[2] = charging,
+            other => self.charging_of = Some(other),
+        }
+        self
+    }
+
+    /// The same [`charging`](Self::charging) rule for every token budget.
+    pub fn token_charging(mut self, charging: Charging) -> Self {
+        self.charging = [charging; 3];
+        self
+    }
+
+    /// Whether the limiter takes the limits the provider reports and learns
+    /// from `429`s it did not expect: see the
+    /// [module docs](super#limits-learned-from-the-wire).
+    /// [`LearnLimits::TightenOnly`] by default. Given explicitly (and not
+    /// [`Off`](LearnLimits::Off)), the builder needs no budget: every
+    /// partition starts unlimited and learns the provider's limits.
+    pub fn learn_limits(mut self, learn: LearnLimits) -> Self {
+        self.learn = Some(learn);
+        self
     }
 
     /// The window length; 60 s by default. Between 1 ms and 31 days.
@@ -271,6 +317,9 @@ impl<C, St> Builder<C, St> {
             guard_band: self.guard_band,
             limits: self.limits,
             global: self.global,
+            charging: self.charging,
+            charging_of: self.charging_of,
+            learn: self.learn,
             max_wait: self.max_wait,
             max_waiters: self.max_waiters,
             max_partitions: self.max_partitions,
@@ -288,6 +337,9 @@ impl<C, St> Builder<C, St> {
             guard_band: self.guard_band,
             limits: self.limits,
             global: self.global,
+            charging: self.charging,
+            charging_of: self.charging_of,
+            learn: self.learn,
             max_wait: self.max_wait,
             max_waiters: self.max_waiters,
             max_partitions: self.max_partitions,
@@ -331,15 +383,31 @@ impl<C, St> Builder<C, St> {
         }
         limits.validate(false)?;
         global.validate(true)?;
-        if limits.is_empty() && global.is_empty() {
+        let learns = matches!(
+            self.learn,
+            Some(LearnLimits::TightenOnly | LearnLimits::Follow)
+        );
+        if limits.is_empty() && global.is_empty() && !learns {
             return Err(ConfigError::new(
                 "requests_per_minute",
-                "set at least one budget (requests or tokens, per partition or global)",
+                "set at least one budget (requests or tokens, per partition or global), \
+                 or learn the provider's limits (learn_limits)",
+            ));
+        }
+        if let Some(budget) = self.charging_of {
+            return Err(ConfigError::new(
+                "charging",
+                format!(
+                    "{budget:?}: only the token budgets (tokens, input and output tokens) \
+                     have a charging rule"
+                ),
             ));
         }
         let settings = Settings {
             limits,
             global: (!global.is_empty()).then_some(global),
+            charging: self.charging,
+            learn: self.learn.unwrap_or_default(),
             max_wait,
             max_waiters: self.max_waiters,
             max_partitions: self.max_partitions,
@@ -364,6 +432,8 @@ impl<C, St> fmt::Debug for Builder<C, St> {
             .field("guard_band", &self.guard_band)
             .field("limits", &self.limits)
             .field("global", &self.global)
+            .field("charging", &self.charging)
+            .field("learn", &self.learn)
             .field("max_wait", &self.max_wait)
             .field("max_waiters", &self.max_waiters)
             .field("max_partitions", &self.max_partitions)

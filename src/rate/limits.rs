@@ -82,6 +82,40 @@ impl Budget {
     }
 }
 
+/// How the provider counts a token budget against its limit, and so how the
+/// window counts it: see the [module docs](super#charging-rules).
+///
+/// Set per token budget with [`Builder::charging`](super::Builder::charging)
+/// (the same rule holds for the budget per partition and globally); the
+/// request budget counts one per request whatever the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Charging {
+    /// Charged at admission from the estimate, never corrected: actual
+    /// usage changes nothing in this budget. OpenAI documents its TPM this
+    /// way (`max_tokens` plus an estimate from the prompt's characters);
+    /// give the layer an estimate that mirrors the provider's.
+    Admission,
+    /// Estimated at admission, corrected to the actual usage when the
+    /// response ends (Anthropic-style output-token limits). The default.
+    #[default]
+    Reconcile,
+    /// Counted from actual usage only (other OpenAI-compatible servers).
+    /// The window still holds the estimate until the usage is known, as
+    /// with [`Reconcile`](Charging::Reconcile): it cannot know the usage
+    /// before, and the provider will count it.
+    Actual,
+}
+
+impl Charging {
+    /// Whether actual usage corrects what was charged.
+    pub const fn corrects(self) -> bool {
+        !matches!(self, Charging::Admission)
+    }
+}
+
 /// The most tokens one usage report is taken to count: 2^40 (about 1.1
 /// trillion). [`Demand::from_usage`] caps every count at it, and the rate
 /// layer counts each report it caps (`llm_sluice_rate_usage_capped_total`)

@@ -1,6 +1,6 @@
 //! Sliding-window RPM/TPM rate limiting: exact windows, token reservations
-//! reconciled with actual usage, per-partition budgets, and feedback from
-//! the server.
+//! counted the way the provider counts them, per-partition budgets, and
+//! feedback from the server, limits learned from it included.
 //!
 //! ```
 //! use std::time::Duration;
@@ -113,8 +113,10 @@
 //! [`MemoryStore`]) with the `Arc`'s counts, and its log's buffer, which
 //! starts at two entries (one cache line) and doubles while the window
 //! holds more. What only some partitions need is made when first needed: the
-//! waiting queue (for the first waiter) and the server's cooldown and
-//! clamps (on the first 429 or rate-limit headers). A keyed admission reads
+//! waiting queue (for the first waiter) and, in the same box, the limits it
+//! learned from the wire (see [below](#limits-learned-from-the-wire)); the
+//! server's cooldown and clamps (on the first 429 or rate-limit headers
+//! that say less remains than the window thinks). A keyed admission reads
 //! one map entry, then the first 128 bytes of the slot's allocation (the
 //! counts, the lock and the window's head) and the log's newest and oldest
 //! entries; a log found empty takes its next entry where the newest was,
@@ -174,8 +176,10 @@
 //!
 //! When the usage is known, each
 //! reservation is rewritten to the actual count (total, uncached input,
-//! output) **at its original timestamp**: a refund when the estimate was
-//! high, an extra charge when it was low. A correction of an entry that has
+//! output) **at its original timestamp**, in every token budget whose
+//! [charging rule](#charging-rules) corrects it (all of them by default): a
+//! refund when the estimate was high, an extra charge when it was low. A
+//! budget charged at admission keeps the estimate. A correction of an entry that has
 //! already left the window changes nothing, as it should. An extra charge can
 //! take a window above its limit; later admissions then wait until it is
 //! back under, that is until the entry expires: a partition recovers from
@@ -196,6 +200,91 @@
 //! (transport errors included, since a reset may come after the server
 //! counted the request).
 //!
+//! # Charging rules
+//!
+//! Providers count tokens against a limit in different ways, and a window
+//! protects a provider only if it counts the way the provider does. Each
+//! token budget (tokens, input tokens, output tokens; per partition and
+//! globally alike) has a [`Charging`] rule, set with
+//! [`Builder::charging`] (or [`Builder::token_charging`] for all three, or
+//! `token_charging`, `input_token_charging` and `output_token_charging` in
+//! the stack's configuration):
+//!
+//! | rule | the provider | the window |
+//! |---|---|---|
+//! | [`Admission`](Charging::Admission) | charges each request at admission, from `max_tokens` and an estimate of the prompt, and never corrects it (OpenAI's TPM) | charges the estimate; usage changes nothing in the budget |
+//! | [`Reconcile`](Charging::Reconcile) (the default) | charges an estimate at admission and corrects it to the actual usage when the response ends (Anthropic-style output limits) | charges the estimate, then rewrites it to the usage at its original timestamp |
+//! | [`Actual`](Charging::Actual) | counts actual usage only, and admits while what it counted is under the limit (other OpenAI-compatible servers) | as `Reconcile` |
+//!
+//! `Actual` behaves in the window as `Reconcile` does: the usage is not
+//! known before the response ends, so the estimate holds the room until
+//! then, and the provider will count the usage. What differs is at the
+//! provider, which counts nothing for a request still running: the window
+//! holds the estimates of requests in flight and the provider does not, so
+//! in front of long streams the window admits a little less than the
+//! provider would (each interval still holds at most the limit). A result
+//! without usage (a cut stream, an error, a transport failure) keeps its
+//! estimate under both: the provider may have counted up to it, and only
+//! usage can say less. The request budget counts one per request under
+//! every rule.
+//!
+//! **The default is `Reconcile`**, the behaviour before the rules existed.
+//! Of the two ways a rule can be wrong, this is the one that shows and
+//! stays bounded. In front of a provider that charges at admission,
+//! refunding lets the window admit more than the provider counts: that
+//! comes back as `429`s, the provider's `x-ratelimit-remaining-tokens`
+//! clamps the window until its reset, and the mismatch metric (below)
+//! counts it. `Admission` in front of a provider that corrects to actual
+//! usage is wrong silently: the window keeps whole estimates the provider no
+//! longer counts, and the budget goes unused (39% measured through the proxy
+//! with the official SDK, estimates of 72 tokens for 28 used). Set
+//! `Admission` for OpenAI's TPM, with an estimate that mirrors OpenAI's
+//! (about four prompt characters a token, plus `max_tokens`): there the
+//! estimate is the count.
+//!
+//! Measured against the simulated provider
+//! ([`TokenCharge`](crate::sim::TokenCharge)) at 20,000 tokens a minute,
+//! calls of 100 prompt tokens and `max_tokens` 400 of which a quarter is
+//! generated (estimated 500, used 200), five times the demand a provider
+//! counting usage allows, for ten windows (`tests/rate_feedback/charging.rs`;
+//! "used" is the provider's count in windows 2 to 10 against their limit):
+//!
+//! | provider \ window | `Admission` | `Reconcile` | `Actual` |
+//! |---|---|---|---|
+//! | `Admission` | no 429s, 100% used | 32 429s in 433 calls, 100% used | as `Reconcile` |
+//! | `Reconcile` | no 429s, 40% used | no 429s, 98% used | no 429s, 98% used |
+//! | `Actual` | no 429s, 40% used | no 429s, 98% used | no 429s, 98% used |
+//!
+//! ## Telling a wrong rule from the wire
+//!
+//! Where the provider sends `x-ratelimit-remaining-tokens` (or the input or
+//! output ones) and its limit, each answer says what the provider had
+//! counted when it admitted the request, and the reservation says what the
+//! window held at its admission ([`RateStore::held`]). The difference tells
+//! the rules apart:
+//!
+//! - Under `Admission`, a provider counting less than the window by more
+//!   than a tenth of the limit corrects to actual usage (or counts from a
+//!   smaller estimate than the window's). Other clients on the same key
+//!   only ever make a provider count more, so they cannot be taken for it.
+//! - Under `Reconcile` or `Actual`, a provider counting more than the window
+//!   by more than a tenth of the limit, and by at least three quarters of
+//!   what the window refunded in that budget over about the last window,
+//!   still counts the estimates the window gave back: it charges at
+//!   admission. Counting more alone is what another client on the key does
+//!   (the clamp takes care of that), so the first time the window sees it,
+//!   it starts keeping its refunds (a few words, out of line with the
+//!   learned limits) and speaks only when they explain the difference. A
+//!   second client spending three quarters of this one's refunds looks the
+//!   same.
+//!
+//! Each such answer counts in `llm_sluice_rate_charging_mismatch_total`
+//! with its `budget`, and a warning is logged at most once a window per
+//! budget. The rule is not switched on its own: each direction has a cause
+//! other than the rule (an estimator above the provider's, another
+//! client), and a wrong switch to `Reconcile` would overshoot a provider
+//! that charges at admission.
+//!
 //! # Feedback from the server
 //!
 //! - A 429 ([`Outcome::RateLimited`](crate::classify::Outcome)) with a
@@ -208,6 +297,82 @@
 //!   whatever the local window thinks. Requests admitted after the server
 //!   wrote its headers but before they arrive are not subtracted, so the
 //!   clamp is as good as the server's snapshot.
+//! - `limit` and unexpected 429s teach the partition its limits (next).
+//!
+//! # Limits learned from the wire
+//!
+//! The limits a provider reports (`x-ratelimit-limit-requests` / `-tokens`,
+//! `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-limit`,
+//! read into [`LimitState::limit`](crate::classify::LimitState)) and the
+//! `429`s it sends teach each partition its limits, as
+//! [`Builder::learn_limits`] says ([`LearnLimits`]):
+//!
+//! - [`TightenOnly`](LearnLimits::TightenOnly), the default: a partition's
+//!   limit is the lower of the configured one and the reported one, and a
+//!   budget with no configured limit takes the reported one. Never above a
+//!   configured limit: a header cannot loosen what you set (and a wrong one
+//!   cannot make the window overshoot).
+//! - [`Follow`](LearnLimits::Follow): the reported limit replaces the
+//!   configured one, above it too; the configured one holds until a report
+//!   comes.
+//! - [`Off`](LearnLimits::Off): only the configured limits count.
+//!
+//! **Zero configuration.** Given `learn_limits(TightenOnly)` (or `Follow`),
+//! a builder needs no budget: each partition starts unlimited and counts a
+//! budget from the first answer that reports its limit. Until that answer
+//! comes back, nothing holds the partition back.
+//!
+//! **From reports.** A reported limit applies to the partition whose answer
+//! carried it, from that answer on, until a later report says otherwise (or
+//! the partition is evicted, being idle: its next answer teaches it again).
+//! It is taken as counted over this layer's window (60 s by default, as
+//! the providers' per-minute limits are). The remaining count clamps the
+//! window as [above](#feedback-from-the-server), against the learned limit.
+//!
+//! **From 429s the window did not expect.** Every `429` but a spent quota
+//! is one, since the window admitted the request. Unless the answer reports
+//! the limit of the budget it says is spent (then the report teaches), the
+//! `429` caps that budget (`remaining: 0`), or else the one the window found
+//! fullest at the reservation, at what the window held there before the
+//! refused request, and never below half the limit in force, so a stray
+//! `429` cannot collapse it (from twice the provider's limit, two `429`s
+//! find it). A later `429` lowers the cap further only to what the window
+//! then held, so the `429`s of requests sent before the first came back
+//! change nothing. A cap never makes a request too large to fit (it is a
+//! guess; the provider may take the request), and it holds for ten windows
+//! (with their guard bands) after the last `429` that taught or confirmed
+//! it, then lapses; a report of a higher limit lifts it sooner. In front of
+//! a provider that stays lower, a lapse costs one `429` in ten windows. A
+//! budget the window does not count (no limit configured or reported)
+//! learns nothing from a `429`.
+//!
+//! Measured against the simulated provider at 60 a minute, with a window
+//! configured at 120 and five times the demand, for ten windows
+//! (`tests/rate_feedback/learn.rs`): without rate-limit headers and not
+//! learning, 58 or 59 `429`s every window after the first (the proxy of
+//! the report: 121 in 267 requests); learning, one `429` in the first window
+//! and none after, 60 admitted in every window. With headers and not
+//! learning, the remaining count clamps the window only until each reset:
+//! 0, 1, 2, 3, 5, 6, 9, 10, 12 and 16 `429`s in windows 1 to 10; learning,
+//! none. With no limit configured, the partition takes 60 from the first
+//! answer and no request is refused.
+//!
+//! **Where it is kept.** A partition's learned limits live out of line, in
+//! the box that holds its waiting queue, made when something is first
+//! learned (or the charging check first keeps refunds) and dropped when
+//! nothing is left in it: a partition that never learns costs nothing more,
+//! and an admission that finds no box takes the fast path as before (the
+//! same instructions, measured with callgrind). A partition with a learned
+//! limit in force works its limits out under its lock at each admission (a
+//! few comparisons). Learned limits are per partition; the global budget
+//! counts only its configured limits.
+//!
+//! They show in [`RateLimitHandle::learned`] (per partition),
+//! [`RateStats::learned`] (how many partitions) and the
+//! `llm_sluice_rate_learned_limit` gauge with its `budget`: the partition's
+//! limit after learning, set when it changes (0 until then); with
+//! [`partition_label`](Builder::partition_label) per labelled partition,
+//! without it the last partition's to change.
 //!
 //! # Waiting
 //!
@@ -427,6 +592,8 @@
 //! | `llm_sluice_rate_wait_seconds` | histogram | | wait of each admitted request (0 when it fit at once) |
 //! | `llm_sluice_rate_cooldowns_total` | counter | | cooldowns after a 429 with a delay |
 //! | `llm_sluice_rate_usage_capped_total` | counter | | usage reports above [`MAX_USAGE_TOKENS`], capped |
+//! | `llm_sluice_rate_learned_limit` | gauge | `budget`: `requests`, `tokens`, `input_tokens`, `output_tokens` | a partition's limit after what it learned from the wire, set when it changes (0 until then; see [above](#limits-learned-from-the-wire)) |
+//! | `llm_sluice_rate_charging_mismatch_total` | counter | `budget`: `tokens`, `input_tokens`, `output_tokens` | answers whose remaining count says the budget's [charging rule](#charging-rules) is wrong |
 //! | `llm_sluice_partitions` | gauge | | partition keys with a window of their own |
 //!
 //! A partition key is never a label. With
@@ -441,6 +608,7 @@ pub mod future;
 mod handle;
 pub(crate) use handle::Control;
 mod layer;
+mod learn;
 mod limits;
 mod service;
 mod shared;
@@ -450,7 +618,8 @@ mod window;
 
 pub use handle::{RateLimitHandle, RateStats};
 pub use layer::{Builder, RateLimitLayer, DEFAULT_GUARD_BAND};
-pub use limits::{Budget, Demand, Limits, MAX_USAGE_TOKENS};
+pub use learn::{LearnLimits, LearnedLimits};
+pub use limits::{Budget, Charging, Demand, Limits, MAX_USAGE_TOKENS};
 pub use service::RateLimit;
 pub use stage::{Admission, AdmissionLayer, Admitted, Dispatch, DispatchLayer};
 pub use store::{MemoryStore, RateStore};

@@ -14,10 +14,11 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::handle::{Control, RateStats};
-use super::limits::{Budget, Demand, Limits, SeqLimits, MAX_USAGE_TOKENS};
+use super::learn::{self, LearnLimits, LearnedLimits, Learning, HOLD_WINDOWS, LEARNED};
+use super::limits::{Budget, Charging, Demand, Limits, SeqLimits, MAX_USAGE_TOKENS};
 use super::store::{RateStore, WindowState};
 use super::window::Verdict;
-use crate::classify::{Classification, Outcome};
+use crate::classify::{Classification, Outcome, RateLimitState, Usage};
 use crate::clock;
 use crate::error::{ConfigError, Error};
 use crate::partition::{Idle, Partitions};
@@ -48,8 +49,9 @@ struct Entry {
 /// bytes), 128 bytes in a row from the start of the allocation; everything
 /// else (the window's cold tail, the metric handles) comes after. The limits
 /// are not here: one copy per limiter ([`SeqLimits`]) stays in cache. The
-/// queue lives out of line, made for the first waiter (most partitions never
-/// queue).
+/// queue and what the partition learned live out of line ([`Cold`]), made
+/// when first needed (most partitions never queue or learn): an admission
+/// that finds no such box takes the fast path.
 #[repr(C)] // the lock (and with it the hot state) first
 pub(crate) struct Slot<W> {
     pub(crate) state: Mutex<SlotState<W>>,
@@ -63,8 +65,9 @@ pub(crate) struct Slot<W> {
 
 #[repr(C)] // what an admission touches first, side by side
 pub(crate) struct SlotState<W> {
-    /// The queue, `Some` only while someone waits.
-    waiters: Option<Box<Waiters>>,
+    /// The queue and the learned limits, `Some` only while someone waits or
+    /// something learned is kept.
+    cold: Option<Box<Cold>>,
     /// Requests admitted here, counted under the lock held anyway rather
     /// than in one atomic all admissions contend on.
     admitted: u64,
@@ -73,8 +76,16 @@ pub(crate) struct SlotState<W> {
     pub(crate) window: W,
 }
 
+/// What only some partitions need, kept out of line: its presence sends an
+/// admission off the fast path.
+#[derive(Default)]
+struct Cold {
+    waiters: Waiters,
+    learning: Learning,
+}
+
 /// A scope's waiters: by place in line, and by expiry (the head times out
-/// the others). Never empty while it exists.
+/// the others).
 #[derive(Default)]
 struct Waiters {
     queue: BTreeMap<WaitKey, Entry>,
@@ -87,7 +98,7 @@ impl<W> Slot<W> {
             metrics,
             retired: retired.clone(),
             state: Mutex::new(SlotState {
-                waiters: None,
+                cold: None,
                 admitted: 0,
                 window,
             }),
@@ -120,21 +131,43 @@ impl<W> Clone for SlotRef<W> {
 }
 
 impl<W> SlotState<W> {
+    /// The queue, if anyone waits.
+    #[inline]
+    fn waiters(&self) -> Option<&Waiters> {
+        self.cold
+            .as_deref()
+            .map(|c| &c.waiters)
+            .filter(|w| !w.queue.is_empty())
+    }
+
     /// Whether nobody waits here.
     #[inline]
     fn queue_is_empty(&self) -> bool {
-        self.waiters.is_none()
+        self.cold
+            .as_ref()
+            .is_none_or(|c| c.waiters.queue.is_empty())
+    }
+
+    /// What the partition learned, if a learned limit is in force.
+    #[inline]
+    fn learned(&self) -> Option<&Learning> {
+        self.cold
+            .as_deref()
+            .map(|c| &c.learning)
+            .filter(|l| l.in_force())
+    }
+
+    /// What the partition learned, made on first use.
+    fn learning(&mut self) -> &mut Learning {
+        &mut self.cold.get_or_insert_with(Box::default).learning
     }
 
     fn contains(&self, key: &WaitKey) -> bool {
-        self.waiters
-            .as_ref()
-            .is_some_and(|w| w.queue.contains_key(key))
+        self.waiters().is_some_and(|w| w.queue.contains_key(key))
     }
 
     fn is_head(&self, key: &WaitKey) -> bool {
-        self.waiters
-            .as_ref()
+        self.waiters()
             .and_then(|w| w.queue.first_key_value())
             .map(|(k, _)| k)
             == Some(key)
@@ -142,7 +175,7 @@ impl<W> SlotState<W> {
 
     /// Queues `key` until `expiry`.
     fn insert(&mut self, key: WaitKey, expiry: Instant) {
-        let waiters = self.waiters.get_or_insert_with(Box::default);
+        let waiters = &mut self.cold.get_or_insert_with(Box::default).waiters;
         waiters.queue.insert(
             key,
             Entry {
@@ -155,22 +188,25 @@ impl<W> SlotState<W> {
 
     /// The earliest expiry of any waiter.
     fn first_expiry(&self) -> Option<(Instant, WaitKey)> {
-        self.waiters
-            .as_ref()
-            .and_then(|w| w.expiries.first().copied())
+        self.waiters().and_then(|w| w.expiries.first().copied())
     }
 
-    /// Drops the queue once nobody is left in it.
+    /// Drops the box once nobody waits and nothing learned is kept.
     fn drop_if_empty(&mut self) {
-        if self.waiters.as_ref().is_some_and(|w| w.queue.is_empty()) {
-            self.waiters = None;
+        let empty = self
+            .cold
+            .as_ref()
+            .is_some_and(|c| c.waiters.queue.is_empty() && c.learning.is_empty());
+        if empty {
+            self.cold = None;
         }
     }
 
     fn remove(&mut self, key: &WaitKey) -> bool {
-        let Some(waiters) = self.waiters.as_mut() else {
+        let Some(cold) = self.cold.as_mut() else {
             return false;
         };
+        let waiters = &mut cold.waiters;
         let removed = match waiters.queue.remove(key) {
             Some(entry) => {
                 waiters.expiries.remove(&(entry.expiry, *key));
@@ -183,10 +219,7 @@ impl<W> SlotState<W> {
     }
 
     pub(crate) fn wake_head(&self) {
-        let head = self
-            .waiters
-            .as_ref()
-            .and_then(|w| w.queue.first_key_value());
+        let head = self.waiters().and_then(|w| w.queue.first_key_value());
         if let Some((_, entry)) = head {
             if let Some(waker) = &entry.waker {
                 waker.wake_by_ref();
@@ -195,7 +228,10 @@ impl<W> SlotState<W> {
     }
 
     fn set_waker(&mut self, key: &WaitKey, waker: &Waker) {
-        let entry = self.waiters.as_mut().and_then(|w| w.queue.get_mut(key));
+        let entry = self
+            .cold
+            .as_mut()
+            .and_then(|c| c.waiters.queue.get_mut(key));
         if let Some(entry) = entry {
             match &entry.waker {
                 Some(w) if w.will_wake(waker) => {}
@@ -207,7 +243,7 @@ impl<W> SlotState<W> {
     /// Removes and wakes every waiter but `head` whose time is up; returns
     /// how many.
     fn drain_expired(&mut self, now: Instant, head: &WaitKey) -> usize {
-        let Some(waiters) = self.waiters.as_mut() else {
+        let Some(waiters) = self.cold.as_mut().map(|c| &mut c.waiters) else {
             return 0;
         };
         let expired: Vec<(Instant, WaitKey)> = waiters
@@ -252,8 +288,20 @@ pub(crate) struct Metrics {
     wait: Histogram,
     cooldowns: Counter,
     usage_capped: Counter,
+    /// What only answers with rate-limit state touch, out of line.
+    learn: Box<LearnMetrics>,
     /// Layer-wide (no partition label).
     partitions: Gauge,
+}
+
+/// The metric handles of learned limits and the charging check.
+#[derive(Clone)]
+struct LearnMetrics {
+    /// The limit in force after learning, per whole-window budget.
+    learned: [Gauge; 4],
+    /// Reports that say a token budget's charging rule is wrong (tokens,
+    /// input, output).
+    charging_mismatch: [Counter; 3],
 }
 
 impl Metrics {
@@ -274,10 +322,26 @@ impl Metrics {
             wait: Histogram::new("llm_sluice_rate_wait_seconds", scope, &[]),
             cooldowns: Counter::new("llm_sluice_rate_cooldowns_total", scope, &[]),
             usage_capped: Counter::new("llm_sluice_rate_usage_capped_total", scope, &[]),
+            learn: Box::new(LearnMetrics {
+                learned: BUDGET_LABELS
+                    .map(|b| Gauge::new("llm_sluice_rate_learned_limit", scope, &[("budget", b)])),
+                charging_mismatch: [BUDGET_LABELS[1], BUDGET_LABELS[2], BUDGET_LABELS[3]].map(
+                    |b| {
+                        Counter::new(
+                            "llm_sluice_rate_charging_mismatch_total",
+                            scope,
+                            &[("budget", b)],
+                        )
+                    },
+                ),
+            }),
             partitions: Gauge::new(telemetry::PARTITIONS, layer, &[]),
         }
     }
 }
+
+/// The `budget` label of each whole-window budget.
+const BUDGET_LABELS: [&str; 4] = ["requests", "tokens", "input_tokens", "output_tokens"];
 
 /// How metrics are labelled, fixed at build.
 #[derive(Debug)]
@@ -312,6 +376,9 @@ enum SlotLabel<'a> {
 pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) global: Option<Limits>,
+    /// The charging rule of the tokens, input and output budgets.
+    pub(crate) charging: [Charging; 3],
+    pub(crate) learn: LearnLimits,
     pub(crate) max_wait: Duration,
     pub(crate) max_waiters: usize,
     pub(crate) max_partitions: usize,
@@ -335,6 +402,14 @@ pub(crate) struct Shared<C, St: RateStore> {
     retired: Arc<AtomicU64>,
     next_id: AtomicU64,
     reported_partitions: AtomicUsize,
+    /// The charging rule of the tokens, input and output budgets.
+    charging: [Charging; 3],
+    /// Whether usage corrects any of them.
+    corrects: bool,
+    learn: LearnLimits,
+    /// When each token budget's charging mismatch was last logged (out of
+    /// line: only a mismatch looks at it).
+    warned: Box<Mutex<[Option<Instant>; 3]>>,
     metrics: Metrics,
     metric_settings: MetricSettings,
 }
@@ -342,7 +417,7 @@ pub(crate) struct Shared<C, St: RateStore> {
 /// A reservation in the windows, held while the call is in flight.
 ///
 /// Dropping it keeps what it reserved (the request reached the upstream,
-/// which counts it); [`Shared::finish`] corrects or releases it.
+/// which counts it); [`Shared::answered`] and [`Shared::settle`] correct or release it.
 ///
 /// The global budget's ticket is kept inline although only a limiter with
 /// global limits has one: boxing it would make the future a little smaller
@@ -429,6 +504,10 @@ impl<C, St: RateStore> Shared<C, St> {
             retired,
             next_id: AtomicU64::new(0),
             reported_partitions: AtomicUsize::new(0),
+            charging: settings.charging,
+            corrects: settings.charging.iter().any(|c| c.corrects()),
+            learn: settings.learn,
+            warned: Box::new(Mutex::new([None; 3])),
             metrics,
             metric_settings,
         }
@@ -472,9 +551,26 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
-    /// Where `demand` stands in the partition and the global budget.
-    fn verdict(&self, state: &mut SlotState<St::Window>, demand: &Demand, now: Instant) -> Verdict {
+    /// The partition's limits at `now` (what it learned applied) for
+    /// `demand`, and the global ones.
+    fn limits_of(
+        &self,
+        state: &SlotState<St::Window>,
+        demand: Option<&Demand>,
+        now: Instant,
+    ) -> (Limits, Option<Limits>) {
         let (limits, global) = self.current.load();
+        match state.learned() {
+            Some(learned) => (learned.apply(self.learn, &limits, demand, now), global),
+            None => (limits, global),
+        }
+    }
+
+    /// Where `demand` stands in the partition and the global budget. Kept
+    /// out of the admission's fast path.
+    #[inline(never)]
+    fn verdict(&self, state: &mut SlotState<St::Window>, demand: &Demand, now: Instant) -> Verdict {
+        let (limits, global) = self.limits_of(state, Some(demand), now);
         let verdict = self.store.check(&mut state.window, demand, &limits, now);
         match (global, verdict) {
             (_, Verdict::Never { .. }) | (None, _) => verdict,
@@ -489,8 +585,25 @@ impl<C, St: RateStore> Shared<C, St> {
     ///
     /// Reads the limits without a lock from the limiter's one copy (a
     /// sequence lock), so a keyed admission touches no per-partition copy.
-    #[inline]
+    /// A partition with a queue or learned limits ([`Cold`]) takes
+    /// [`attempt_cold`](Self::attempt_cold).
     fn attempt(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
+        if state.cold.is_some() {
+            self.attempt_cold(state, demand, now)
+        } else {
+            self.attempt_plain(state, demand, now)
+        }
+    }
+
+    /// [`attempt`](Self::attempt) for a partition without a queue or
+    /// learned limits.
+    #[inline]
+    fn attempt_plain(
         &self,
         state: &mut SlotState<St::Window>,
         demand: &Demand,
@@ -508,6 +621,40 @@ impl<C, St: RateStore> Shared<C, St> {
         }
     }
 
+    /// [`attempt`](Self::attempt) for a partition with a queue or learned
+    /// limits.
+    #[inline(never)]
+    fn attempt_cold(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
+        match state.learned() {
+            Some(_) => {
+                let limits = self.limits_of(state, Some(demand), now);
+                self.attempt_with(state, demand, limits, now)
+            }
+            None => self.attempt_global(state, demand, now),
+        }
+    }
+
+    /// A new request in a partition with a queue or learned limits: an
+    /// attempt if nobody waits, else where it stands (it queues).
+    #[inline(never)]
+    fn enter_cold(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        now: Instant,
+    ) -> Result<Attempt<St::Ticket>, Verdict> {
+        if state.queue_is_empty() {
+            Ok(self.attempt_cold(state, demand, now))
+        } else {
+            Err(self.verdict(state, demand, now))
+        }
+    }
+
     /// [`attempt`](Self::attempt) with global limits set (or a limit
     /// changing meanwhile).
     #[inline(never)]
@@ -517,7 +664,18 @@ impl<C, St: RateStore> Shared<C, St> {
         demand: &Demand,
         now: Instant,
     ) -> Attempt<St::Ticket> {
-        let (limits, global) = self.current.load();
+        let limits = self.current.load();
+        self.attempt_with(state, demand, limits, now)
+    }
+
+    /// Admits `demand` under these partition and global limits.
+    fn attempt_with(
+        &self,
+        state: &mut SlotState<St::Window>,
+        demand: &Demand,
+        (limits, global): (Limits, Option<Limits>),
+        now: Instant,
+    ) -> Attempt<St::Ticket> {
         let Some(global) = global else {
             return match self
                 .store
@@ -607,6 +765,24 @@ impl<C, St: RateStore> Shared<C, St> {
         Some(delay.max(MIN_HINT))
     }
 
+    /// [`retry_hint`](Self::retry_hint) at the pace of the partition's own
+    /// limits (what it learned applied).
+    fn retry_hint_in(
+        &self,
+        state: &SlotState<St::Window>,
+        verdict: Verdict,
+        demand: &Demand,
+        now: Instant,
+    ) -> Option<Duration> {
+        match verdict {
+            Verdict::Fits => {
+                let pace = self.limits_of(state, Some(demand), now).0.pace(demand);
+                Some(pace.max(MIN_HINT))
+            }
+            verdict => self.retry_hint(verdict, demand, now),
+        }
+    }
+
     /// Refuses a request the windows cannot admit before `expiry`, with
     /// the delay until they can.
     fn refuse(
@@ -649,8 +825,24 @@ impl<C, St: RateStore> Shared<C, St> {
             metrics.deadline.increment(1);
             return Enter::Failed(Box::new(Error::DeadlineExceeded));
         }
-        let verdict = if state.queue_is_empty() {
-            match self.attempt(&mut state, demand, now) {
+        let verdict = 'verdict: {
+            let attempt = if state.cold.is_none() {
+                // No out-of-line state (no queue, nothing learned): the
+                // fast path.
+                self.attempt_plain(&mut state, demand, now)
+            } else {
+                match self.enter_cold(&mut state, demand, now) {
+                    Ok(attempt) => attempt,
+                    // Others wait already: queue behind (or ahead of) them
+                    // by priority, but a request that can never fit fails
+                    // now.
+                    Err(Verdict::Never { amount, limit }) => {
+                        return Enter::Failed(self.too_large(metrics, amount, limit))
+                    }
+                    Err(verdict) => break 'verdict verdict,
+                }
+            };
+            match attempt {
                 Attempt::Admitted { part, global } => {
                     state.admitted += 1;
                     drop(state);
@@ -666,15 +858,6 @@ impl<C, St: RateStore> Shared<C, St> {
                     return Enter::Failed(self.too_large(metrics, amount, limit))
                 }
                 Attempt::Wait(at) => Verdict::NotUntil(at),
-            }
-        } else {
-            // Others wait already: queue behind (or ahead of) them by
-            // priority, but a request that can never fit fails now.
-            match self.verdict(&mut state, demand, now) {
-                Verdict::Never { amount, limit } => {
-                    return Enter::Failed(self.too_large(metrics, amount, limit))
-                }
-                v => v,
             }
         };
         let by_wait = now + self.max_wait;
@@ -701,7 +884,7 @@ impl<C, St: RateStore> Shared<C, St> {
             metrics.waiters_full.increment(1);
             tracing::debug!("rate: waiter limit reached, request shed");
             return Enter::Failed(Box::new(Error::RateLimited {
-                retry_after: self.retry_hint(verdict, demand, now),
+                retry_after: self.retry_hint_in(&state, verdict, demand, now),
             }));
         }
         let key = WaitKey {
@@ -727,30 +910,55 @@ impl<C, St: RateStore> Shared<C, St> {
         })
     }
 
-    /// At the response's headers: takes the server's feedback (a cooldown
-    /// after a 429 with a delay, the clamps of its rate-limit headers), and
-    /// releases the reservation if a layer further in refused the request
-    /// (it never reached the upstream). Returns the reservation still to be
+    /// At the response's headers: takes the server's feedback, and releases
+    /// the reservation if a layer further in refused the request (it never
+    /// reached the upstream). Returns the reservation still to be
     /// [settled](Self::settle) when the response is done.
+    ///
+    /// The server's rate-limit state teaches limits, checks the charging
+    /// rules and clamps the window ([`take_report`](Self::take_report)); a
+    /// `429` cools the partition down and teaches a limit
+    /// ([`learn_from_429`](Self::learn_from_429)).
     pub(crate) fn answered(
         &self,
         reservation: Reservation<St>,
         class: &Classification,
     ) -> Option<Reservation<St>> {
+        if class.rate_limits.is_none()
+            && !matches!(
+                class.outcome,
+                Outcome::Rejected | Outcome::RateLimited { .. }
+            )
+        {
+            // Nothing to take now: settled when the response is done.
+            return Some(reservation);
+        }
         let release = class.outcome == Outcome::Rejected;
+        let refused = class.outcome
+            == Outcome::RateLimited {
+                quota_exhausted: false,
+            };
         let cooldown = match (class.outcome, class.retry_after) {
             (Outcome::RateLimited { .. }, Some(delay)) if delay > Duration::ZERO => Some(delay),
             _ => None,
         };
-        if !release && cooldown.is_none() && class.rate_limits.is_none() {
-            // Nothing to take now: settled when the response is done.
-            return Some(reservation);
-        }
         let now = Instant::now();
         {
             let resolved = self.resolve(&reservation.slot);
             let metrics = self.metrics(resolved);
             let mut state = resolved.state.lock();
+            let mut wake = false;
+            let mut learned = state.cold.as_mut().is_some_and(|c| c.learning.lapse(now));
+            if release {
+                self.give_back(
+                    &mut state.window,
+                    &reservation.part,
+                    reservation.global.as_ref(),
+                    now,
+                );
+                metrics.refunded.increment(reservation.estimate);
+                wake = true;
+            }
             if let Some(delay) = cooldown {
                 // A server's delay is capped (a header can say anything); past
                 // the cap every waiter times out long before anyway.
@@ -760,18 +968,25 @@ impl<C, St: RateStore> Shared<C, St> {
                 tracing::debug!(?delay, "rate: partition cooling down after a 429");
             }
             if let Some(server) = &class.rate_limits {
-                let limits = self.current.load().0;
-                self.store
-                    .clamp(&mut state.window, &reservation.part, server, &limits, now);
+                learned |= self.take_report(&mut state, &reservation.part, server, metrics, now);
             }
-            if release {
-                self.give_back(
-                    &mut state.window,
+            if refused {
+                learned |= self.learn_from_429(
+                    &mut state,
                     &reservation.part,
-                    reservation.global.as_ref(),
+                    class,
+                    reservation.estimate,
                     now,
                 );
-                metrics.refunded.increment(reservation.estimate);
+            }
+            if learned {
+                self.publish(&state, metrics, now);
+                // A limit raised lets the head in sooner; a lower one moves
+                // its wake-up later (it looks again when woken).
+                wake = true;
+            }
+            state.drop_if_empty();
+            if wake {
                 state.wake_head();
             }
         }
@@ -779,24 +994,25 @@ impl<C, St: RateStore> Shared<C, St> {
     }
 
     /// When the response is done: corrects the reservation, at its original
-    /// timestamp, to what the provider reported it spent, or to at least
+    /// timestamp, to what the provider reported it spent (each token budget
+    /// by its [`Charging`] rule, [`charged`](Self::charged)), or to at least
     /// what it may have spent when it reported nothing.
     pub(crate) fn settle(&self, reservation: Reservation<St>, spent: Spent) {
         let resolved = self.resolve(&reservation.slot);
         let metrics = self.metrics(resolved);
+        let estimate = reservation.estimate;
         let actual = match spent {
-            Spent::Reported(usage) => {
-                if Demand::caps_usage(&usage) {
-                    metrics.usage_capped.increment(1);
-                    tracing::warn!(?usage, "rate: usage above MAX_USAGE_TOKENS, capped");
-                }
-                Demand::from_usage(&usage)
-            }
+            // Usage matters only where a budget's rule corrects it.
+            Spent::Reported(_) if !self.corrects => return,
+            Spent::Reported(usage) => self.charged(&usage, estimate, metrics),
             // Never refund what may have been spent: the estimate stands
             // unless more was seen.
-            Spent::AtLeast(tokens) if tokens <= reservation.estimate => return,
+            Spent::AtLeast(tokens) if tokens <= estimate => return,
             Spent::AtLeast(tokens) => Demand::estimate(tokens.min(MAX_USAGE_TOKENS)),
         };
+        if actual == Demand::estimate(estimate) {
+            return;
+        }
         let now = Instant::now();
         let mut state = resolved.state.lock();
         self.store
@@ -805,15 +1021,247 @@ impl<C, St: RateStore> Shared<C, St> {
             let mut g = self.global.state.lock();
             self.store.reconcile(&mut g.window, ticket, &actual, now);
         }
-        let estimate = reservation.estimate;
         if actual.tokens < estimate {
             metrics.refunded.increment(estimate - actual.tokens);
         } else {
             metrics.reserved.increment(actual.tokens - estimate);
         }
+        if let Some(tally) = state.cold.as_mut().and_then(|c| c.learning.tally()) {
+            let refund = |k: usize| estimate.saturating_sub(actual.amount(LEARNED[k + 1]));
+            tally.add(now, [refund(0), refund(1), refund(2)]);
+        }
         // Input/output budgets were charged the whole estimate: usage
         // always gives some back, so let the head look again.
         state.wake_head();
+    }
+
+    /// What a call is charged once its `usage` is known: the usage in each
+    /// token budget whose rule corrects it, the `estimate` in those charged
+    /// at admission. Usage above [`MAX_USAGE_TOKENS`](super::MAX_USAGE_TOKENS)
+    /// is capped (and counted).
+    fn charged(&self, usage: &Usage, estimate: u64, metrics: &Metrics) -> Demand {
+        let used = Demand::from_usage(usage);
+        if Demand::caps_usage(usage) {
+            metrics.usage_capped.increment(1);
+            tracing::warn!(?usage, "rate: usage above MAX_USAGE_TOKENS, capped");
+        }
+        let pick = |k: usize, used: u64| {
+            if self.charging[k].corrects() {
+                used
+            } else {
+                estimate
+            }
+        };
+        Demand {
+            requests: 1,
+            tokens: pick(0, used.tokens),
+            input_tokens: pick(1, used.input_tokens),
+            output_tokens: pick(2, used.output_tokens),
+        }
+    }
+
+    /// Takes the server's rate-limit state for the reservation behind
+    /// `part`: learns the limits it reports, checks each token budget's
+    /// charging rule against its count, then clamps the window to what it
+    /// says remains. Whether a learned limit changed.
+    fn take_report(
+        &self,
+        state: &mut SlotState<St::Window>,
+        part: &St::Ticket,
+        server: &RateLimitState,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> bool {
+        let configured = self.current.load().0;
+        let learned = self.learn != LearnLimits::Off && {
+            match state.cold.as_mut() {
+                Some(cold) => cold.learning.report(self.learn, &configured, server),
+                None => {
+                    // Made only when something is learned: most providers
+                    // report the limits configured.
+                    let mut learning = Learning::default();
+                    let changed = learning.report(self.learn, &configured, server);
+                    if changed {
+                        *state.learning() = learning;
+                    }
+                    changed
+                }
+            }
+        };
+        if learned {
+            tracing::debug!(?server, "rate: partition limits learned from the server");
+        }
+        let limits = self.limits_of(state, None, now).0;
+        self.check_charging(state, part, server, &limits, metrics, now);
+        self.store
+            .clamp(&mut state.window, part, server, &limits, now);
+        learned
+    }
+
+    /// Compares the server's count of each token budget with the window's
+    /// at the same reservation, and reports a charging rule the counts say
+    /// is wrong (see [`learn::mismatch`]).
+    fn check_charging(
+        &self,
+        state: &mut SlotState<St::Window>,
+        part: &St::Ticket,
+        server: &RateLimitState,
+        limits: &Limits,
+        metrics: &Metrics,
+        now: Instant,
+    ) {
+        let states = [&server.tokens, &server.input_tokens, &server.output_tokens];
+        for (k, s) in states.into_iter().enumerate() {
+            let budget = LEARNED[k + 1];
+            let Some(remaining) = s.remaining else {
+                continue;
+            };
+            let (Some(local), Some(limit)) = (
+                self.store.held(part, budget),
+                s.limit.or(limits.get(budget)),
+            ) else {
+                continue;
+            };
+            let provider = limit.saturating_sub(remaining);
+            let charging = self.charging[k];
+            let refunds = if charging.corrects() {
+                let span = limits.span(Budget::Tokens);
+                let more = provider.saturating_sub(local) > learn::tolerance(limit);
+                match state.cold.as_mut().and_then(|c| c.learning.tally()) {
+                    Some(tally) => Some(tally.sum(now, k)),
+                    None => {
+                        if more {
+                            // From now on the refunds tell a charging rule
+                            // from another client on the key.
+                            state.learning().refunds(now, span);
+                        }
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if learn::mismatch(charging, local, provider, limit, refunds) {
+                metrics.learn.charging_mismatch[k].increment(1);
+                self.warn_charging(k, charging, local, provider, limits, now);
+            }
+        }
+    }
+
+    /// Logs a charging mismatch of token budget `k`, at most once a window
+    /// per limiter and budget.
+    fn warn_charging(
+        &self,
+        k: usize,
+        charging: Charging,
+        local: u64,
+        provider: u64,
+        limits: &Limits,
+        now: Instant,
+    ) {
+        let span = limits.span(Budget::Tokens);
+        {
+            let mut warned = self.warned.lock();
+            if warned[k].is_some_and(|at| now < at + span) {
+                return;
+            }
+            warned[k] = Some(now);
+        }
+        let budget = LEARNED[k + 1];
+        match charging {
+            Charging::Admission => tracing::warn!(
+                ?budget,
+                window = local,
+                provider,
+                "rate: the provider counts less than the window charged: it corrects to \
+                 actual usage (set its charging to reconcile or actual), or the estimates \
+                 run above its own"
+            ),
+            _ => tracing::warn!(
+                ?budget,
+                window = local,
+                provider,
+                "rate: the provider counts the estimates the window refunded: it charges \
+                 at admission (set its charging to admission)"
+            ),
+        }
+    }
+
+    /// A `429` the window did not expect (it admitted the request): caps
+    /// the budget the server says is spent, or else the one the window
+    /// found fullest, at what the window held before the request (see
+    /// [`Learning::refuse`]). A budget whose limit the server reports with
+    /// the `429` is learned from the report instead. Whether a learned
+    /// limit changed.
+    fn learn_from_429(
+        &self,
+        state: &mut SlotState<St::Window>,
+        part: &St::Ticket,
+        class: &Classification,
+        estimate: u64,
+        now: Instant,
+    ) -> bool {
+        if self.learn == LearnLimits::Off {
+            return false;
+        }
+        let limits = self.limits_of(state, None, now).0;
+        let server = class.rate_limits.unwrap_or_default();
+        let states = [
+            &server.requests,
+            &server.tokens,
+            &server.input_tokens,
+            &server.output_tokens,
+        ];
+        let demand = Demand::estimate(estimate);
+        let counted = |i: usize| {
+            let budget = LEARNED[i];
+            Some((i, self.store.held(part, budget)?, limits.get(budget)?))
+        };
+        let spent = (0..4).find(|&i| states[i].remaining == Some(0));
+        let pick = match spent {
+            // The report teaches that one.
+            Some(i) if states[i].limit.is_some() => return false,
+            Some(i) => counted(i),
+            // The fullest, by what it held over its limit.
+            None => (0..4).filter_map(counted).max_by(|a, b| {
+                (u128::from(a.1) * u128::from(b.2)).cmp(&(u128::from(b.1) * u128::from(a.2)))
+            }),
+        };
+        let Some((i, held, limit)) = pick else {
+            return false;
+        };
+        let held_before = held.saturating_sub(demand.amount(LEARNED[i]));
+        let hold = limits.span(Budget::Requests) * HOLD_WINDOWS;
+        let changed = match state.cold.as_mut() {
+            Some(cold) => cold.learning.refuse(i, held_before, limit, now, hold),
+            None => {
+                let mut learning = Learning::default();
+                let changed = learning.refuse(i, held_before, limit, now, hold);
+                if changed {
+                    *state.learning() = learning;
+                }
+                changed
+            }
+        };
+        if changed {
+            tracing::debug!(
+                budget = ?LEARNED[i],
+                held_before,
+                limit,
+                "rate: a 429 the window did not expect: the partition's limit lowered"
+            );
+        }
+        changed
+    }
+
+    /// Sets the learned-limit gauges to the partition's limits in force.
+    fn publish(&self, state: &SlotState<St::Window>, metrics: &Metrics, now: Instant) {
+        let limits = self.limits_of(state, None, now).0;
+        for (i, budget) in LEARNED.into_iter().enumerate() {
+            if let Some(limit) = limits.get(budget) {
+                metrics.learn.learned[i].set(limit as f64);
+            }
+        }
     }
 
     /// Releases a reservation's tickets (the partition's lock held).
@@ -914,11 +1362,18 @@ impl<C, St: RateStore> Shared<C, St> {
     /// Requests admitted so far: the live slots' counts plus those of
     /// evicted ones. (A slot evicted while this runs may be missed or
     /// counted twice.)
-    fn admitted_total(&self) -> u64 {
+    ///
+    /// And how many partitions have a learned limit in force.
+    fn totals(&self) -> (u64, usize) {
         let mut admitted = self.retired.load(Ordering::Relaxed);
-        self.partitions
-            .for_each(|_, slot| admitted += slot.state.lock().admitted);
-        admitted
+        let mut learned = 0;
+        let now = Instant::now();
+        self.partitions.for_each(|_, slot| {
+            let state = slot.state.lock();
+            admitted += state.admitted;
+            learned += usize::from(state.learned().is_some_and(|l| l.in_force_at(now)));
+        });
+        (admitted, learned)
     }
 
     fn wake_all_heads(&self) {
@@ -962,7 +1417,7 @@ impl<C, St: RateStore> WaitGuard<C, St> {
             tracing::debug!("rate: no room within max_wait");
             let verdict = shared.verdict(state, demand, now);
             Box::new(Error::RateLimited {
-                retry_after: shared.retry_hint(verdict, demand, now),
+                retry_after: shared.retry_hint_in(state, verdict, demand, now),
             })
         }
     }
@@ -1137,11 +1592,33 @@ where
     }
 
     fn stats(&self) -> RateStats {
+        let (admitted, learned) = self.totals();
         RateStats {
-            admitted: self.admitted_total(),
+            admitted,
             waiting: self.waiting.load(Ordering::Relaxed),
             partitions: self.partitions.len(),
+            learned,
         }
+    }
+
+    fn charging(&self) -> [Charging; 3] {
+        self.charging
+    }
+
+    fn learn_limits(&self) -> LearnLimits {
+        self.learn
+    }
+
+    fn learned(&self, key: Option<&PartitionKey>) -> Option<LearnedLimits> {
+        let slot = match key {
+            None => self.partitions.unkeyed().clone(),
+            Some(key) => self.partitions.peek(key)?,
+        };
+        let now = Instant::now();
+        let state = slot.state.lock();
+        let learning = state.learned().filter(|l| l.in_force_at(now))?;
+        let limits = self.limits_of(&state, None, now).0;
+        Some(learning.view(limits, now))
     }
 
     fn waiting(&self) -> usize {
@@ -1180,5 +1657,15 @@ mod tests {
         );
         assert!(16 + hot_end <= 128, "hot state ends at {hot_end}");
         assert!(std::mem::size_of::<Slot<MemoryWindow>>() <= 256);
+    }
+
+    /// The box a partition gets for its first waiter or its first learned
+    /// limit: the queue and the learned limits, the charging check's refunds
+    /// boxed apart (few partitions keep them).
+    #[test]
+    fn the_out_of_line_box_stays_small() {
+        let size = std::mem::size_of::<Cold>();
+        println!("cold box {size} bytes");
+        assert!(size <= 144, "{size}");
     }
 }

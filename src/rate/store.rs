@@ -84,6 +84,19 @@ pub trait RateStore: Send + Sync + 'static {
         self.reconcile(window, ticket, &Demand::default(), now);
     }
 
+    /// What `budget` (a whole-window one: requests, tokens, input or output
+    /// tokens) held right after the reservation behind `ticket`, this
+    /// reservation included: the local view at its admission, which the
+    /// server's rate-limit headers are compared with to check the token
+    /// budgets' charging rules, and which a `429` the window did not expect
+    /// teaches a limit from. `None` where the budget did not count the
+    /// reservation, or the store does not keep it (the default: then neither
+    /// happens).
+    fn held(&self, ticket: &Self::Ticket, budget: Budget) -> Option<u64> {
+        let _ = (ticket, budget);
+        None
+    }
+
     /// Admits nothing in this scope before `until` (the server asked to wait).
     fn cool_down(&self, window: &mut Self::Window, until: Instant);
 
@@ -464,6 +477,11 @@ impl RateStore for MemoryStore {
         if ticket.mask != 0 {
             window.log.set(ticket.seq, &actual.amounts());
         }
+    }
+
+    fn held(&self, ticket: &MemoryTicket, budget: Budget) -> Option<u64> {
+        let i = budget.index();
+        (i < 4 && ticket.mask & (1 << i) != 0).then(|| ticket.used[i])
     }
 
     fn cool_down(&self, window: &mut MemoryWindow, until: Instant) {

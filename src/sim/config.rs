@@ -31,16 +31,49 @@ pub enum LimitMode {
     },
 }
 
-/// How many tokens a request is charged against the tokens-per-minute limit.
+/// How a request's tokens count against the tokens-per-minute limit: the
+/// charging rules providers use (see the rate layer's
+/// [`Charging`](crate::rate::Charging), which mirrors the first three).
+///
+/// "Actual" usage is the prompt plus the completion tokens the request
+/// generates; a request that fails after admission (a `500`, `503`, `529` or
+/// a reset) generated nothing and is counted its prompt; a hang is never
+/// corrected. Usage is counted at the request's arrival instant, from the
+/// moment the response ends (the last token, or the error), whether or not
+/// the caller read it all: a stream dropped midway is counted in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TokenCharge {
-    /// Prompt tokens plus `max_tokens`, known at admission (what
-    /// OpenAI-compatible servers charge; the default).
+    /// Charged at admission with the prompt plus `max_tokens`, never
+    /// corrected (OpenAI documents its TPM this way; the default). A request
+    /// is admitted when that charge fits.
     #[default]
-    Requested,
-    /// Prompt tokens plus the completion tokens the request will really
-    /// generate.
+    Admission,
+    /// Charged at admission with the prompt plus `max_tokens`, then corrected
+    /// to the actual usage when the response ends (Anthropic-style output
+    /// limits). A request is admitted when its admission charge fits beside
+    /// what the window holds: the estimates of requests still running and the
+    /// actual usage of those done.
+    Reconcile,
+    /// Counted from actual usage only: nothing is charged at admission, and
+    /// a request is admitted while the usage counted in the window is below
+    /// the limit (other OpenAI-compatible servers). A burst admitted while
+    /// there was room can take the window past its limit once it is counted;
+    /// the `x-ratelimit-remaining-tokens` header says what is left of the
+    /// usage counted so far.
+    Actual,
+    /// Charged at admission with the prompt plus the completion tokens the
+    /// request will generate, never corrected: a provider that knows each
+    /// completion's length in advance. No real provider does; it is the
+    /// closest a client's estimate can get, kept for simulations that want
+    /// the tokens delivered rather than a charging rule.
     Used,
+}
+
+#[allow(non_upper_case_globals)]
+impl TokenCharge {
+    /// The former name of [`TokenCharge::Admission`].
+    #[deprecated(note = "renamed `TokenCharge::Admission`")]
+    pub const Requested: TokenCharge = TokenCharge::Admission;
 }
 
 /// Per-key limits, as a provider enforces them for each API key.
@@ -65,7 +98,7 @@ impl Default for Limits {
             tokens: None,
             window: Duration::from_secs(60),
             mode: LimitMode::SlidingWindow,
-            charge: TokenCharge::Requested,
+            charge: TokenCharge::Admission,
         }
     }
 }
@@ -330,6 +363,12 @@ pub struct UpstreamConfig {
     /// from the same seeded generator (two more draws per request), and a
     /// request's other draws when it arrives, in arrival order.
     pub transit: Option<Dist>,
+    /// Whether responses report the limits: `x-ratelimit-limit-*`,
+    /// `-remaining-*` and `-reset-*` headers, and
+    /// [`SimResponse::rate_limits`](super::SimResponse::rate_limits)
+    /// (default true). Off, the upstream is a provider that says nothing
+    /// about its limits but its `429`s.
+    pub rate_limit_headers: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -346,6 +385,7 @@ impl Default for UpstreamConfig {
             count_refused: false,
             latency_spikes: None,
             transit: None,
+            rate_limit_headers: true,
         }
     }
 }
@@ -497,7 +537,8 @@ impl UpstreamBuilder {
         self
     }
 
-    /// What a request is charged in tokens (default: prompt + `max_tokens`).
+    /// How a request's tokens count against the token limit (default
+    /// [`TokenCharge::Admission`]: prompt + `max_tokens`, never corrected).
     pub fn token_charge(mut self, charge: TokenCharge) -> Self {
         self.config.limits.charge = charge;
         self
@@ -586,6 +627,13 @@ impl UpstreamBuilder {
     /// (seconds; see [`UpstreamConfig::transit`]).
     pub fn transit(mut self, dist: Dist) -> Self {
         self.config.transit = Some(dist);
+        self
+    }
+
+    /// Whether responses report the limits (default true; see
+    /// [`UpstreamConfig::rate_limit_headers`]).
+    pub fn rate_limit_headers(mut self, on: bool) -> Self {
+        self.config.rate_limit_headers = on;
         self
     }
 

@@ -1,12 +1,13 @@
 //! The per-key limiter the upstream enforces: pure state, `now` is an
 //! argument.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{LimitMode, Limits};
+use super::config::{LimitMode, Limits, TokenCharge};
 
 /// What the limiter reports about one limit, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,6 +37,21 @@ pub(crate) enum Refusal {
 #[derive(Debug)]
 pub(crate) struct KeyLimiter {
     state: State,
+    /// Corrections to the token charge of admitted requests, due when their
+    /// responses end, earliest first.
+    due: BinaryHeap<Reverse<Settle>>,
+}
+
+/// A token charge to correct once the response ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Settle {
+    at: Instant,
+    /// The request's number in the window's log.
+    seq: u64,
+    /// What it was charged at admission.
+    charged: u64,
+    /// What it is charged from `at` on.
+    actual: u64,
 }
 
 #[derive(Debug)]
@@ -43,6 +59,8 @@ enum State {
     Window {
         /// Admissions in the window, oldest first: (time, tokens).
         log: VecDeque<(Instant, u64)>,
+        /// The number of the oldest admission in `log`.
+        first: u64,
         tokens: u64,
     },
     Bucket {
@@ -65,6 +83,7 @@ impl KeyLimiter {
         let state = match limits.mode {
             LimitMode::SlidingWindow => State::Window {
                 log: VecDeque::new(),
+                first: 0,
                 tokens: 0,
             },
             LimitMode::Bucket { .. } => State::Bucket {
@@ -73,31 +92,73 @@ impl KeyLimiter {
                 last: now,
             },
         };
-        KeyLimiter { state }
+        KeyLimiter {
+            state,
+            due: BinaryHeap::new(),
+        }
     }
 
-    /// Admits a request of `cost` tokens at `now`, or says why not.
+    /// Applies the corrections due by `now`. A correction of an admission
+    /// that has left the window changes nothing.
+    fn settle_due(&mut self, limits: &Limits, now: Instant) {
+        while let Some(Reverse(s)) = self.due.peek().copied() {
+            if s.at > now {
+                break;
+            }
+            self.due.pop();
+            match &mut self.state {
+                State::Window { log, first, tokens } => {
+                    let Some(i) = s.seq.checked_sub(*first) else {
+                        continue;
+                    };
+                    if let Some(entry) = log.get_mut(i as usize) {
+                        *tokens = *tokens - entry.1 + s.actual;
+                        entry.1 = s.actual;
+                    }
+                }
+                State::Bucket { tokens, .. } => {
+                    let cap = bucket_capacity(limits, limits.tokens, false);
+                    *tokens = (*tokens + s.charged as f64 - s.actual as f64).min(cap);
+                }
+            }
+        }
+    }
+
+    /// Admits a request charged `cost` tokens at `now`, or says why not;
+    /// the admission's number, for [`settle`](Self::settle), when the
+    /// window recorded it.
+    ///
+    /// With [`TokenCharge::Actual`] the cost is zero and the token limit
+    /// admits while the usage counted is below it; otherwise the cost must
+    /// fit.
     pub(crate) fn admit(
         &mut self,
         limits: &Limits,
         now: Instant,
         cost: u64,
-    ) -> (Result<(), Refusal>, Views) {
+    ) -> (Result<Option<u64>, Refusal>, Views) {
+        self.settle_due(limits, now);
         if let Some(limit) = limits.tokens {
             if cost > limit {
                 return (Err(Refusal::TooLarge { limit }), self.views(limits, now));
             }
         }
         if limits.requests.is_none() && limits.tokens.is_none() {
-            return (Ok(()), Views::default());
+            return (Ok(None), Views::default());
         }
+        // Under `Actual` nothing is charged now: the request needs room, any.
+        let need = match limits.charge {
+            TokenCharge::Actual => 1,
+            _ => cost,
+        };
         let verdict = match &mut self.state {
-            State::Window { log, tokens } => {
+            State::Window { log, first, tokens } => {
                 while let Some(&(at, t)) = log.front() {
                     if at + limits.window > now {
                         break;
                     }
                     log.pop_front();
+                    *first += 1;
                     *tokens -= t;
                 }
                 let mut wait = Duration::ZERO;
@@ -110,11 +171,11 @@ impl KeyLimiter {
                     }
                 }
                 if let Some(limit) = limits.tokens {
-                    if *tokens + cost > limit {
+                    if tokens.saturating_add(need) > limit {
                         let mut freed = 0;
                         for &(at, t) in log.iter() {
                             freed += t;
-                            if *tokens - freed + cost <= limit {
+                            if (*tokens - freed).saturating_add(need) <= limit {
                                 wait = wait.max(at + limits.window - now);
                                 break;
                             }
@@ -122,9 +183,10 @@ impl KeyLimiter {
                     }
                 }
                 if wait.is_zero() {
+                    let seq = *first + log.len() as u64;
                     log.push_back((now, cost));
                     *tokens += cost;
-                    Ok(())
+                    Ok(Some(seq))
                 } else {
                     Err(Refusal::NotYet { retry_after: wait })
                 }
@@ -150,7 +212,12 @@ impl KeyLimiter {
                     }
                 };
                 refill(requests, limits.requests, 1.0, true);
-                refill(tokens, limits.tokens, cost as f64, false);
+                let need = match limits.charge {
+                    // Any room: a level above zero.
+                    TokenCharge::Actual => f64::MIN_POSITIVE,
+                    _ => cost as f64,
+                };
+                refill(tokens, limits.tokens, need, false);
                 if wait <= 0.0 {
                     if limits.requests.is_some() {
                         *requests -= 1.0;
@@ -158,7 +225,7 @@ impl KeyLimiter {
                     if limits.tokens.is_some() {
                         *tokens -= cost as f64;
                     }
-                    Ok(())
+                    Ok(Some(0))
                 } else {
                     Err(Refusal::NotYet {
                         retry_after: ceil_ms(wait),
@@ -167,6 +234,19 @@ impl KeyLimiter {
             }
         };
         (verdict, self.views(limits, now))
+    }
+
+    /// Corrects admission `seq`'s token charge from `charged` to `actual`
+    /// at `at` (when its response ends).
+    pub(crate) fn settle(&mut self, seq: u64, at: Instant, charged: u64, actual: u64) {
+        if charged != actual {
+            self.due.push(Reverse(Settle {
+                at,
+                seq,
+                charged,
+                actual,
+            }));
+        }
     }
 
     /// Spends one request of the request limit on a refused request, for an
@@ -184,7 +264,7 @@ impl KeyLimiter {
     /// The state of both limits at `now` (after any admission).
     fn views(&self, limits: &Limits, now: Instant) -> Views {
         match &self.state {
-            State::Window { log, tokens } => {
+            State::Window { log, tokens, .. } => {
                 let reset = log.back().map_or(Duration::ZERO, |&(at, _)| {
                     (at + limits.window).saturating_duration_since(now)
                 });

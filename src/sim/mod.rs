@@ -89,11 +89,17 @@
 //! # Limits
 //!
 //! Requests refused with `429` do not spend the limits; admitted requests do,
-//! whatever fault follows. Tokens are charged at admission as prompt plus
-//! `max_tokens` (or, with [`TokenCharge::Used`], prompt plus the completion
-//! tokens the request will generate). A request larger than the whole token
-//! limit gets a `429` that is not retryable (`x-should-retry: false`), as
-//! does a quota fault (`insufficient_quota`).
+//! whatever fault follows. Tokens count by one of the providers' charging
+//! rules ([`TokenCharge`]): charged at admission as prompt plus `max_tokens`
+//! and never corrected (the default, OpenAI's TPM); charged so at admission
+//! and corrected to the actual usage when the response ends (Anthropic-style);
+//! or counted from the actual usage only, admitting while the usage counted
+//! is below the limit. The `x-ratelimit-limit-*`, `-remaining-*` and
+//! `-reset-*` headers (and [`SimResponse::rate_limits`]) report the window as
+//! the rule counts it at the request's admission. A request larger than the
+//! whole token limit (as charged at admission) gets a `429` that is not
+//! retryable (`x-should-retry: false`), as does a quota fault
+//! (`insufficient_quota`).
 
 mod config;
 mod http;

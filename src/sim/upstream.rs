@@ -132,8 +132,8 @@ pub struct Received {
     pub prompt_tokens: u64,
     /// Its `max_tokens`.
     pub max_tokens: u64,
-    /// What it was charged against the token limit (per
-    /// [`TokenCharge`]).
+    /// What it was charged against the token limit (per [`TokenCharge`]):
+    /// under the rules that correct, the charge once its response ended.
     pub charged_tokens: u64,
     /// Whether the rate limits admitted it.
     pub admitted: bool,
@@ -411,10 +411,14 @@ impl Upstream {
                     log: Vec::new(),
                 }),
         };
+        // What the request is charged at admission.
+        let requested = prompt_tokens.saturating_add(max_tokens);
         let charged = match cfg.limits.charge {
-            TokenCharge::Requested => prompt_tokens.saturating_add(max_tokens),
+            TokenCharge::Admission | TokenCharge::Reconcile => requested,
+            TokenCharge::Actual => 0,
             TokenCharge::Used => prompt_tokens.saturating_add(completion_tokens),
         };
+        let mut final_charge = charged;
         let (kind, views, admitted) = if let Some(status) = self.outage_at(now) {
             inner.stats.faults.outage += 1;
             (
@@ -430,7 +434,7 @@ impl Upstream {
             (PlanKind::Quota, Views::default(), false)
         } else {
             let (verdict, views) = state.limiter.admit(&cfg.limits, now, charged);
-            match verdict {
+            match verdict.map(|seq| seq.unwrap_or(0)) {
                 Err(Refusal::NotYet { retry_after }) => {
                     inner.stats.rate_limited += 1;
                     if cfg.count_refused {
@@ -442,7 +446,7 @@ impl Upstream {
                     inner.stats.too_large += 1;
                     (PlanKind::TooLarge { limit }, views, false)
                 }
-                Ok(()) => {
+                Ok(seq) => {
                     inner.stats.admitted += 1;
                     let f = &mut inner.stats.faults;
                     let ttft = match spike {
@@ -492,6 +496,32 @@ impl Upstream {
                             }
                         }
                     };
+                    // Under the rules that correct, the response's end
+                    // fixes the charge: its actual usage (a failure
+                    // generated nothing: its prompt; a hang never ends).
+                    let ends = match kind {
+                        PlanKind::Success {
+                            ttft,
+                            generation,
+                            completion_tokens,
+                            ..
+                        } => Some((
+                            ttft + generation,
+                            prompt_tokens.saturating_add(completion_tokens),
+                        )),
+                        PlanKind::Status { after, .. } | PlanKind::Reset { after } => {
+                            Some((after, prompt_tokens))
+                        }
+                        _ => None,
+                    };
+                    let corrects = matches!(
+                        cfg.limits.charge,
+                        TokenCharge::Reconcile | TokenCharge::Actual
+                    );
+                    if let (true, Some((after, actual))) = (corrects, ends) {
+                        state.limiter.settle(seq, now + after, charged, actual);
+                        final_charge = actual;
+                    }
                     (kind, views, true)
                 }
             }
@@ -512,14 +542,18 @@ impl Upstream {
                 at: now,
                 prompt_tokens,
                 max_tokens,
-                charged_tokens: charged,
+                charged_tokens: final_charge,
                 admitted,
             });
         }
         Plan {
             id,
             kind,
-            views,
+            views: if cfg.rate_limit_headers {
+                views
+            } else {
+                Views::default()
+            },
             prompt_tokens,
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::breaker::{CircuitBreakerBuilder, CircuitBreakerLayer};
 use crate::concurrency::ConcurrencyLimitLayer;
 use crate::error::ConfigError;
-use crate::rate::RateLimitLayer;
+use crate::rate::{Budget, Charging, LearnLimits, RateLimitLayer};
 use crate::retry::{Jitter, RetryBudget, RetryLayer};
 use crate::timeout::{DeadlineLayer, TimeoutLayer};
 
@@ -144,8 +144,10 @@ impl ConcurrencyConfig {
 /// Settings of the [`RateLimitLayer`]: budgets per window, per partition
 /// unless the name starts with `global_`.
 ///
-/// The layer is in the stack when at least one budget is set and `enabled`
-/// is `true`; with no budget there is nothing to enforce.
+/// The layer is in the stack when `enabled` is `true` and at least one
+/// budget is set, or `learn_limits` is given as `tighten_only` or `follow`
+/// (then every budget starts unlimited and is learned from the provider's
+/// rate-limit headers); otherwise there is nothing to enforce.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
@@ -169,6 +171,20 @@ pub struct RateConfig {
     pub global_requests_per_minute: Option<u64>,
     /// Tokens per window across all partitions.
     pub global_tokens_per_minute: Option<u64>,
+    /// How the provider counts the token budget: `admission` (from the
+    /// estimate, never corrected: OpenAI's TPM), `reconcile` (estimated,
+    /// then corrected to actual usage; the default) or `actual` (counted
+    /// from actual usage). See [`Charging`].
+    pub token_charging: Charging,
+    /// The same for the input-token budget.
+    pub input_token_charging: Charging,
+    /// The same for the output-token budget.
+    pub output_token_charging: Charging,
+    /// Whether the limits the provider reports are learned:
+    /// `tighten_only` (never above a configured limit; the layer's default),
+    /// `follow` or `off`. Given as `tighten_only` or `follow`, the layer is
+    /// in the stack even with no budget set. See [`LearnLimits`].
+    pub learn_limits: Option<LearnLimits>,
     /// The window length (default 60 s).
     #[cfg_attr(feature = "serde", serde(with = "dur_serde"))]
     pub window: Duration,
@@ -205,6 +221,10 @@ impl Default for RateConfig {
             token_burst: None,
             global_requests_per_minute: None,
             global_tokens_per_minute: None,
+            token_charging: Charging::Reconcile,
+            input_token_charging: Charging::Reconcile,
+            output_token_charging: Charging::Reconcile,
+            learn_limits: None,
             window: Duration::from_secs(60),
             guard_band: None,
             max_wait: None,
@@ -229,14 +249,24 @@ impl RateConfig {
     }
 
     pub(crate) fn layer<C>(&self, classifier: C) -> Result<Option<RateLimitLayer<C>>, ConfigError> {
-        if !self.enabled || !self.has_budget() {
+        let learns = matches!(
+            self.learn_limits,
+            Some(LearnLimits::TightenOnly | LearnLimits::Follow)
+        );
+        if !self.enabled || !(self.has_budget() || learns) {
             return Ok(None);
         }
         let mut b = RateLimitLayer::builder()
             .classifier(classifier)
             .window(self.window)
             .max_waiters(self.max_waiters)
-            .max_partitions(self.max_partitions);
+            .max_partitions(self.max_partitions)
+            .charging(Budget::Tokens, self.token_charging)
+            .charging(Budget::InputTokens, self.input_token_charging)
+            .charging(Budget::OutputTokens, self.output_token_charging);
+        if let Some(learn) = self.learn_limits {
+            b = b.learn_limits(learn);
+        }
         let optional = [
             (
                 self.requests_per_minute,

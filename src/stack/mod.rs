@@ -75,7 +75,12 @@
 //!    overshoot. Arrival still comes a varying moment after the send: each
 //!    reservation counts for the window plus `rate.guard_band` (250 ms by
 //!    default), so a request sent at the edge does not land inside the
-//!    server's window.
+//!    server's window. From the answer it corrects each token budget as
+//!    the provider counts it (`rate.token_charging`, `input_token_charging`,
+//!    `output_token_charging`) and learns the provider's limits
+//!    (`rate.learn_limits`; see the rate module's
+//!    [charging rules](crate::rate#charging-rules) and
+//!    [learned limits](crate::rate#limits-learned-from-the-wire)).
 //!
 //! ## Why the window is split around the queue
 //!

@@ -75,6 +75,7 @@ const SPAN: Duration = Duration::from_millis(60_250);
 mod body;
 mod edges;
 mod guard;
+mod learn;
 
 #[tokio::test(start_paused = true)]
 async fn admits_up_to_the_limit_then_waits_for_the_window() {

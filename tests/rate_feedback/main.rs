@@ -15,6 +15,9 @@ use llm_sluice::RateLimitLayer;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 
+mod charging;
+mod learn;
+
 const RPM: u64 = 60;
 
 fn upstream(ttft: Duration) -> Upstream {

@@ -361,6 +361,104 @@ async fn used_token_charge_counts_what_was_generated() {
 
 // ---------- bucket ----------
 
+/// `Reconcile`: charged prompt + `max_tokens` at admission, corrected to
+/// the actual usage when the response ends, at the arrival instant; the
+/// rate-limit state reports the window as the rule counts it.
+#[tokio::test(start_paused = true)]
+async fn reconcile_token_charge_is_corrected_when_the_response_ends() {
+    let up = Upstream::builder()
+        .tokens_per_window(1000)
+        .token_charge(TokenCharge::Reconcile)
+        .time_to_first_token(Dist::fixed(Duration::from_secs(1)))
+        .tokens_per_second(Dist::Fixed(100.0))
+        .output_fraction(Dist::Fixed(0.25))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    // 100 + 800 charged now; 100 + 200 from the end (1 s + 2 s).
+    let first = tokio::spawn(up.send(SimRequest::new("k", 100, 800)));
+    tokio::task::yield_now().await;
+    let refused = up.send(SimRequest::new("k", 50, 100)).await.unwrap();
+    assert_eq!(refused.status, 429, "900 + 150 > 1000 before the end");
+    assert_eq!(refused.rate_limits.unwrap().tokens.remaining, Some(100));
+    let done = first.await.unwrap().unwrap();
+    assert_eq!(done.usage.unwrap().total_tokens, 300);
+    assert_eq!(t0.elapsed(), Duration::from_secs(3));
+    // 300 counted now: 700 more fit, 701 do not.
+    let ok = up.send(SimRequest::new("k", 100, 600)).await.unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.rate_limits.unwrap().tokens.remaining, Some(0));
+    let log = up.log("k");
+    assert_eq!(log[0].charged_tokens, 300, "the final charge");
+    assert_eq!(log[2].charged_tokens, 100 + 150);
+    // The first request's correction holds at its arrival instant: at 60 s
+    // it leaves the window with what it was corrected to.
+    tokio::time::sleep_until(t0 + Duration::from_secs(60)).await;
+    let ok = up.send(SimRequest::new("k", 100, 600)).await.unwrap();
+    assert_eq!(ok.status, 200, "{:?}", ok.rate_limits);
+}
+
+/// `Actual`: nothing charged at admission; admitted while the usage
+/// counted is below the limit, so a burst can take the window past it; the
+/// usage counts from the response's end, at the arrival instant.
+#[tokio::test(start_paused = true)]
+async fn actual_token_charge_counts_usage_and_admits_while_there_is_room() {
+    let up = Upstream::builder()
+        .tokens_per_window(1000)
+        .token_charge(TokenCharge::Actual)
+        .time_to_first_token(Dist::fixed(Duration::from_secs(1)))
+        .tokens_per_second(Dist::Fixed(400.0))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    // Three of 900 at once: nothing is counted until they end (at 3 s).
+    let calls: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(up.send(SimRequest::new("k", 100, 800))))
+        .collect();
+    for call in calls {
+        let r = call.await.unwrap().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.rate_limits.unwrap().tokens.remaining, Some(1000));
+    }
+    assert_eq!(t0.elapsed(), Duration::from_secs(3));
+    // 2,700 counted: no room until two of them leave the window at 60 s.
+    let refused = up.send(SimRequest::new("k", 1, 1)).await.unwrap();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.retry_after, Some(Duration::from_secs(57)));
+    let state = refused.rate_limits.unwrap().tokens;
+    assert_eq!((state.limit, state.remaining), (Some(1000), Some(0)));
+    // At 60 s all three leave the window (they arrived together).
+    tokio::time::sleep_until(t0 + Duration::from_secs(60)).await;
+    let ok = up.send(SimRequest::new("k", 100, 800)).await.unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.rate_limits.unwrap().tokens.remaining, Some(1000));
+    let log = up.log("k");
+    assert!(log
+        .iter()
+        .filter(|r| r.admitted)
+        .all(|r| r.charged_tokens == 900));
+    let peak = up.peak("k", Duration::from_secs(60), Count::Admitted);
+    assert_eq!(peak.tokens, 2_700, "over the limit, as the rule allows");
+}
+
+/// `Admission`, the default: charged prompt + `max_tokens`, never corrected.
+#[tokio::test(start_paused = true)]
+async fn admission_token_charge_is_never_corrected() {
+    let up = instant()
+        .tokens_per_window(1000)
+        .output_fraction(Dist::Fixed(0.25))
+        .build()
+        .unwrap();
+    assert_eq!(up.config().limits.charge, TokenCharge::Admission);
+    let ok = up.send(SimRequest::new("k", 100, 800)).await.unwrap();
+    assert_eq!(ok.usage.unwrap().total_tokens, 300);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let refused = up.send(SimRequest::new("k", 1, 100)).await.unwrap();
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.rate_limits.unwrap().tokens.remaining, Some(100));
+    assert_eq!(up.log("k")[0].charged_tokens, 900);
+}
+
 #[tokio::test(start_paused = true)]
 async fn bucket_refuses_a_burst_the_window_would_admit() {
     let bucket = instant()

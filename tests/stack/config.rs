@@ -373,6 +373,10 @@ const HOSTILE: &[Hostile] = &[
     ("rate.global_requests_per_minute", "0", Build, &[]),
     ("rate.global_tokens_per_minute", "-1", Read, &[]),
     ("rate.global_tokens_per_minute", "0", Build, &[]),
+    ("rate.token_charging", "\"bogus\"", Read, &[]),
+    ("rate.input_token_charging", "\"later\"", Read, &[]),
+    ("rate.output_token_charging", "1", Read, &[]),
+    ("rate.learn_limits", "\"always\"", Read, &[]),
     ("rate.window", "-1", Read, &[]),
     (
         "rate.window",
