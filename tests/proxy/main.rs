@@ -286,6 +286,48 @@ async fn chat_stream_passes_event_stream_through() {
     assert_eq!(h.upstream_received(), 1);
 }
 
+#[tokio::test]
+async fn a_stream_asked_without_its_usage_gets_none_but_the_proxy_reads_it() {
+    // The proxy asks the upstream for the usage chunk (include_usage), so
+    // the window is corrected at the end of the stream, and removes it, so
+    // the caller gets what it asked for.
+    let h = harness().await;
+    let mut body = chat_body("Say hello.", true);
+    body.as_object_mut().unwrap().remove("stream_options");
+    let res = h
+        .client
+        .request(h.request(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("sk-erin-0005"),
+            Some(&body),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        assert!(
+            chunk["usage"].is_null() && chunk["choices"].as_array().is_some_and(|c| !c.is_empty()),
+            "a chunk the caller did not ask for: {event}"
+        );
+    }
+    // the usage was read on the way: the estimator saw the actual tokens
+    let health = h
+        .send(h.request(Method::GET, "/health", None, None))
+        .await
+        .json();
+    assert_eq!(health["estimates"]["requests"], 1, "{health}");
+    assert!(health["estimates"]["actual_tokens"].as_u64() > Some(0), "{health}");
+}
+
 /// An upstream whose stream the test feeds by hand: one chunk, then (when
 /// told) the rest.
 async fn manual_upstream() -> (SocketAddr, mpsc::Sender<&'static str>, oneshot::Sender<()>) {
