@@ -149,6 +149,8 @@ mod json;
 mod response;
 #[cfg(feature = "http")]
 mod scanner;
+#[cfg(feature = "http")]
+mod sse;
 
 #[cfg(feature = "http")]
 pub use body::UsageBody;
