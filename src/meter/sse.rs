@@ -72,6 +72,15 @@ impl SseFramer {
         }
     }
 
+    /// A framer at the start of an event that is not the stream's first
+    /// (no byte-order mark can come).
+    pub(super) fn after_first_line() -> Self {
+        SseFramer {
+            first_line: false,
+            ..Self::new()
+        }
+    }
+
     fn name_is_data(&self) -> bool {
         match self.name_len {
             Some(len) => {
