@@ -4,7 +4,7 @@
 use crate::classify::Usage;
 
 /// How a metered body ended, with what was read from it: the one value a
-/// [`UsageBody`] hands its callback.
+/// [`UsageBody`](super::UsageBody) hands its callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BodyEnd {

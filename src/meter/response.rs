@@ -12,7 +12,7 @@ use crate::hold::Complete;
 ///   the body streams and reports when the body ends, fails or is dropped;
 /// - a response that is complete when it arrives ([`Complete`]) reports at
 ///   once, with no usage of its own: a typed response reports its usage
-///   through its classification ([`LlmResponse`](crate::LlmResponse)), which
+///   through its classification ([`LlmResponse`](crate::classify::LlmResponse)), which
 ///   the layer already has;
 /// - a typed stream implements it as it sees fit (calling `on_end` when the
 ///   stream ends, or at once).
