@@ -193,8 +193,8 @@
 //!   chunk of its own, and that chunk is kept, **its `usage` left in
 //!   place**. Nulling the field would mean rewriting the caller's content
 //!   bytes (and re-serialising JSON whose exact form the caller may rely
-//!   on); SDKs accept a usage they did not ask for, so the bytes are left
-//!   alone.
+//!   on), while a chunk type with an optional `usage` (the official SDKs'
+//!   have one) reads it without harm; so the bytes are left alone.
 //! - **Unfinished events are not removed.** An event still open when the
 //!   stream ends, fails or reaches its trailers is handed on as it is, before
 //!   the error or trailers.
@@ -207,16 +207,21 @@
 //!   know is an event stream.
 //! - **Held back only while undecided.** An event's bytes are held only while
 //!   it could still be the usage chunk, and never past its blank line. A
-//!   content chunk is handed on as soon as its `"choices":[` is followed by
-//!   anything but `]` (a couple of hundred bytes into a typical chunk), any
-//!   other event as soon as its data cannot match (`[DONE]` at its first
-//!   byte, `"usage":null`, an object that closes without both keys). An SSE
-//!   client acts on an event only at its blank line, so holding part of an
-//!   event until then at most adds no delay to any event the caller sees.
+//!   frame is read whole in one poll, and what it decides is handed on at
+//!   once; an event still open at the frame's end is held only if its data
+//!   so far could be the chunk. A content chunk is ruled out as soon as its
+//!   `"choices":[` is followed by anything but `]` (a couple of hundred
+//!   bytes into a typical chunk), any other event as soon as its data cannot
+//!   match (`[DONE]` at its first byte, `"usage":null`, an object that
+//!   closes without both keys); in a later frame, an event still held is
+//!   handed on the moment its data rules it out. An SSE client acts on an
+//!   event only at its blank line, so holding part of an event until then
+//!   delays no event the caller sees.
 //! - **Bounded.** An event longer than [`MAX_HELD_EVENT_BYTES`] (16 KiB,
 //!   counted from its first byte through its blank line's CR or LF) is never
 //!   removed: once it is known to be longer it is handed on as it comes. A
-//!   body holds at most that much (a usage chunk is a few hundred bytes).
+//!   body holds at most that much of the stream (a usage chunk is a few
+//!   hundred bytes).
 //! - **Split anywhere.** Which events go depends only on the bytes, not on
 //!   how they were cut into frames (inside a UTF-8 character, a `\r\n`, a
 //!   key). The output frames may be cut differently from the input's;

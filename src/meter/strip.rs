@@ -249,7 +249,17 @@ struct State {
     start: usize,
     /// Its first byte's offset in the stream.
     start_offset: u64,
+    /// The shape check of its data, once `live`.
     shape: Shape,
+    /// `shape` has read all the event's data so far and reads the rest as
+    /// it comes. An event is checked live only from the end of the frame it
+    /// began in (if it is still undecided there): until then only `empty`
+    /// is kept, since an event that ends in the frame it began in is decided
+    /// at its end, which the shape check could not bring forward.
+    live: bool,
+    /// Whether its data so far has an empty array (`[` and `]` with only
+    /// whitespace between), which the usage chunk's `"choices": []` is.
+    empty: EmptyArray,
     /// The current event's bytes from earlier frames, while `holding`.
     held: BytesMut,
     /// Stream offset of the first byte of the frame being fed.
@@ -269,6 +279,8 @@ impl Stripper {
                 start: 0,
                 start_offset: 0,
                 shape: Shape::new(),
+                live: false,
+                empty: EmptyArray::default(),
                 held: BytesMut::new(),
                 offset: 0,
                 cr_end: None,
@@ -297,8 +309,15 @@ impl Stripper {
                 state.stop_holding(out);
                 push(out, &frame, run, len);
             } else {
-                push(out, &frame, run, state.start);
-                state.held.extend_from_slice(&frame[state.start..]);
+                if !state.live {
+                    state.check_live(&frame);
+                }
+                if state.holding {
+                    push(out, &frame, run, state.start);
+                    state.held.extend_from_slice(&frame[state.start..]);
+                } else {
+                    push(out, &frame, run, len);
+                }
             }
         } else {
             push(out, &frame, run, len);
@@ -315,6 +334,36 @@ impl Stripper {
 }
 
 impl State {
+    /// A framer at the current event's start.
+    fn event_framer(&self) -> SseFramer {
+        if self.start_offset == 0 {
+            SseFramer::new()
+        } else {
+            SseFramer::after_first_line()
+        }
+    }
+
+    /// The current event, begun at `start` in `frame`, is still undecided
+    /// at the frame's end: its data so far is read into the shape check,
+    /// which reads the rest live, so that the event is handed on as soon as
+    /// its data rules it out.
+    fn check_live(&mut self, frame: &[u8]) {
+        struct Check<'a>(&'a mut Shape);
+        impl EventSink for Check<'_> {
+            fn data(&mut self, bytes: &[u8]) {
+                self.0.feed(bytes);
+            }
+            fn dispatch(&mut self, _end: usize) {}
+        }
+        debug_assert!(self.holding && self.held.is_empty());
+        self.event_framer()
+            .feed(&frame[self.start..], &mut Check(&mut self.shape));
+        self.live = true;
+        if self.shape.is_ruled_out() {
+            self.holding = false;
+        }
+    }
+
     /// The current event is not the usage-only chunk: what is held of it
     /// goes out, and its bytes from here pass as they come.
     fn stop_holding(&mut self, out: &mut VecDeque<Bytes>) {
@@ -326,14 +375,22 @@ impl State {
         }
     }
 
-    /// The data of the current event, which ends at `end` in `frame`, if it
-    /// is a JSON object with `"choices": []` and an object `usage`.
+    /// Whether the current event, which ends at `end` in `frame`, is the
+    /// usage-only chunk.
     ///
-    /// Only called for an event the [`Shape`] passed, whose bytes are all
-    /// here (`held` and `frame[start..end]`, at most
-    /// [`MAX_HELD_EVENT_BYTES`]): they are framed again to collect the data,
-    /// which serde_json must accept.
+    /// Called at the end of an event that was held to its end (so its bytes
+    /// are all here: `held` and `frame[start..end]`, at most
+    /// [`MAX_HELD_EVENT_BYTES`]) and could be the chunk: they are framed
+    /// again to collect the data, which must pass the [`Shape`] check (if it
+    /// was not live) and serde_json.
     fn is_usage_only(&self, frame: &[u8], end: usize) -> bool {
+        if self.live {
+            if !self.shape.is_candidate() {
+                return false;
+            }
+        } else if !self.empty.found {
+            return false;
+        }
         struct Collect(Vec<u8>);
         impl EventSink for Collect {
             fn data(&mut self, bytes: &[u8]) {
@@ -341,14 +398,17 @@ impl State {
             }
             fn dispatch(&mut self, _end: usize) {}
         }
-        let mut framer = if self.start_offset == 0 {
-            SseFramer::new()
-        } else {
-            SseFramer::after_first_line()
-        };
+        let mut framer = self.event_framer();
         let mut data = Collect(Vec::with_capacity(self.held.len() + end - self.start));
         framer.feed(&self.held, &mut data);
         framer.feed(&frame[self.start..end], &mut data);
+        if !self.live {
+            let mut shape = Shape::new();
+            shape.feed(&data.0);
+            if !shape.is_candidate() {
+                return false;
+            }
+        }
         let Ok(serde_json::Value::Object(chunk)) = serde_json::from_slice(&data.0) else {
             return false;
         };
@@ -381,8 +441,12 @@ struct Feed<'a> {
 impl EventSink for Feed<'_> {
     #[inline]
     fn data(&mut self, bytes: &[u8]) {
-        if self.state.holding && !self.state.shape.feed(bytes) {
-            self.state.stop_holding(self.out);
+        let state = &mut *self.state;
+        if !state.holding {
+        } else if !state.live {
+            state.empty.feed(bytes);
+        } else if !state.shape.feed(bytes) {
+            state.stop_holding(self.out);
         }
     }
 
@@ -391,10 +455,7 @@ impl EventSink for Feed<'_> {
         let mut removed = false;
         if state.holding {
             let event_len = state.held.len() + (end - state.start);
-            if event_len <= MAX_HELD_EVENT_BYTES
-                && state.shape.is_candidate()
-                && state.is_usage_only(self.frame, end)
-            {
+            if event_len <= MAX_HELD_EVENT_BYTES && state.is_usage_only(self.frame, end) {
                 push(self.out, self.frame, self.run, state.start);
                 state.held.clear();
                 self.run = end;
@@ -410,6 +471,8 @@ impl EventSink for Feed<'_> {
         state.start = end;
         state.start_offset = end_offset;
         state.shape = Shape::new();
+        state.live = false;
+        state.empty = EmptyArray::default();
     }
 
     fn lf_after_cr(&mut self, at: usize) {
@@ -426,6 +489,48 @@ impl EventSink for Feed<'_> {
                     self.run = at + 1;
                 }
             }
+        }
+    }
+}
+
+/// JSON whitespace.
+#[inline]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Looks for an empty array (`[`, whitespace, `]`) in data read in pieces:
+/// a cheap condition every usage chunk meets (its `"choices": []`) and
+/// content chunks, whose `choices` has an element, rarely do. Strings are
+/// not told apart (a `[]` in a string counts too): it only rules out.
+#[derive(Debug, Clone, Copy, Default)]
+struct EmptyArray {
+    /// The last byte read that is not whitespace (0 before any).
+    last: u8,
+    found: bool,
+}
+
+impl EmptyArray {
+    #[inline]
+    fn feed(&mut self, s: &[u8]) {
+        if self.found {
+            return;
+        }
+        let mut from = 0;
+        while let Some(off) = find2(&s[from..], b']', b']') {
+            let at = from + off;
+            let before = match s[..at].iter().rposition(|&b| !is_ws(b)) {
+                Some(p) => s[p],
+                None => self.last,
+            };
+            if before == b'[' {
+                self.found = true;
+                return;
+            }
+            from = at + 1;
+        }
+        if let Some(p) = s.iter().rposition(|&b| !is_ws(b)) {
+            self.last = s[p];
         }
     }
 }
@@ -511,6 +616,11 @@ impl Shape {
         !self.no && self.closed
     }
 
+    /// The data cannot be the usage-only chunk, whatever follows.
+    fn is_ruled_out(&self) -> bool {
+        self.no
+    }
+
     fn push_key(&mut self, bytes: &[u8]) {
         if let Some(len) = self.key_len {
             let end = len + bytes.len();
@@ -576,7 +686,7 @@ impl Shape {
             }
             let b = s[i];
             i += 1;
-            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if is_ws(b) {
                 continue;
             }
             if !self.started {
@@ -656,6 +766,25 @@ mod tests {
         let mut shape = Shape::new();
         let going = shape.feed(data.as_bytes());
         (going, shape.is_candidate())
+    }
+
+    #[test]
+    fn empty_array_is_found_across_pieces() {
+        let found = |pieces: &[&str]| {
+            let mut empty = EmptyArray::default();
+            for piece in pieces {
+                empty.feed(piece.as_bytes());
+            }
+            empty.found
+        };
+        assert!(found(&[r#"{"choices":[],"#]));
+        assert!(found(&[r#"{"choices":["#, "", " \n\t", "]"]));
+        assert!(found(&["[ \r", "  ]"]));
+        assert!(found(&["[{}]", "[]"]));
+        assert!(!found(&[r#"{"choices":[{"a":[1]}]}"#]));
+        assert!(!found(&["[x", "]"]));
+        assert!(!found(&["]", "[", "x]"]));
+        assert!(!found(&[" ]"]));
     }
 
     #[test]
