@@ -442,11 +442,12 @@ impl EventSink for Feed<'_> {
     #[inline]
     fn data(&mut self, bytes: &[u8]) {
         let state = &mut *self.state;
-        if !state.holding {
-        } else if !state.live {
-            state.empty.feed(bytes);
-        } else if !state.shape.feed(bytes) {
-            state.stop_holding(self.out);
+        if state.holding {
+            if !state.live {
+                state.empty.feed(bytes);
+            } else if !state.shape.feed(bytes) {
+                state.stop_holding(self.out);
+            }
         }
     }
 
