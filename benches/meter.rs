@@ -3,7 +3,10 @@
 //! One group per body, so the ratios hold on a noisy machine:
 //! - `untouched`: the body's frames drained as a caller would, no meter;
 //! - `metered`: the same frames through `UsageBody`;
-//! - `scanner`: `UsageScanner::feed` alone on the same chunks.
+//! - `scanner`: `UsageScanner::feed` alone on the same chunks;
+//! - for the stream, `stripped`: the frames through `StripUsageChunk`
+//!   (its usage chunk removed), and `metered_stripped`: through both, the
+//!   meter inside (the intended order).
 //!
 //! Bodies of 1 MiB in 16 KiB `Bytes` chunks: a non-streamed chat completion
 //! (one long content string with escapes and multi-byte characters), and an
@@ -17,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http_body::{Body, Frame};
-use llm_sluice::meter::{BodyEnd, BodyKind, UsageBody, UsageScanner};
+use llm_sluice::meter::{BodyEnd, BodyKind, StripUsageChunk, UsageBody, UsageScanner};
 
 const SIZE: usize = 1 << 20;
 const CHUNK: usize = 16 * 1024;
@@ -54,6 +57,19 @@ fn drain<B: Body>(body: B) -> usize {
     frames
 }
 
+/// The bytes `body` hands on.
+fn read<B: Body<Data = Bytes>>(body: B) -> usize {
+    let mut body = pin!(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut len = 0;
+    while let Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut cx) {
+        if let Some(data) = frame.ok().and_then(|f| f.into_data().ok()) {
+            len += data.len();
+        }
+    }
+    len
+}
+
 fn chunked(body: Vec<u8>) -> Vec<Bytes> {
     let body = Bytes::from(body);
     (0..body.len())
@@ -74,11 +90,14 @@ fn json_body() -> Vec<u8> {
     body
 }
 
+/// The stream's usage chunk and `[DONE]`.
+const SSE_TAIL: &[u8] = b"data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1754400000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_34a54ae93c\",\"choices\":[],\"usage\":{\"prompt_tokens\":25,\"completion_tokens\":3500,\"total_tokens\":3525,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}},\"obfuscation\":\"v8\"}\n\ndata: [DONE]\n\n";
+
 fn sse_body() -> Vec<u8> {
     let words = [
         "Hello", " there", ",", " how", " can", " I", " help", " you", " today", "?",
     ];
-    let tail = b"data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1754400000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_34a54ae93c\",\"choices\":[],\"usage\":{\"prompt_tokens\":25,\"completion_tokens\":3500,\"total_tokens\":3525,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}},\"obfuscation\":\"v8\"}\n\ndata: [DONE]\n\n";
+    let tail = SSE_TAIL;
     let mut body = Vec::with_capacity(SIZE);
     let mut i = 0;
     loop {
@@ -135,6 +154,29 @@ fn bench(c: &mut Criterion) {
                 black_box(scanner.usage())
             })
         });
+        if kind == BodyKind::EventStream {
+            // The strip removes the usage chunk, and only it.
+            let usage_chunk = SSE_TAIL.len() - b"data: [DONE]\n\n".len();
+            assert_eq!(
+                read(StripUsageChunk::new(Chunks(parts.clone().into_iter()))),
+                len as usize - usage_chunk,
+                "{name}: usage chunk removed"
+            );
+            group.bench_function(BenchmarkId::from_parameter("stripped"), |b| {
+                b.iter(|| drain(StripUsageChunk::new(Chunks(parts.clone().into_iter()))))
+            });
+            group.bench_function(BenchmarkId::from_parameter("metered_stripped"), |b| {
+                b.iter(|| {
+                    let mut usage = None;
+                    let frames = drain(StripUsageChunk::new(UsageBody::new(
+                        Chunks(parts.clone().into_iter()),
+                        kind,
+                        |end: BodyEnd| usage = end.usage(),
+                    )));
+                    black_box((frames, usage))
+                })
+            });
+        }
         group.finish();
     }
 }

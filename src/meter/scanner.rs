@@ -3,7 +3,8 @@
 use std::fmt;
 
 use super::end::OutputSeen;
-use super::json::{find2, JsonScan, Mode, Totals};
+use super::json::{JsonScan, Mode, Totals};
+use super::sse::{EventSink, SseFramer};
 use crate::classify::Usage;
 
 /// How a response body is framed.
@@ -210,186 +211,54 @@ impl fmt::Debug for UsageScanner {
     }
 }
 
-/// Where the SSE parser is within a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Line {
-    /// At the start of a line.
-    Start,
-    /// Reading a field name.
-    Name,
-    /// Right after `data:`: one space may follow.
-    DataSpace,
-    /// In a `data` value: its bytes go to the JSON tokenizer.
-    Data,
-    /// In a comment or a field other than `data`.
-    Skip,
-}
-
-/// The longest field name compared (`data` after a byte-order mark is 7).
-const MAX_FIELD_NAME: usize = 8;
-
-/// Server-sent events framing, as the HTML standard parses it: lines end in
-/// CRLF, LF or CR; a blank line ends an event; `data` lines of one event are
-/// joined by LF; a line starting with `:` is a comment; a single space after
-/// the colon is dropped; a byte-order mark before the first line is ignored.
-///
-/// Event data is not buffered: it streams into a JSON tokenizer that is
-/// reset at each event's end. Event names (`event:`) are not needed: each
-/// format's JSON says where its usage is.
+/// A stream of server-sent events read for usage: each event's data
+/// streams into a JSON tokenizer that is reset when the event ends. Event
+/// names (`event:`) are not needed: each format's JSON says where its usage
+/// is.
 #[derive(Debug)]
 struct Sse {
-    line: Line,
-    name: [u8; MAX_FIELD_NAME],
-    /// Bytes of the field name read; `None` once it is too long to be `data`.
-    name_len: Option<usize>,
-    /// The last line ended in CR: a LF right after it belongs to that end.
-    after_cr: bool,
-    first_line: bool,
-    /// The event has had a `data` line (the next one is joined by LF).
-    event_has_data: bool,
+    framer: SseFramer,
     /// Events, ended, that carried generated text.
     text_events: u64,
     json: JsonScan,
 }
 
+/// What the framer's events do to the tokenizer.
+struct Scan<'a> {
+    json: &'a mut JsonScan,
+    totals: &'a mut Totals,
+    text_events: &'a mut u64,
+}
+
+impl EventSink for Scan<'_> {
+    #[inline]
+    fn data(&mut self, bytes: &[u8]) {
+        self.json.feed(bytes, self.totals);
+    }
+
+    fn dispatch(&mut self, _end: usize) {
+        if self.json.saw_text() {
+            *self.text_events = self.text_events.saturating_add(1);
+        }
+        self.json.reset();
+    }
+}
+
 impl Sse {
     fn new() -> Self {
         Sse {
-            line: Line::Start,
-            name: [0; MAX_FIELD_NAME],
-            name_len: Some(0),
-            after_cr: false,
-            first_line: true,
-            event_has_data: false,
+            framer: SseFramer::new(),
             text_events: 0,
             json: JsonScan::new(Mode::Event),
         }
     }
 
-    fn name_is_data(&self) -> bool {
-        match self.name_len {
-            Some(len) => {
-                let name = &self.name[..len];
-                name == b"data" || (self.first_line && name == b"\xEF\xBB\xBFdata")
-            }
-            None => false,
-        }
-    }
-
-    fn push_name(&mut self, bytes: &[u8]) {
-        if let Some(len) = self.name_len {
-            let end = len + bytes.len();
-            if end <= MAX_FIELD_NAME {
-                self.name[len..end].copy_from_slice(bytes);
-                self.name_len = Some(end);
-            } else {
-                self.name_len = None;
-            }
-        }
-    }
-
-    fn end_line(&mut self, eol: u8) {
-        self.after_cr = eol == b'\r';
-        self.first_line = false;
-        self.line = Line::Start;
-    }
-
-    fn begin_data(&mut self, totals: &mut Totals) {
-        if self.event_has_data {
-            self.json.feed(b"\n", totals);
-        }
-        self.event_has_data = true;
-    }
-
-    fn dispatch(&mut self) {
-        if self.json.saw_text() {
-            self.text_events = self.text_events.saturating_add(1);
-        }
-        self.json.reset();
-        self.event_has_data = false;
-    }
-
     fn feed(&mut self, s: &[u8], totals: &mut Totals) {
-        let mut i = 0;
-        while i < s.len() {
-            if self.after_cr {
-                self.after_cr = false;
-                if s[i] == b'\n' {
-                    i += 1;
-                    continue;
-                }
-            }
-            match self.line {
-                Line::Start => match s[i] {
-                    eol @ (b'\r' | b'\n') => {
-                        self.dispatch();
-                        self.end_line(eol);
-                        i += 1;
-                    }
-                    b':' => {
-                        self.line = Line::Skip;
-                        i += 1;
-                    }
-                    _ => {
-                        self.line = Line::Name;
-                        self.name_len = Some(0);
-                    }
-                },
-                Line::Name => {
-                    let rest = &s[i..];
-                    match rest
-                        .iter()
-                        .position(|&b| b == b':' || b == b'\r' || b == b'\n')
-                    {
-                        None => {
-                            self.push_name(rest);
-                            i = s.len();
-                        }
-                        Some(off) => {
-                            self.push_name(&rest[..off]);
-                            let is_data = self.name_is_data();
-                            let at = i + off;
-                            if s[at] == b':' {
-                                self.line = if is_data { Line::DataSpace } else { Line::Skip };
-                            } else {
-                                // A field name alone: `data` with an empty value.
-                                if is_data {
-                                    self.begin_data(totals);
-                                }
-                                self.end_line(s[at]);
-                            }
-                            i = at + 1;
-                        }
-                    }
-                }
-                Line::DataSpace => {
-                    if s[i] == b' ' {
-                        i += 1;
-                    }
-                    self.begin_data(totals);
-                    self.line = Line::Data;
-                }
-                Line::Data => match find2(&s[i..], b'\r', b'\n') {
-                    None => {
-                        self.json.feed(&s[i..], totals);
-                        i = s.len();
-                    }
-                    Some(off) => {
-                        let at = i + off;
-                        self.json.feed(&s[i..at], totals);
-                        self.end_line(s[at]);
-                        i = at + 1;
-                    }
-                },
-                Line::Skip => match find2(&s[i..], b'\r', b'\n') {
-                    None => i = s.len(),
-                    Some(off) => {
-                        let at = i + off;
-                        self.end_line(s[at]);
-                        i = at + 1;
-                    }
-                },
-            }
-        }
+        let mut scan = Scan {
+            json: &mut self.json,
+            totals,
+            text_events: &mut self.text_events,
+        };
+        self.framer.feed(s, &mut scan);
     }
 }

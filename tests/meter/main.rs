@@ -8,6 +8,7 @@ use llm_sluice::Usage;
 mod big;
 mod body;
 mod prop;
+mod strip;
 
 /// A fixture with what the scanner must read from it.
 #[derive(Debug, Clone, Copy)]
