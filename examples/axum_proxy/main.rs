@@ -39,7 +39,8 @@
 //!    without either, a high quantile of the model's recent completions (256
 //!    until it has seen enough). A streamed request sent without
 //!    `stream_options.include_usage` gets it, so the stream ends with the
-//!    provider's usage. The rate windows reserve the estimate and, when the
+//!    provider's usage; that chunk is read, then removed from what the
+//!    caller receives (`meter::StripUsageChunk`). The rate windows reserve the estimate and, when the
 //!    response body ends, correct it to the usage the body reported (a JSON
 //!    body's `usage`, a stream's usage chunk); a stream cut off before its
 //!    usage keeps its estimate. `/health` shows the estimated and actual

@@ -18,8 +18,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_sluice::breaker::CircuitHandle;
 use llm_sluice::classify::{Classification, Classify, DefaultClassifier, ErrorBodyLayer};
-use llm_sluice::estimate::{ChatEstimator, CompletionHistory, EstimateFeedback, EstimateLayer};
-use llm_sluice::meter::{BodyEnd, UsageBody};
+use llm_sluice::estimate::{
+    ChatEstimator, CompletionHistory, EstimateFeedback, EstimateLayer, UsageAdded,
+};
+use llm_sluice::meter::{BodyEnd, StripUsageChunk, UsageBody};
 use llm_sluice::rate::RateLimitHandle;
 use llm_sluice::{
     CircuitState, ConcurrencyLimitLayer, ConfigError, Deadline, DeadlineLayer, Error, LlmStack,
@@ -452,16 +454,26 @@ fn pass_through(mut upstream: Response<Body>) -> Response<Body> {
 /// against (and the per-model output learned from): the estimator's
 /// feedback hears it when the body is complete. (The rate windows read the
 /// same body for their own correction, inside the stack.)
+///
+/// A stream whose usage chunk the proxy asked for on the caller's behalf
+/// (`UsageAdded`) loses that chunk after it is read, so the caller gets
+/// what it asked for.
 fn learn_from(upstream: Response<Body>) -> Response<Body> {
-    let Some(feedback) = upstream.extensions().get::<EstimateFeedback>().cloned() else {
-        return upstream;
+    let added = upstream.extensions().get::<UsageAdded>().is_some();
+    let upstream = match upstream.extensions().get::<EstimateFeedback>().cloned() {
+        Some(feedback) => UsageBody::wrap_response(upstream, move |end: BodyEnd| {
+            if let (true, Some(usage)) = (end.is_complete(), end.usage()) {
+                feedback.record(&usage);
+            }
+        })
+        .map(Body::new),
+        None => upstream,
     };
-    let metered = UsageBody::wrap_response(upstream, move |end: BodyEnd| {
-        if let (true, Some(usage)) = (end.is_complete(), end.usage()) {
-            feedback.record(&usage);
-        }
-    });
-    metered.map(Body::new)
+    if added {
+        StripUsageChunk::wrap_response(upstream).map(Body::new)
+    } else {
+        upstream
+    }
 }
 
 /// Whole seconds for `retry-after`, rounded up, at least 1. Saturates: an

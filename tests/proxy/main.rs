@@ -325,7 +325,10 @@ async fn a_stream_asked_without_its_usage_gets_none_but_the_proxy_reads_it() {
         .await
         .json();
     assert_eq!(health["estimates"]["requests"], 1, "{health}");
-    assert!(health["estimates"]["actual_tokens"].as_u64() > Some(0), "{health}");
+    assert!(
+        health["estimates"]["actual_tokens"].as_u64() > Some(0),
+        "{health}"
+    );
 }
 
 /// An upstream whose stream the test feeds by hand: one chunk, then (when
