@@ -58,6 +58,7 @@ impl Inner {
         match tokio::time::timeout(CALL_TIMEOUT, self.probe.send(job.clone())).await {
             Ok(Ok(res)) if res.is_success() => Fate::Success {
                 tokens: res.usage.map_or(0, |u| u.total_tokens),
+                completion: res.usage.map_or(0, |u| u.completion_tokens),
             },
             Ok(Ok(res)) => Fate::Failed(status_reason(res.status)),
             Ok(Err(_reset)) => Fate::Failed("connection reset"),

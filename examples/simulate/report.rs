@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::options::ProviderCharge;
+
 /// Latency percentiles (p50, p95, p99) of a set of durations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Percentiles {
@@ -84,8 +86,13 @@ pub struct RunReport {
     pub max_in_flight: u64,
     /// Tokens the provider charged (prompt + `max_tokens` of admitted calls).
     pub tokens_charged: u64,
-    /// Tokens of the completions delivered to callers.
+    /// Tokens (prompt + completion) of the completions delivered to callers.
     pub tokens_delivered: u64,
+    /// Completion tokens delivered to callers.
+    pub completion_delivered: u64,
+    /// The most tokens the provider counted for one key in any 60-second
+    /// window (each admitted call at its arrival, as finally charged).
+    pub max_window_tokens: u64,
     /// The tokens the provider allows over the workload's duration, all
     /// keys together.
     pub token_budget: u64,
@@ -117,6 +124,8 @@ impl RunReport {
             max_in_flight: 0,
             tokens_charged: 0,
             tokens_delivered: 0,
+            completion_delivered: 0,
+            max_window_tokens: 0,
             token_budget: 0,
             end_to_end: Percentiles::default(),
             queue_wait: Percentiles::default(),
@@ -129,6 +138,24 @@ impl RunReport {
     /// Requests the client refused itself.
     pub fn shed(&self) -> u64 {
         self.shed_by_priority.iter().sum()
+    }
+
+    /// Completion tokens delivered per minute of the run (from the start
+    /// until its last request ended).
+    pub fn completion_per_minute(&self) -> f64 {
+        self.completion_delivered as f64 * 60.0 / self.finished_after.as_secs_f64().max(1e-9)
+    }
+
+    /// The share of the tokens a provider allowing `limit_tpm` (all keys
+    /// together) allows over the run (from the start until its last request
+    /// ended) that it counted: at most 1 when no window went over.
+    pub fn budget_used(&self, limit_tpm: u64) -> f64 {
+        let budget = limit_tpm as f64 * self.finished_after.as_secs_f64() / 60.0;
+        if budget <= 0.0 {
+            0.0
+        } else {
+            self.tokens_charged as f64 / budget
+        }
     }
 
     /// Failures with this reason.
@@ -284,6 +311,107 @@ impl fmt::Display for Report {
             "last request ended after",
             secs(a.finished_after),
             secs(b.finished_after),
+        )
+    }
+}
+
+/// The pessimistic scenario: three runs over the same workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargeReport {
+    /// The workload, the naive client and llm-sluice with reconciliation
+    /// (`Charging::Reconcile`, the default).
+    pub base: Report,
+    /// llm-sluice without reconciliation (`Charging::Admission`).
+    pub admission: RunReport,
+    /// How the provider charges tokens.
+    pub provider_charge: ProviderCharge,
+    /// `max_tokens` over the real completion.
+    pub estimate_factor: f64,
+    /// The provider's tokens per minute, per key.
+    pub tpm_per_key: u64,
+}
+
+impl ChargeReport {
+    /// The three runs: naive, llm-sluice with reconciliation, without.
+    pub fn runs(&self) -> [&RunReport; 3] {
+        [&self.base.naive, &self.base.sluice, &self.admission]
+    }
+}
+
+impl fmt::Display for ChargeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.base;
+        let charge = match self.provider_charge {
+            ProviderCharge::Used => "prompt + real completion at admission",
+            ProviderCharge::Admission => "prompt + max_tokens at admission, never corrected",
+            ProviderCharge::Reconcile => {
+                "prompt + max_tokens at admission, corrected to actual usage at the end"
+            }
+            ProviderCharge::Actual => "actual usage only, counted at the end",
+        };
+        writeln!(
+            f,
+            "pessimistic estimates: max_tokens {}x the real completion; {} requests over {} from {} tenants (seed {}),",
+            self.estimate_factor,
+            r.requests,
+            humantime::format_duration(r.duration),
+            r.tenants,
+            r.seed,
+        )?;
+        writeln!(
+            f,
+            "{:.0} RPM and {:.0} TPM asked (prompt + max_tokens), against a provider allowing {} RPM and {} TPM",
+            r.demand_rpm, r.demand_tpm, r.limit_rpm, r.limit_tpm,
+        )?;
+        writeln!(f, "(all keys together) that charges {charge}\n")?;
+        let runs = self.runs();
+        let mut row = |label: &str, cells: [String; 3]| {
+            writeln!(
+                f,
+                "{label:<40}{:>24}{:>24}{:>24}",
+                cells[0], cells[1], cells[2]
+            )
+        };
+        row("", runs.map(|x| x.name.to_string()))?;
+        row(
+            "completion tokens delivered per minute",
+            runs.map(|x| format!("{:.0}", x.completion_per_minute())),
+        )?;
+        row(
+            "token budget used (provider count)",
+            runs.map(|x| format!("{:.1}%", 100.0 * x.budget_used(r.limit_tpm))),
+        )?;
+        row(
+            "most tokens in a key's 60 s window",
+            runs.map(|x| percent(x.max_window_tokens, self.tpm_per_key)),
+        )?;
+        row("429s received", runs.map(|x| x.provider_429s.to_string()))?;
+        row("successes", runs.map(|x| x.successes.to_string()))?;
+        let mut reasons: Vec<&str> = runs
+            .iter()
+            .flat_map(|x| x.failures.keys())
+            .copied()
+            .collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        for reason in reasons {
+            row(
+                &format!("  failed: {reason}"),
+                runs.map(|x| x.failed(reason).to_string()),
+            )?;
+        }
+        row("shed by the client", runs.map(|x| x.shed().to_string()))?;
+        row(
+            "calls sent to the provider",
+            runs.map(|x| x.sent_to_provider.to_string()),
+        )?;
+        row(
+            "latency of successes, p50",
+            runs.map(|x| secs(x.end_to_end.p50)),
+        )?;
+        row(
+            "latency of successes, p99",
+            runs.map(|x| secs(x.end_to_end.p99)),
         )
     }
 }

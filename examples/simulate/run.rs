@@ -9,13 +9,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use llm_sluice::sim::{Dist, Faults, SimFuture, SimResponse, TokenCharge, Upstream};
+use llm_sluice::sim::{Dist, Faults, SimFuture, SimResponse, Upstream};
 use llm_sluice::Priority;
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
-use crate::options::Options;
-use crate::report::{Minute, Percentiles, Report, RunReport};
+use crate::options::{Options, Scenario};
+use crate::report::{ChargeReport, Minute, Percentiles, Report, RunReport};
 use crate::workload::{Job, Workload};
 
 /// What became of one request, as its caller saw it.
@@ -25,6 +25,8 @@ pub enum Fate {
     Success {
         /// Prompt plus completion tokens.
         tokens: u64,
+        /// Completion tokens.
+        completion: u64,
     },
     /// The provider's failure, after whatever retries the client made.
     Failed(&'static str),
@@ -52,7 +54,7 @@ pub fn provider(opts: &Options) -> Result<Upstream, BoxError> {
     let mut builder = Upstream::builder()
         .requests_per_window(opts.rpm)
         .tokens_per_window(opts.tpm)
-        .token_charge(TokenCharge::Used)
+        .token_charge(opts.provider_charge.token_charge())
         // As some providers do: a refused request still spends the RPM window.
         .count_refused(true)
         .faults(Faults {
@@ -71,9 +73,13 @@ pub fn provider(opts: &Options) -> Result<Upstream, BoxError> {
             Duration::from_secs(60),
             Duration::from_secs(120),
         ))
-        .output_fraction(Dist::Uniform {
-            low: 0.3,
-            high: 1.0,
+        .output_fraction(match opts.scenario {
+            Scenario::Default => Dist::Uniform {
+                low: 0.3,
+                high: 1.0,
+            },
+            // `max_tokens` is `estimate_factor` times the completion.
+            Scenario::Pessimistic => Dist::Fixed(1.0 / opts.estimate_factor.max(1.0)),
         })
         .latency_spikes(
             opts.spikes,
@@ -146,48 +152,117 @@ pub fn status_reason(status: u16) -> &'static str {
 /// hour of traffic takes seconds, and the same options give the same report.
 pub fn run(opts: &Options) -> Result<Report, BoxError> {
     let workload = Workload::generate(opts);
-    let progress = if opts.quiet {
-        ProgressBar::hidden()
-    } else {
-        // Hidden by indicatif when stderr is not a terminal.
-        let bar = ProgressBar::with_draw_target(
-            Some(2 * opts.duration.as_secs().max(1)),
-            ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) =
-            ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} virtual s")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    };
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-    };
-    progress.set_message("naive client");
-    let naive = runtime()?.block_on(drive(
+    let progress = progress(opts, 2);
+    let naive = one_run(
         "naive client",
         &workload,
         opts,
         crate::naive::NaiveClient::new,
         &progress,
         0,
-    ))?;
-    progress.set_message("llm-sluice");
-    let sluice = runtime()?.block_on(drive(
+    )?;
+    let sluice = one_run(
         "llm-sluice",
         &workload,
         opts,
         crate::sluice::SluiceClient::new,
         &progress,
-        opts.duration.as_secs(),
-    ))?;
+        1,
+    )?;
     progress.finish_and_clear();
+    Ok(report(&workload, opts, naive, sluice))
+}
+
+/// The pessimistic scenario: the workload through the naive client, the
+/// llm-sluice stack with reconciliation (its default, `Charging::Reconcile`)
+/// and the stack without (`Charging::Admission`).
+pub fn run_pessimistic(opts: &Options) -> Result<ChargeReport, BoxError> {
+    let workload = Workload::generate(opts);
+    let progress = progress(opts, 3);
+    let naive = one_run(
+        "naive client",
+        &workload,
+        opts,
+        crate::naive::NaiveClient::new,
+        &progress,
+        0,
+    )?;
+    let sluice = one_run(
+        "llm-sluice (reconcile)",
+        &workload,
+        opts,
+        crate::sluice::SluiceClient::new,
+        &progress,
+        1,
+    )?;
+    let admission = one_run(
+        "llm-sluice (admission)",
+        &workload,
+        opts,
+        |opts, probe| {
+            crate::sluice::SluiceClient::with_charging(
+                opts,
+                probe,
+                llm_sluice::rate::Charging::Admission,
+            )
+        },
+        &progress,
+        2,
+    )?;
+    progress.finish_and_clear();
+    Ok(ChargeReport {
+        base: report(&workload, opts, naive, sluice),
+        admission,
+        provider_charge: opts.provider_charge,
+        estimate_factor: opts.estimate_factor.max(1.0),
+        tpm_per_key: opts.tpm,
+    })
+}
+
+/// A progress bar over `runs` runs of the workload's span.
+fn progress(opts: &Options, runs: u64) -> ProgressBar {
+    if opts.quiet {
+        return ProgressBar::hidden();
+    }
+    // Hidden by indicatif when stderr is not a terminal.
+    let bar = ProgressBar::with_draw_target(
+        Some(runs * opts.duration.as_secs().max(1)),
+        ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} virtual s") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// One client's run, `index`-th of the bar, on its own runtime.
+fn one_run<C: Client>(
+    name: &'static str,
+    workload: &Workload,
+    opts: &Options,
+    make: fn(&Options, Probe) -> Result<C, BoxError>,
+    progress: &ProgressBar,
+    index: u64,
+) -> Result<RunReport, BoxError> {
+    progress.set_message(name);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()?
+        .block_on(drive(
+            name,
+            workload,
+            opts,
+            make,
+            progress,
+            index * opts.duration.as_secs(),
+        ))
+}
+
+/// The side-by-side report of two runs over `workload`.
+fn report(workload: &Workload, opts: &Options, naive: RunReport, sluice: RunReport) -> Report {
     let tenants = workload.tenants.len() as u64;
-    Ok(Report {
+    Report {
         requests: workload.arrivals.len() as u64,
         tenants,
         duration: opts.duration,
@@ -198,7 +273,7 @@ pub fn run(opts: &Options) -> Result<Report, BoxError> {
         limit_tpm: opts.tpm * tenants,
         naive,
         sluice,
-    })
+    }
 }
 
 /// One run: every arrival at its time through `client`, sampling the
@@ -260,9 +335,10 @@ async fn drive<C: Client>(
         let (fate, latency) = task.await?;
         report.requests += 1;
         match fate {
-            Fate::Success { tokens } => {
+            Fate::Success { tokens, completion } => {
                 report.successes += 1;
                 report.tokens_delivered += tokens;
+                report.completion_delivered += completion;
                 Percentiles::record(&mut end_to_end, latency);
             }
             Fate::Failed(reason) => *report.failures.entry(reason).or_default() += 1,
@@ -304,7 +380,9 @@ async fn drive<C: Client>(
     let minutes = report.finished_after.as_secs().div_ceil(60).max(1) as usize;
     report.series = vec![Minute::default(); minutes];
     for key in &workload.tenants {
-        for received in upstream.log(key.as_str()) {
+        let log = upstream.log(key.as_str());
+        report.max_window_tokens = report.max_window_tokens.max(max_window(&log));
+        for received in log {
             let minute = (received.at - start).as_secs() as usize / 60;
             let Some(m) = report.series.get_mut(minute) else {
                 continue;
@@ -322,4 +400,22 @@ async fn drive<C: Client>(
         m.breakers_open = breakers;
     }
     Ok(report)
+}
+
+/// The most tokens the provider counted in any 60-second window of one key's
+/// log: what each admitted request was charged in the end (corrected to its
+/// usage under the rules that correct), at its arrival instant.
+fn max_window(log: &[llm_sluice::sim::Received]) -> u64 {
+    let window = Duration::from_secs(60);
+    let admitted: Vec<_> = log.iter().filter(|r| r.admitted).collect();
+    let (mut start, mut sum, mut most) = (0, 0u64, 0u64);
+    for r in &admitted {
+        sum += r.charged_tokens;
+        while admitted[start].at + window <= r.at {
+            sum -= admitted[start].charged_tokens;
+            start += 1;
+        }
+        most = most.max(sum);
+    }
+    most
 }

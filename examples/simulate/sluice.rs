@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llm_sluice::breaker::CircuitHandle;
-use llm_sluice::rate::{DispatchLayer, RateLimitHandle};
+use llm_sluice::rate::{Charging, DispatchLayer, RateLimitHandle};
 use llm_sluice::sim::SimResponse;
 use llm_sluice::{
     CircuitBreakerLayer, CircuitState, ConcurrencyLimitLayer, DeadlineLayer, Error, PartitionKey,
@@ -39,8 +39,18 @@ pub struct SluiceClient {
 
 impl SluiceClient {
     /// The stack with the provider's limits, and the same number of calls
-    /// in flight as the naive client.
+    /// in flight as the naive client; its token window reconciles
+    /// reservations to the usage (the default, `Charging::Reconcile`).
     pub fn new(opts: &Options, probe: Probe) -> Result<SluiceClient, BoxError> {
+        SluiceClient::with_charging(opts, probe, Charging::Reconcile)
+    }
+
+    /// The stack whose token window charges by `charging`.
+    pub fn with_charging(
+        opts: &Options,
+        probe: Probe,
+        charging: Charging,
+    ) -> Result<SluiceClient, BoxError> {
         let openings = Arc::new(AtomicU64::new(0));
         let breaker = CircuitBreakerLayer::builder()
             .failure_rate(0.5)
@@ -65,6 +75,7 @@ impl SluiceClient {
         let rate = RateLimitLayer::builder()
             .requests_per_minute(opts.rpm)
             .tokens_per_minute(opts.tpm)
+            .token_charging(charging)
             .max_wait(Duration::from_secs(60))
             .build()?;
         let (rate_handle, breakers) = (rate.handle(), breaker.handle());
@@ -128,6 +139,7 @@ impl Client for SluiceClient {
             match service.oneshot(job).await {
                 Ok(res) if res.is_success() => Fate::Success {
                     tokens: res.usage.map_or(0, |u| u.total_tokens),
+                    completion: res.usage.map_or(0, |u| u.completion_tokens),
                 },
                 Ok(res) => Fate::Failed(status_reason(res.status)),
                 Err(err) => error_fate(&err),

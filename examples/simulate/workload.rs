@@ -7,7 +7,7 @@ use llm_sluice::sim::SimRequest;
 use llm_sluice::{LlmRequest, PartitionKey, Priority};
 use tokio::time::Instant;
 
-use crate::options::Options;
+use crate::options::{Options, Scenario};
 
 /// One request of the workload.
 #[derive(Debug, Clone)]
@@ -52,7 +52,9 @@ impl Workload {
     /// Poisson arrivals at `rate` per second; tenants drawn with weights
     /// 1, 1/2, 1/3, ... (one heavy tenant, a long tail of light ones);
     /// prompts and `max_tokens` log-normal (most short, a few very long),
-    /// as real traffic is; 10% high priority, 60% normal, 30% low.
+    /// as real traffic is; 10% high priority, 60% normal, 30% low. The
+    /// pessimistic scenario draws shorter prompts (median 200 tokens) and a
+    /// completion (median 300), and asks for `estimate_factor` times it.
     pub fn generate(opts: &Options) -> Workload {
         let mut rng = fastrand::Rng::with_seed(opts.seed);
         let n = opts.tenants.max(1);
@@ -75,8 +77,21 @@ impl Workload {
                     pick < 0.0
                 })
                 .unwrap_or(n - 1);
-            let prompt = log_normal(&mut rng, 700.0, 1.0, 20.0, 24_000.0);
-            let max_tokens = log_normal(&mut rng, 350.0, 0.6, 16.0, 4_096.0);
+            let (prompt, max_tokens) = match opts.scenario {
+                Scenario::Default => (
+                    log_normal(&mut rng, 700.0, 1.0, 20.0, 24_000.0),
+                    log_normal(&mut rng, 350.0, 0.6, 16.0, 4_096.0),
+                ),
+                // Completion-heavy calls whose `max_tokens` is a multiple of
+                // the completion the provider will generate (it generates
+                // `1 / estimate_factor` of `max_tokens`).
+                Scenario::Pessimistic => {
+                    let prompt = log_normal(&mut rng, 200.0, 0.6, 20.0, 4_000.0);
+                    let completion = log_normal(&mut rng, 300.0, 0.6, 16.0, 1_024.0);
+                    let max_tokens = (completion as f64 * opts.estimate_factor.max(1.0)).round();
+                    (prompt, max_tokens as u64)
+                }
+            };
             let priority = match rng.u8(..10) {
                 0 => Priority::HIGH,
                 1..=3 => Priority::LOW,
