@@ -139,7 +139,8 @@ pin_project! {
         Failed {
             error: Option<BoxError>,
         },
-        // No window (see `RateLimit::pass_through`): the result as it is.
+        // No reservation (see `Dispatch`: a request the window did not admit,
+        // when the stack runs without one): the result as it is, unmetered.
         Passed {
             #[pin]
             future: S::Future,
